@@ -1,0 +1,37 @@
+# glsnet-deploy: every target makes and fills its own virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+export GLSNET_DATA ?= $(if $(wildcard ../shared/data/deepglobe/*_sat.jpg),$(abspath ../shared/data/deepglobe),)
+
+.PHONY: venv test test-fast demo bench gpu-check clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[cpu,train,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+demo: $(STAMP)
+	$(BIN)/python -m glsnet.demo --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(BIN)/glsnet bench --out $(DEMO_OUT)/bench
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[tensorrt]'
+	$(BIN)/python -m export.gpu_check --out $(DEMO_OUT)/gpu-check
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

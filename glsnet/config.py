@@ -1,0 +1,91 @@
+"""GLSNet's configuration: one frozen dataclass that travels with every checkpoint and bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.errors import CheckpointError, InputError
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+DEEPGLOBE_CLASSES = ("unknown", "urban", "agriculture", "rangeland", "forest", "water", "barren")
+DEEPGLOBE_PALETTE = (
+    (0, 0, 0),
+    (0, 255, 255),
+    (255, 255, 0),
+    (255, 0, 255),
+    (0, 255, 0),
+    (0, 0, 255),
+    (255, 255, 255),
+)
+
+# The paper's ablation: (global backbone, local backbone).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "shallow-deep": ("resnet18", "resnet50"),  # GLSNet
+    "shallow-shallow": ("resnet18", "resnet18"),
+    "deep-deep": ("resnet50", "resnet50"),
+}
+
+
+@dataclass(frozen=True)
+class GLSNetConfig:
+    """Architecture and data conventions. Defaults are the paper's GLSNet on DeepGlobe."""
+
+    classes: tuple[str, ...] = DEEPGLOBE_CLASSES
+    palette: tuple[tuple[int, int, int], ...] = DEEPGLOBE_PALETTE
+    global_backbone: str = "resnet18"
+    local_backbone: str = "resnet50"
+    width: int = 256  # d: the shared token width after each branch's 1x1 neck
+    skip_width: int = 48  # channels of the local stride-4 skip fed to the head
+    head_width: int = 128
+    patch_size: int = 508
+    min_overlap: int = 50
+    context: float = 0.25  # global crop margin on each side, as a fraction of the patch size
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    bands: tuple[int, ...] = (0, 1, 2)
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        if len(self.palette) != len(self.classes):
+            raise InputError(f"config: {len(self.classes)} classes but {len(self.palette)} palette colours")
+        if not len(self.mean) == len(self.std) == len(self.bands):
+            raise InputError("config: mean, std and bands must have one entry per input band")
+        if self.patch_size % 4:
+            raise InputError(f"config: patch_size {self.patch_size} must be a multiple of 4 (logits at stride 4)")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "GLSNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"{where}: unknown configuration key(s) {unknown}; known: {sorted(known)}")
+        values = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v) for k, v in data.items()}
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "GLSNetConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def variant(name: str, **changes: Any) -> GLSNetConfig:
+    """The paper's named ablation variants, e.g. ``variant("deep-deep")``."""
+    if name not in VARIANTS:
+        raise InputError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
+    global_backbone, local_backbone = VARIANTS[name]
+    return GLSNetConfig(global_backbone=global_backbone, local_backbone=local_backbone, **changes)
+
+
+# A configuration small enough to train for a few steps on a 2-core CPU (tests, the demo).
+SMALL = GLSNetConfig(width=64, skip_width=16, head_width=32, patch_size=128, min_overlap=16)

@@ -1,0 +1,1 @@
+"""Backends: small runners behind one interface (see base.Backend)."""

@@ -1,0 +1,278 @@
+"""The bundle manifest: the one contract between the build side and every runtime (Python or C++).
+
+A bundle is a directory with ``manifest.json`` and the files it names. This module defines the
+manifest's schema as frozen dataclasses, validates it on read (unknown keys are errors), checks
+file checksums, and writes it atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.atomic_file import write_text_atomic
+from runtime.errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GRAPH_ROLES = ("global", "local", "fusion")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Graph tensor names: every exporter and every runtime uses these.
+GLOBAL_INPUT = "image"
+GLOBAL_OUTPUT = "global_features"
+LOCAL_INPUT = "patches"
+LOCAL_OUTPUTS = ("local_features", "local_skip")
+FUSION_INPUTS = ("local_features", "local_skip", "global_features", "boxes")
+FUSION_OUTPUT = "logits"
+
+Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) dimension
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the bundle."""
+
+    file: str
+    precision: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int = 17
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.file)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.file)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Engines built from one precision's graphs for one target (TensorRT, or ONNX Runtime optimized graphs)."""
+
+    target: str  # "tensorrt" or "onnxruntime"
+    precision: str
+    directory: str  # relative to the bundle
+    files: dict[str, dict[str, str]]  # role -> {"file": ..., "sha256": ...}
+    tensorrt_version: str | None = None
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+    dla_core: int | None = None
+    profiles: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """pixel_float = (pixel / scale - mean) / std, per band, after selecting ``bands``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = 255.0
+    bands: tuple[int, ...] = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    size: int
+    min_overlap: int
+    output_stride: int = 4
+    feature_stride: int = 32
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    normalization: Normalization
+    patch: PatchSpec
+    graphs: dict[str, dict[str, GraphSpec]]  # precision -> role -> graph
+    model: dict[str, Any] = field(default_factory=dict)  # the training config, for provenance
+    engines: tuple[EngineSpec, ...] = ()
+    calibration: dict[str, Any] | None = None
+    accuracy: dict[str, Any] = field(default_factory=dict)  # precision -> gate report
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def graph(self, role: str, precision: str = "fp32") -> GraphSpec:
+        if precision not in self.graphs:
+            have = ", ".join(sorted(self.graphs)) or "none"
+            raise BundleError(
+                f"the bundle has no {precision} graphs (it has: {have}); "
+                f"build them with: glsnet-export build BUNDLE --{precision}"
+            )
+        if role not in self.graphs[precision]:
+            raise BundleError(f"the bundle's {precision} graphs lack the {role!r} graph")
+        return self.graphs[precision][role]
+
+    def replace(self, **changes: Any) -> "Manifest":
+        return dataclasses.replace(self, **changes)
+
+
+def _by_name(specs: tuple[TensorSpec, ...], name: str, where: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise BundleError(f"{where}: no tensor named {name!r} (have: {', '.join(s.name for s in specs)})")
+
+
+# ---------------------------------------------------------------- (de)serialisation
+
+
+def _check_keys(data: Any, cls: type, where: str) -> dict:
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise BundleError(f"{where}: unknown key(s) {unknown} in {cls.__name__}; known: {sorted(fields)}")
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise BundleError(f"{where}: missing key(s) {missing} in {cls.__name__}")
+    return data
+
+
+def _tensor(data: Any, where: str) -> TensorSpec:
+    d = _check_keys(data, TensorSpec, where)
+    shape = tuple(d["shape"])
+    if not all(isinstance(s, (int, str)) for s in shape):
+        raise BundleError(f"{where}: tensor {d['name']!r} has a shape with entries that are neither int nor str")
+    return TensorSpec(name=str(d["name"]), dtype=str(d["dtype"]), shape=shape)
+
+
+def _graph(data: Any, where: str) -> GraphSpec:
+    d = _check_keys(data, GraphSpec, where)
+    if d["precision"] not in PRECISIONS:
+        raise BundleError(f"{where}: precision {d['precision']!r} is not one of {PRECISIONS}")
+    return GraphSpec(
+        file=str(d["file"]),
+        precision=d["precision"],
+        sha256=str(d["sha256"]),
+        inputs=tuple(_tensor(t, where) for t in d["inputs"]),
+        outputs=tuple(_tensor(t, where) for t in d["outputs"]),
+        opset=int(d.get("opset", 17)),
+    )
+
+
+def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate a parsed manifest; every problem names ``where`` and the key at fault."""
+    d = _check_keys(data, Manifest, where)
+    if d["schema_version"] != SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: schema_version {d['schema_version']!r} is not supported by this runtime "
+            f"(it reads schema {SCHEMA_VERSION}); re-export the bundle with this toolkit's glsnet-export"
+        )
+    classes = tuple(str(c) for c in d["classes"])
+    palette = tuple(tuple(int(v) for v in rgb) for rgb in d["palette"])
+    if len(palette) != len(classes) or any(len(rgb) != 3 for rgb in palette):
+        raise BundleError(f"{where}: palette needs one RGB triple per class ({len(classes)} classes)")
+    graphs: dict[str, dict[str, GraphSpec]] = {}
+    for precision, roles in d["graphs"].items():
+        if precision not in PRECISIONS:
+            raise BundleError(f"{where}: graphs has unknown precision {precision!r}; known: {PRECISIONS}")
+        missing = [r for r in GRAPH_ROLES if r not in roles]
+        if missing or set(roles) - set(GRAPH_ROLES):
+            raise BundleError(f"{where}: {precision} graphs must be exactly {GRAPH_ROLES}, got {sorted(roles)}")
+        graphs[precision] = {role: _graph(roles[role], f"{where} graphs.{precision}.{role}") for role in GRAPH_ROLES}
+    if "fp32" not in graphs:
+        raise BundleError(f"{where}: the fp32 graphs are missing")
+    norm = _check_keys(d["normalization"], Normalization, f"{where} normalization")
+    patch = _check_keys(d["patch"], PatchSpec, f"{where} patch")
+    engines = []
+    for i, e in enumerate(d.get("engines", [])):
+        e = _check_keys(e, EngineSpec, f"{where} engines[{i}]")
+        engines.append(EngineSpec(**e))
+    return Manifest(
+        schema_version=d["schema_version"],
+        classes=classes,
+        palette=palette,  # type: ignore[arg-type]
+        normalization=Normalization(
+            mean=tuple(float(v) for v in norm["mean"]),
+            std=tuple(float(v) for v in norm["std"]),
+            scale=float(norm.get("scale", 255.0)),
+            bands=tuple(int(b) for b in norm.get("bands", (0, 1, 2))),
+        ),
+        patch=PatchSpec(**patch),
+        graphs=graphs,
+        model=dict(d.get("model", {})),
+        engines=tuple(engines),
+        calibration=d.get("calibration"),
+        accuracy=dict(d.get("accuracy", {})),
+        provenance=dict(d.get("provenance", {})),
+    )
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(manifest)))
+
+
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    """Read and validate ``bundle_dir/manifest.json``."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: not a directory; pass a bundle written by glsnet-export onnx")
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: no {MANIFEST_NAME}; this is not a GLSNet bundle (write one with glsnet-export onnx)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    return manifest_from_dict(data, where=str(path))
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically (temporary name, then rename)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    manifest_from_dict(manifest_to_dict(manifest), where=str(path))  # never write what we cannot read back
+    write_text_atomic(path, json.dumps(manifest_to_dict(manifest), indent=2) + "\n")
+    return path
+
+
+def verify_file(bundle_dir: str | Path, relative: str, expected_sha256: str) -> Path:
+    """Return the absolute path of a bundle file after checking that it exists and its checksum matches."""
+    path = Path(bundle_dir) / relative
+    if not path.is_file():
+        raise BundleError(f"{path}: named in the manifest but missing; the bundle is incomplete")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise BundleError(
+            f"{path}: sha256 {actual[:16]}… does not match the manifest's {expected_sha256[:16]}…; "
+            "the file was changed or corrupted after export; re-export or rebuild the bundle"
+        )
+    return path
+
+
+def graph_path(bundle_dir: str | Path, spec: GraphSpec) -> Path:
+    """Checksum-verified path of a graph file."""
+    return verify_file(bundle_dir, spec.file, spec.sha256)

@@ -1,0 +1,45 @@
+"""Shared fixtures: small seeded configurations, and the real DeepGlobe folder when $GLSNET_DATA is set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA_ENV = "GLSNET_DATA"
+
+
+@pytest.fixture(scope="session")
+def deepglobe_dir() -> Path:
+    """The real DeepGlobe samples; tests that use it skip with a reason when $GLSNET_DATA is unset."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(f"${DATA_ENV} is not set: point it at a DeepGlobe folder (CI uses ../shared/data/deepglobe)")
+    path = Path(value)
+    if not any(path.glob("*_sat.jpg")):
+        pytest.skip(f"${DATA_ENV}={value} holds no *_sat.jpg images")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    from glsnet.config import SMALL
+
+    return SMALL
+
+
+@pytest.fixture(scope="session")
+def small_model(small_config):
+    """A seeded, randomly initialised small GLSNet in eval mode (BatchNorm statistics perturbed so BN is not identity)."""
+    import torch
+
+    from glsnet.model import build_glsnet
+
+    torch.manual_seed(0)
+    model = build_glsnet(small_config)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
