@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 demo: $(STAMP)
-	$(BIN)/python -m glsnet.demo --out $(DEMO_OUT)
+	bash scripts/demo.sh $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(BIN)/glsnet bench --out $(DEMO_OUT)/bench

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: train a small GLSNet briefly (or reuse it), export the
+# bundle, build FP16, and segment one 2448 x 2448 image (real DeepGlobe when $GLSNET_DATA is set,
+# otherwise a seeded synthetic scene). Everything lands in $1 (default demo-out/).
+set -euo pipefail
+out="${1:-demo-out}"
+bin="$(dirname "$0")/../.venv/bin"
+mkdir -p "$out"
+
+if [ -n "${GLSNET_DATA:-}" ] && ls "$GLSNET_DATA"/*_sat.jpg >/dev/null 2>&1; then
+  data=(--data "$GLSNET_DATA")
+  image="$(ls "$GLSNET_DATA"/*_sat.jpg | head -n 1)"
+  echo "demo: real DeepGlobe data from $GLSNET_DATA"
+else
+  "$bin/glsnet-train" synth --out "$out/synthetic-data" --count 4 --size 1024x1024 --seed 1
+  data=(--data "$out/synthetic-data")
+  "$bin/glsnet-train" synth --out "$out/scene" --count 1 --size 2448x2448 --seed 7
+  image="$(ls "$out"/scene/*_sat.* | head -n 1)"
+  echo "demo: no \$GLSNET_DATA, using seeded synthetic scenes"
+fi
+
+if [ ! -f "$out/model.safetensors" ]; then
+  "$bin/glsnet-train" train "${data[@]}" --preset small --steps "${DEMO_STEPS:-60}" --out "$out/model.safetensors"
+else
+  echo "demo: reusing $out/model.safetensors (delete it to train again)"
+fi
+"$bin/glsnet-train" evaluate "$out/model.safetensors" "${data[1]}" --limit 2
+"$bin/glsnet-export" onnx "$out/model.safetensors" -o "$out/bundle" --force
+"$bin/glsnet-export" verify "$out/bundle"
+"$bin/glsnet-export" build "$out/bundle" --fp16
+"$bin/glsnet" run "$image" --bundle "$out/bundle" --precision fp16 -o "$out/run" --overlay --stats
+"$bin/glsnet" info "$out/bundle"
+echo "demo: outputs in $out/run"
+ls -l "$out/run"
