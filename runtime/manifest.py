@@ -30,6 +30,14 @@ LOCAL_OUTPUTS = ("local_features", "local_skip")
 FUSION_INPUTS = ("local_features", "local_skip", "global_features", "boxes")
 FUSION_OUTPUT = "logits"
 
+# Tensor names of each graph role, in order: (inputs, outputs).
+ROLE_TENSORS = {
+    "global": ((GLOBAL_INPUT,), (GLOBAL_OUTPUT,)),
+    "local": ((LOCAL_INPUT,), LOCAL_OUTPUTS),
+    "fusion": (FUSION_INPUTS, (FUSION_OUTPUT,)),
+}
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool")
+
 Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) dimension
 
 
@@ -165,37 +173,69 @@ def _check_keys(data: Any, cls: type, where: str) -> dict:
 def _tensor(data: Any, where: str) -> TensorSpec:
     d = _check_keys(data, TensorSpec, where)
     shape = tuple(d["shape"])
-    if not all(isinstance(s, (int, str)) for s in shape):
-        raise BundleError(f"{where}: tensor {d['name']!r} has a shape with entries that are neither int nor str")
+    if not all((isinstance(s, int) and not isinstance(s, bool) and s > 0) or (isinstance(s, str) and s) for s in shape):
+        raise BundleError(
+            f"{where}: tensor {d['name']!r} has shape {list(shape)}; each dim must be a positive int or a dim name"
+        )
+    if d["dtype"] not in TENSOR_DTYPES:
+        raise BundleError(f"{where}: tensor {d['name']!r} has dtype {d['dtype']!r}; known: {TENSOR_DTYPES}")
     return TensorSpec(name=str(d["name"]), dtype=str(d["dtype"]), shape=shape)
+
+
+def _relative_file(value: Any, where: str) -> str:
+    """A bundle-relative POSIX path that cannot leave the bundle."""
+    path = str(value)
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or ":" in path or ".." in parts:
+        raise BundleError(f"{where}: file {path!r} must be a relative path inside the bundle (no '..', no drive, '/' separators)")
+    return path
+
+
+def _check_graph_tensors(spec: GraphSpec, role: str, where: str) -> None:
+    inputs = tuple(t.name for t in spec.inputs)
+    outputs = tuple(t.name for t in spec.outputs)
+    want_in, want_out = ROLE_TENSORS[role]
+    if inputs != want_in or outputs != want_out:
+        raise BundleError(
+            f"{where}: the {role} graph has inputs {list(inputs)} and outputs {list(outputs)}; "
+            f"a {role} graph must have inputs {list(want_in)} and outputs {list(want_out)}"
+        )
 
 
 def _graph(data: Any, where: str) -> GraphSpec:
     d = _check_keys(data, GraphSpec, where)
     if d["precision"] not in PRECISIONS:
         raise BundleError(f"{where}: precision {d['precision']!r} is not one of {PRECISIONS}")
+    sha = str(d["sha256"])
+    if len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
+        raise BundleError(f"{where}: sha256 {sha!r} is not 64 lowercase hex digits")
+    opset = d.get("opset", 17)
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 30:
+        raise BundleError(f"{where}: opset {opset!r} is not an ONNX opset number")
     return GraphSpec(
-        file=str(d["file"]),
+        file=_relative_file(d["file"], where),
         precision=d["precision"],
-        sha256=str(d["sha256"]),
+        sha256=sha,
         inputs=tuple(_tensor(t, where) for t in d["inputs"]),
         outputs=tuple(_tensor(t, where) for t in d["outputs"]),
-        opset=int(d.get("opset", 17)),
+        opset=opset,
     )
 
 
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate a parsed manifest; every problem names ``where`` and the key at fault."""
     d = _check_keys(data, Manifest, where)
-    if d["schema_version"] != SCHEMA_VERSION:
+    if type(d["schema_version"]) is not int or d["schema_version"] != SCHEMA_VERSION:
         raise BundleError(
             f"{where}: schema_version {d['schema_version']!r} is not supported by this runtime "
             f"(it reads schema {SCHEMA_VERSION}); re-export the bundle with this toolkit's glsnet-export"
         )
     classes = tuple(str(c) for c in d["classes"])
     palette = tuple(tuple(int(v) for v in rgb) for rgb in d["palette"])
-    if len(palette) != len(classes) or any(len(rgb) != 3 for rgb in palette):
-        raise BundleError(f"{where}: palette needs one RGB triple per class ({len(classes)} classes)")
+    if not classes:
+        raise BundleError(f"{where}: classes is empty; a bundle segments into at least one class")
+    if len(palette) != len(classes) or any(len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) for rgb in palette):
+        raise BundleError(f"{where}: palette needs one RGB triple (0..255) per class ({len(classes)} classes)")
     graphs: dict[str, dict[str, GraphSpec]] = {}
     for precision, roles in d["graphs"].items():
         if precision not in PRECISIONS:
@@ -204,10 +244,23 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         if missing or set(roles) - set(GRAPH_ROLES):
             raise BundleError(f"{where}: {precision} graphs must be exactly {GRAPH_ROLES}, got {sorted(roles)}")
         graphs[precision] = {role: _graph(roles[role], f"{where} graphs.{precision}.{role}") for role in GRAPH_ROLES}
+        for role, spec in graphs[precision].items():
+            _check_graph_tensors(spec, role, f"{where} graphs.{precision}.{role}")
+            if spec.precision != precision:
+                raise BundleError(f"{where} graphs.{precision}.{role}: precision field says {spec.precision!r}")
     if "fp32" not in graphs:
         raise BundleError(f"{where}: the fp32 graphs are missing")
     norm = _check_keys(d["normalization"], Normalization, f"{where} normalization")
+    bands = norm.get("bands", (0, 1, 2))
+    if not len(norm["mean"]) == len(norm["std"]) == len(bands) or not all(float(v) > 0 for v in norm["std"]):
+        raise BundleError(f"{where} normalization: mean, std and bands need one entry per band, and std > 0")
     patch = _check_keys(d["patch"], PatchSpec, f"{where} patch")
+    size, overlap, stride = patch["size"], patch["min_overlap"], patch.get("output_stride", 4)
+    if not (isinstance(size, int) and isinstance(overlap, int) and size > 0 and 0 <= overlap < size and size % stride == 0):
+        raise BundleError(
+            f"{where} patch: size {size!r} and min_overlap {overlap!r} are not a valid geometry "
+            f"(need 0 <= min_overlap < size, size a multiple of {stride})"
+        )
     engines = []
     for i, e in enumerate(d.get("engines", [])):
         e = _check_keys(e, EngineSpec, f"{where} engines[{i}]")

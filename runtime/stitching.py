@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from runtime.patch_grid import PatchGrid
+
 WEIGHT_FLOOR = 1e-3
 
 
@@ -23,3 +25,100 @@ def patch_weights(patch_size: int) -> np.ndarray:
     window = np.outer(ramp, ramp).astype(np.float32)
     window.setflags(write=False)
     return window
+
+
+def upsample_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """float32 [out, in] matrix of 1-D bilinear resampling with torch's align_corners=False rule.
+
+    Source coordinate of output i is (i + 0.5) * in/out - 0.5, clamped at 0; the upper neighbour is
+    clamped to the last input. Applying it on both axes (R_y . L . R_x^T) equals
+    ``F.interpolate(mode="bilinear", align_corners=False)`` without torch.
+    """
+    scale = in_size / out_size
+    source = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    lower = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    frac = (source - lower).astype(np.float32)
+    matrix = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, lower), 1.0 - frac)
+    np.add.at(matrix, (rows, upper), frac)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
+    """[B, K, h, w] logits -> [B, K, size, size] by separable bilinear resampling (align_corners=False)."""
+    rows = upsample_matrix(logits.shape[-2], size)
+    cols = upsample_matrix(logits.shape[-1], size)
+    return np.matmul(rows, np.matmul(logits.astype(np.float32, copy=False), cols.T))
+
+
+class Stitcher:
+    """Blends patch logits into a band buffer and hands out finished mask rows, top to bottom.
+
+    Patches must arrive in the grid's row-major order. After the last patch of grid row r, rows
+    above ``grid.final_row_after(r)`` can change no more: they are divided by their weight sum,
+    reduced to class indices, cropped to the image and returned by ``add``. The buffer holds one
+    patch height of rows (K x P x padded width floats), whatever the image height.
+    """
+
+    def __init__(self, grid: PatchGrid, num_classes: int) -> None:
+        self.grid = grid
+        self.num_classes = num_classes
+        p = grid.patch_size
+        self.band_rows = p  # rows are finalized after every grid row, so one patch height suffices
+        self.total = np.zeros((num_classes, self.band_rows, grid.padded_width), dtype=np.float32)
+        self.weight_sum = np.zeros((self.band_rows, grid.padded_width), dtype=np.float32)
+        self.top = 0  # padded-image row held in buffer row 0
+        self.next_index = 0  # next patch expected, row-major
+        self.weights = patch_weights(p)
+
+    def add(self, logits: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Blend a batch of patch logits [B, K, P, P] (the next B patches); return finished rows.
+
+        Returns a list of (first image row, uint8 class indices [rows, width]) in order; often empty.
+        """
+        p = self.grid.patch_size
+        origins = self.grid.origins()
+        if self.next_index + len(logits) > len(origins):
+            raise ValueError(f"stitcher got {self.next_index + len(logits)} patches for a grid of {len(origins)}")
+        finished: list[tuple[int, np.ndarray]] = []
+        for patch_logits in logits:
+            index = self.next_index
+            y, x = origins[index]
+            if y + p - self.top > self.band_rows:
+                raise ValueError(f"patch {index} at row {y} lies beyond the stitching band starting at {self.top}")
+            rows = slice(y - self.top, y - self.top + p)
+            self.total[:, rows, x : x + p] += patch_logits * self.weights
+            self.weight_sum[rows, x : x + p] += self.weights
+            self.next_index += 1
+            if self.next_index % self.grid.cols == 0:
+                done = self.finalize(self.grid.final_row_after(self.grid.grid_row_of(index)))
+                if done is not None:
+                    finished.append(done)
+        return finished
+
+    def finalize(self, bottom: int) -> tuple[int, np.ndarray] | None:
+        """Turn padded rows [top, bottom) into class indices, drop them from the band and shift it up."""
+        bottom = min(bottom, self.grid.padded_height)
+        count = bottom - self.top
+        if count <= 0:
+            return None
+        top = self.top
+        blended = self.total[:, :count] / self.weight_sum[None, :count]
+        mask = blended.argmax(axis=0).astype(np.uint8)
+        keep = self.band_rows - count
+        self.total[:, :keep] = self.total[:, count:]
+        self.total[:, keep:] = 0.0
+        self.weight_sum[:keep] = self.weight_sum[count:]
+        self.weight_sum[keep:] = 0.0
+        self.top = bottom
+        image_rows = max(0, min(bottom, self.grid.height) - top)
+        if image_rows == 0:
+            return None
+        return top, mask[:image_rows, : self.grid.width]
+
+    @property
+    def done(self) -> bool:
+        return self.next_index == len(self.grid)

@@ -43,3 +43,13 @@ def small_model(small_config):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory, small_model) -> Path:
+    """The small model exported once per session as an fp32 bundle (three graphs + manifest)."""
+    from export.onnx_export import export_bundle
+
+    path = tmp_path_factory.mktemp("bundle") / "small"
+    export_bundle(small_model, path)
+    return path

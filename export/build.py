@@ -1,0 +1,361 @@
+"""``glsnet-export build``: convert a bundle's graphs to FP16 or INT8, gate them, then build engines.
+
+Order of work, and what a failure leaves behind:
+1. The candidate graphs are written into a staging bundle inside the bundle directory (hard links
+   to the fp32 graphs, the new graphs under ``<precision>/``, a manifest naming both).
+2. The accuracy gate compares them with fp32 on the held-back calibration data (ONNX Runtime, CPU).
+   A failed gate removes the staging directory and raises AccuracyGateError: the bundle is as it was.
+3. On success (or with ``force``) the graphs move to ``<precision>/`` in the bundle and are registered
+   in manifest.graphs[precision] with their sha256 and the gate's report in manifest.accuracy; the
+   precision's entry is dropped from the manifest before its files are replaced, so a crash in
+   between leaves a consistent bundle without that precision, never mismatched checksums.
+4. Engines: TensorRT when asked (or ``auto`` with TensorRT importable), via
+   export.tensorrt_build; otherwise ONNX Runtime graphs optimised offline for the CPU
+   (``engines/onnxruntime_cpu/<precision>/<role>.onnx``), recorded as an EngineSpec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from calibration.accuracy_gate import (
+    GateReport,
+    GateThresholds,
+    accuracy_table,
+    chain_scores,
+    compare_graphs,
+    data_problems,
+    image_scores,
+    raise_if_failed,
+)
+from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions
+from calibration.fp16 import FP16Options, convert_graph_to_fp16, kept_nodes_summary
+from calibration.int8 import Int8Options, build_int8_graphs
+from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, TileSet, bundle_tiles, sample_tiles
+from runtime.errors import BundleError, InputError
+from runtime.manifest import (
+    GRAPH_ROLES,
+    EngineSpec,
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+    graph_path,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from runtime.optional_import import available, require
+
+log = logging.getLogger(__name__)
+
+ORT_ENGINE_DIR = "engines/onnxruntime_cpu"
+STAGING_PREFIX = ".build-"
+
+
+class BuildTarget(str, enum.Enum):
+    AUTO = "auto"  # TensorRT when it imports, else ONNX Runtime
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``glsnet-export build`` does, as one value (the CLI parses its flags into this)."""
+
+    precision: str
+    target: BuildTarget = BuildTarget.AUTO
+    force: bool = False  # keep graphs that fail the gate
+    thresholds: GateThresholds = GateThresholds()
+    fp16: FP16Options = FP16Options()
+    int8: Int8Options = Int8Options()
+    whole_images: bool = True  # gate on held-back scenes through the runtime's Segmenter
+    threads: int | None = None  # ONNX Runtime intra-op threads for the checks
+    tensorrt: Any = None  # export.tensorrt_build.TensorRTBuildOptions; None: its defaults
+    synthetic_gate_size: int = 768  # fp16 without calibration tiles: the gate's synthetic scenes
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp16", "int8"):
+            raise InputError(f"build precision {self.precision!r}: choose --fp16 or --int8")
+        if not isinstance(self.target, BuildTarget):
+            try:
+                object.__setattr__(self, "target", BuildTarget(self.target))
+            except ValueError:
+                raise InputError(f"--target {self.target!r}: choose auto, tensorrt or onnxruntime") from None
+
+
+@dataclass
+class BuildResult:
+    precision: str
+    graphs: dict[str, GraphSpec]
+    report: GateReport
+    engine: EngineSpec | None
+    messages: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _describe(bundle_dir: Path, relative: str, fp32: GraphSpec, precision: str) -> GraphSpec:
+    return GraphSpec(
+        file=relative,
+        precision=precision,
+        sha256=sha256_file(bundle_dir / relative),
+        inputs=tuple(TensorSpec(t.name, t.dtype, t.shape) for t in fp32.inputs),
+        outputs=tuple(TensorSpec(t.name, t.dtype, t.shape) for t in fp32.outputs),
+        opset=fp32.opset,
+    )
+
+
+@contextlib.contextmanager
+def staging_bundle(bundle_dir: Path, manifest: Manifest, precision: str):
+    """A throw-away bundle beside the real one: the fp32 graphs (hard links) and room for candidates."""
+    stage = bundle_dir / f"{STAGING_PREFIX}{precision}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        for role in GRAPH_ROLES:
+            spec = manifest.graph(role, "fp32")
+            _link_or_copy(graph_path(bundle_dir, spec), stage / spec.file)
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- gate data
+
+
+def gate_tiles(bundle_dir: Path, manifest: Manifest, options: BuildOptions, say: Callable[[str], None]) -> TileSet:
+    tiles = bundle_tiles(bundle_dir, manifest)
+    if tiles is not None:
+        return tiles
+    if options.precision == "int8":
+        raise BundleError(
+            f"{bundle_dir}: INT8 needs calibration tiles and the bundle has none; "
+            f"make them first with: glsnet-export calibrate {bundle_dir} IMAGES..."
+        )
+    from glsnet.data.synthetic import synthetic_scene
+
+    size = options.synthetic_gate_size
+    scenes = [synthetic_scene(size, size, seed=seed) for seed in (101, 102)]
+    say(
+        f"no calibration tiles in the bundle: the fp16 gate uses 2 seeded synthetic scenes of {size} px "
+        f"(better: glsnet-export calibrate {bundle_dir} IMAGES...)"
+    )
+    return sample_tiles(
+        [image for image, _ in scenes],
+        manifest,
+        TileOptions(count=16, holdout=32, holdout_fraction=0.5, scene_size=size, seed=0),
+        labels=[labels for _, labels in scenes],
+    )
+
+
+# ---------------------------------------------------------------- conversion and gate
+
+
+def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOptions, reference: dict, say) -> dict[str, Any]:
+    """Write the candidate graphs into ``stage/<precision>/``; returns details for the report."""
+    precision = options.precision
+    fp32_paths = {role: stage / manifest.graph(role, "fp32").file for role in GRAPH_ROLES}
+    out_dir = stage / precision
+    if precision == "fp16":
+        results = [convert_graph_to_fp16(fp32_paths[role], out_dir / f"{role}.onnx", options.fp16) for role in GRAPH_ROLES]
+        kept = {role: r.fp32_nodes for role, r in zip(GRAPH_ROLES, results)}
+        say(f"fp16: converted in {sum(r.seconds for r in results):.1f} s; kept in fp32: {kept_nodes_summary(results)}")
+        return {"fp32_nodes": {role: sorted(nodes) for role, nodes in kept.items()}, "kept_summary": kept_nodes_summary(results)}
+    calibration = TileFeeds(tiles, manifest, CALIBRATION, reference)
+    holdout = TileFeeds(tiles, manifest, HOLDOUT, reference)
+    built = build_int8_graphs(fp32_paths, out_dir, calibration, holdout, options.int8, options.thresholds.int8, say)
+    return built.summary()
+
+
+def run_gate(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOptions, reference: dict, details: dict) -> GateReport:
+    """Per-graph statistics and the tile chain on held-back tiles; whole held-back scenes via the Segmenter."""
+    start = time.perf_counter()
+    precision = options.precision
+    holdout = TileFeeds(tiles, manifest, HOLDOUT, reference)
+    threads = options.threads or 0
+    candidate = {role: cpu_session(stage / precision / f"{role}.onnx", threads) for role in GRAPH_ROLES}
+    graphs = compare_graphs(holdout, candidate) if holdout.batches else {}
+    tiles_scores = chain_scores(holdout, candidate) if holdout.batches else None
+    del candidate
+    images = None
+    if options.whole_images:
+        stage_manifest = manifest.replace(
+            graphs={"fp32": manifest.graphs["fp32"], precision: _stage_specs(stage, manifest, precision)},
+            engines=(),
+            accuracy={},
+        )
+        write_manifest(stage, stage_manifest)
+        images = image_scores(stage, precision, tiles, manifest, options.threads)
+    return GateReport(
+        precision=precision,
+        thresholds=options.thresholds.of(precision),
+        images=images,
+        tiles=tiles_scores,
+        graphs=graphs,
+        problems=data_problems(tiles, precision),
+        forced=options.force,
+        details=details,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _stage_specs(stage: Path, manifest: Manifest, precision: str) -> dict[str, GraphSpec]:
+    return {
+        role: _describe(stage, f"{precision}/{role}.onnx", manifest.graph(role, "fp32"), precision) for role in GRAPH_ROLES
+    }
+
+
+# ---------------------------------------------------------------- promotion
+
+
+def promote(bundle_dir: Path, stage: Path, precision: str, report: GateReport, details: dict) -> Manifest:
+    """Move the staged graphs (and caches) into the bundle and register them; see the module docstring."""
+    manifest = read_manifest(bundle_dir)
+    graphs = {p: roles for p, roles in manifest.graphs.items() if p != precision}
+    engines = tuple(e for e in manifest.engines if e.precision != precision)  # built from the old graphs
+    if precision in manifest.graphs or len(engines) != len(manifest.engines):
+        write_manifest(bundle_dir, manifest.replace(graphs=graphs, engines=engines))
+    target = bundle_dir / precision
+    target.mkdir(exist_ok=True)
+    for path in sorted((stage / precision).iterdir()):
+        if path.is_file():
+            os.replace(path, target / path.name)
+    specs = {
+        role: _describe(bundle_dir, f"{precision}/{role}.onnx", manifest.graph(role, "fp32"), precision) for role in GRAPH_ROLES
+    }
+    accuracy = {**manifest.accuracy, precision: report.as_dict()}
+    calibration = dict(manifest.calibration or {})
+    if precision == "int8":
+        calibration.update(_int8_calibration_entry(bundle_dir, manifest, details))
+    updated = manifest.replace(graphs={**graphs, precision: specs}, engines=engines, accuracy=accuracy, calibration=calibration or None)
+    write_manifest(bundle_dir, updated)
+    return updated
+
+
+def _int8_calibration_entry(bundle_dir: Path, manifest: Manifest, details: dict) -> dict:
+    caches = {}
+    for role in GRAPH_ROLES:
+        relative = f"int8/{role}.calib.cache"
+        caches[role] = {"file": relative, "sha256": sha256_file(bundle_dir / relative)}
+    tiles = (manifest.calibration or {}).get("tiles", {})
+    return {
+        "int8": {
+            "method": details.get("method"),
+            "tensorrt_caches": caches,
+            "cache_format": "TensorRT calibration cache: TRT-<version>-EntropyCalibration2, scale = amax/127 (big-endian float32 hex)",
+            "excluded_nodes": details.get("excluded_nodes", {}),
+            "tiles_sha256": tiles.get("sha256"),
+        }
+    }
+
+
+# ---------------------------------------------------------------- engines
+
+
+def resolve_target(target: BuildTarget) -> BuildTarget:
+    if target == BuildTarget.AUTO:
+        return BuildTarget.TENSORRT if available("tensorrt") else BuildTarget.ONNXRUNTIME
+    return target
+
+
+def build_onnxruntime_engines(bundle_dir: Path, precision: str) -> EngineSpec:
+    """Graphs optimised offline by ONNX Runtime (extended level: portable across x86/ARM CPUs), in the bundle."""
+    ort = require("onnxruntime", "the ONNX Runtime build")
+    from runtime.atomic_file import atomic_path
+
+    manifest = read_manifest(bundle_dir)
+    directory = f"{ORT_ENGINE_DIR}/{precision}"
+    files: dict[str, dict[str, str]] = {}
+    for role in GRAPH_ROLES:
+        source = graph_path(bundle_dir, manifest.graph(role, precision))
+        relative = f"{directory}/{role}.onnx"
+        with atomic_path(bundle_dir / relative) as tmp:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            options.optimized_model_filepath = str(tmp)
+            options.log_severity_level = 3
+            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        files[role] = {"file": relative, "sha256": sha256_file(bundle_dir / relative)}
+    spec = EngineSpec(
+        target="onnxruntime",
+        precision=precision,
+        directory=directory,
+        files=files,
+        profiles={"onnxruntime": {"version": ort.__version__, "optimization_level": "extended", "providers": ["CPUExecutionProvider"]}},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    manifest = read_manifest(bundle_dir)
+    kept = tuple(e for e in manifest.engines if not (e.target == "onnxruntime" and e.directory == directory))
+    write_manifest(bundle_dir, manifest.replace(engines=kept + (spec,)))
+    return spec
+
+
+def build_engines(bundle_dir: Path, precision: str, options: BuildOptions, say: Callable[[str], None]) -> EngineSpec:
+    target = resolve_target(options.target)
+    if target == BuildTarget.TENSORRT:
+        from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+
+        say(f"building TensorRT {precision} engines")
+        return build_tensorrt_engines(bundle_dir, precision, options.tensorrt or TensorRTBuildOptions())
+    if options.target == BuildTarget.AUTO:
+        say("TensorRT is not installed here: building the ONNX Runtime (CPU) engines instead")
+    spec = build_onnxruntime_engines(bundle_dir, precision)
+    say(f"ONNX Runtime {precision} graphs optimised into {spec.directory}/")
+    return spec
+
+
+# ---------------------------------------------------------------- the command
+
+
+def build_precision(bundle_dir: str | Path, options: BuildOptions, console=None) -> BuildResult:
+    """Convert, gate, promote, build engines (see the module docstring)."""
+    from rich.console import Console
+
+    console = console or Console()
+    messages: list[str] = []
+
+    def say(message: str) -> None:
+        messages.append(message)
+        console.print(message, markup=False, highlight=False)
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    precision = options.precision
+    for role in GRAPH_ROLES:
+        graph_path(bundle_dir, manifest.graph(role, "fp32"))
+    tiles = gate_tiles(bundle_dir, manifest, options, say)
+    reference = fp32_sessions(bundle_dir, manifest, options.threads or 0)
+    with staging_bundle(bundle_dir, manifest, precision) as stage:
+        details = _convert(stage, manifest, tiles, options, reference, say)
+        report = run_gate(stage, manifest, tiles, options, reference, details)
+        console.print(accuracy_table([report]))
+        for line in report.failures():
+            say(f"{precision} gate: {line}")
+        raise_if_failed(report, bundle_dir)
+        if not report.passed:
+            say(f"{precision}: the gate failed; keeping the graphs anyway (--force)")
+        updated = promote(bundle_dir, stage, precision, report, details)
+    engine = build_engines(bundle_dir, precision, options, say)
+    return BuildResult(precision, updated.graphs[precision], report, engine, messages)
+
+
+def default_options(precision: str, **changes: Any) -> BuildOptions:
+    return replace(BuildOptions(precision=precision), **changes)

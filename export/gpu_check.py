@@ -1,0 +1,239 @@
+"""``make gpu-check``: build TensorRT engines here and check them against the CPU fp32 reference on real images.
+
+On a machine with an NVIDIA GPU, TensorRT and cuda-python:
+1. builds the fp16 and int8 engines of a bundle with ``glsnet-export build BUNDLE --fp16|--int8 --target tensorrt``
+   (int8 first samples calibration tiles from the images when the bundle has none);
+2. segments real images ($GLSNET_DATA) with the engines on CUDA streams (runtime TensorRTPipeline) and
+   with the fp32 graphs on ONNX Runtime's CPU provider (runtime Segmenter: the reference);
+3. prints, per precision and image, the end-to-end latency (median of --repeats runs after a warm-up),
+   the peak device memory (cudaMemGetInfo, sampled after opening and after every run, minus what was
+   in use before) and the pixel agreement with the reference; writes the same as JSON into --out.
+
+Without a GPU, TensorRT or the data it says which is missing and exits with code 2; a precision whose
+agreement is below its threshold makes it exit with code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from runtime.atomic_file import write_text_atomic
+from runtime.cli_errors import run_app
+from runtime.errors import AccuracyGateError, GlsnetError, InputError, MissingDependencyError
+
+DATA_ENV = "GLSNET_DATA"
+MIN_AGREEMENT = {"fp16": 0.99, "int8": 0.97}
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
+
+
+@dataclass(frozen=True)
+class Measurement:
+    precision: str
+    image: str
+    height: int
+    width: int
+    latency_ms: float
+    latency_runs_ms: list[float]
+    peak_device_mb: float
+    schedule_buffers_mb: float
+    pixel_agreement: float
+    batch_size: int
+
+
+def missing_pieces(data: Path | None) -> list[str]:
+    """What this machine lacks for the check, one sentence each (empty: ready)."""
+    from runtime.backends.tensorrt.api import tensorrt_api
+    from runtime.cuda import open_device
+
+    problems = []
+    try:
+        api = tensorrt_api(feature="make gpu-check")
+    except (MissingDependencyError, GlsnetError) as exc:
+        problems.append(f"TensorRT: {exc}")
+        api = None
+    try:
+        device = open_device()
+        info = device.info()
+        if api is not None:
+            typer.echo(f"gpu-check: {info.name} (compute capability {info.compute_capability}), TensorRT {api.version}")
+    except (MissingDependencyError, GlsnetError) as exc:
+        problems.append(f"GPU: {exc}")
+    if data is None:
+        problems.append(f"data: ${DATA_ENV} is not set and --data was not given; point it at a folder of DeepGlobe *_sat.jpg images")
+    elif not sorted(data.glob("*_sat.jpg")):
+        problems.append(f"data: {data} holds no *_sat.jpg images")
+    return problems
+
+
+def glsnet_export(*args: str) -> None:
+    """Run ``glsnet-export`` as the user would (same interpreter), failing loudly."""
+    command = [sys.executable, "-m", "export.cli", *args]
+    typer.echo("$ glsnet-export " + " ".join(args))
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise GlsnetError(f"glsnet-export {' '.join(args)} failed with exit code {result.returncode} (its output is above)")
+
+
+def prepare_bundle(bundle: Path | None, out: Path) -> Path:
+    """--bundle, else the demo's bundle beside --out, exported from the demo's checkpoint when only that exists."""
+    if bundle is not None:
+        return bundle
+    demo = out.parent
+    if (demo / "bundle" / "manifest.json").is_file():
+        return demo / "bundle"
+    checkpoint = demo / "model.safetensors"
+    if checkpoint.is_file():
+        glsnet_export("onnx", str(checkpoint), "-o", str(demo / "bundle"), "--force")
+        return demo / "bundle"
+    raise InputError(f"no bundle: pass --bundle, or run `make demo` first (it writes {demo / 'bundle'})")
+
+
+def build_engines(bundle: Path, precision: str, images: list[Path], dla_core: int | None) -> None:
+    from runtime.manifest import read_manifest
+
+    if precision == "int8" and not (bundle / "calibration" / "tiles.npz").is_file():
+        glsnet_export("calibrate", str(bundle), *(str(p) for p in images))
+    args = ["build", str(bundle), f"--{precision}", "--target", "tensorrt"]
+    glsnet_export(*args)
+    if dla_core is not None:
+        from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+
+        build_tensorrt_engines(bundle, precision, TensorRTBuildOptions(dla_core=dla_core))
+    read_manifest(bundle)  # the build left a readable manifest
+
+
+def measure(
+    bundle: Path,
+    precision: str,
+    images: list[Path],
+    references: dict[str, np.ndarray],
+    repeats: int,
+    dla_core: int | None,
+    cuda_graphs: bool,
+) -> list[Measurement]:
+    from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
+    from runtime.comparison import pixel_agreement
+    from runtime.cuda import open_device
+    from runtime.image_readers import open_image
+
+    device = open_device()
+    free_before, _ = device.memory_info()
+    options = TensorRTPipelineOptions(precision=precision, dla_core=dla_core, cuda_graphs=cuda_graphs)
+    results = []
+    with TensorRTPipeline(bundle, options, device=device) as pipeline:
+        for path in images:
+            source = open_image(path)
+            pixels = source.read_rows(0, source.height)
+            source.close()
+            lowest_free = device.memory_info()[0]
+            pipeline.segment(pixels)  # warm-up: lazy allocations, CUDA graph capture
+            runs = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                mask = pipeline.segment(pixels)
+                runs.append((time.perf_counter() - started) * 1000)
+                lowest_free = min(lowest_free, device.memory_info()[0])
+            plan = pipeline.scheduler.plan if pipeline.scheduler else None
+            results.append(
+                Measurement(
+                    precision=precision,
+                    image=path.name,
+                    height=int(pixels.shape[0]),
+                    width=int(pixels.shape[1]),
+                    latency_ms=round(statistics.median(runs), 1),
+                    latency_runs_ms=[round(r, 1) for r in runs],
+                    peak_device_mb=round((free_before - lowest_free) / 2**20, 1),
+                    schedule_buffers_mb=round((plan.device_bytes if plan else 0) / 2**20, 1),
+                    pixel_agreement=round(pixel_agreement(references[path.name], mask), 5),
+                    batch_size=plan.batch if plan else 0,
+                )
+            )
+    device.close()
+    return results
+
+
+def print_table(results: list[Measurement]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="TensorRT engines vs the CPU fp32 reference (ONNX Runtime)")
+    for column in ("precision", "image", "size", "batch", "latency ms (median)", "peak device MB", "schedule buffers MB", "pixel agreement"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.precision, r.image, f"{r.height}x{r.width}", str(r.batch_size), f"{r.latency_ms:.1f}",
+            f"{r.peak_device_mb:.0f}", f"{r.schedule_buffers_mb:.0f}", f"{r.pixel_agreement:.4f}",
+        )
+    Console().print(table)
+
+
+@app.command()
+def check(
+    out: Path = typer.Option(Path("demo-out/gpu-check"), "--out", help="Folder for the report (gpu_check.json)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle to build and check (default: the demo's, beside --out)."),
+    data: Optional[Path] = typer.Option(None, "--data", help=f"Folder of *_sat.jpg images (default: ${DATA_ENV})."),
+    count: int = typer.Option(3, "--images", help="How many images to check."),
+    repeats: int = typer.Option(3, help="Timed runs per image after one warm-up."),
+    precisions: str = typer.Option("fp16,int8", help="Comma-separated precisions to build and check."),
+    build: bool = typer.Option(True, "--build/--no-build", help="Build the engines first (otherwise use the bundle's)."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Also put the local engine on this DLA core (Jetson)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay fixed-shape local/fusion batches as CUDA graphs."),
+) -> None:
+    """Build fp16/int8 TensorRT engines, run them on real images, compare with the CPU fp32 reference."""
+    data = data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
+    problems = missing_pieces(data)
+    if problems:
+        raise MissingDependencyError("gpu-check cannot run on this machine:\n  - " + "\n  - ".join(problems))
+    chosen = [p.strip() for p in precisions.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in MIN_AGREEMENT]
+    if unknown:
+        raise InputError(f"--precisions {precisions!r}: choose from {sorted(MIN_AGREEMENT)}")
+    assert data is not None
+    images = sorted(data.glob("*_sat.jpg"))[:count]
+    bundle_dir = prepare_bundle(bundle, out)
+
+    from runtime.image_readers import open_image
+    from runtime.segmenter import Segmenter
+
+    references = {}
+    with Segmenter(bundle_dir, precision="fp32", device="cpu") as reference:
+        for path in images:
+            source = open_image(path)
+            references[path.name] = reference.segment(source.read_rows(0, source.height))
+            source.close()
+    results: list[Measurement] = []
+    for precision in chosen:
+        if build:
+            build_engines(bundle_dir, precision, images, dla_core)
+        results += measure(bundle_dir, precision, images, references, repeats, dla_core, cuda_graphs)
+    print_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"bundle": str(bundle_dir), "thresholds": MIN_AGREEMENT, "results": [asdict(r) for r in results]}
+    write_text_atomic(out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
+    typer.echo(f"report: {out / 'gpu_check.json'}")
+    failed = [r for r in results if r.pixel_agreement < MIN_AGREEMENT[r.precision]]
+    if failed:
+        raise AccuracyGateError(
+            "pixel agreement below threshold: "
+            + ", ".join(f"{r.precision} {r.image} {r.pixel_agreement:.4f} < {MIN_AGREEMENT[r.precision]}" for r in failed)
+        )
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""``glsnet-train``: thin typer commands over glsnet.training, glsnet.evaluation and glsnet.data.synthetic.
+
+Heavy modules (torch) are imported inside the commands, so ``--help`` and ``synth`` start fast.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from runtime.cli_errors import run_app
+from runtime.errors import InputError
+
+app = typer.Typer(
+    help="Train and evaluate GLSNet on DeepGlobe or ISPRS Vaihingen folders, or on seeded synthetic scenes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class LayoutChoice(str, Enum):
+    deepglobe = "deepglobe"
+    vaihingen = "vaihingen"
+
+
+class PresetChoice(str, Enum):
+    default = "default"
+    small = "small"
+
+
+class VariantChoice(str, Enum):
+    shallow_deep = "shallow-deep"
+    shallow_shallow = "shallow-shallow"
+    deep_deep = "deep-deep"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' (or 'N' for a square) -> (height, width)."""
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise InputError(f"--size {text!r}: expected HEIGHTxWIDTH in pixels, e.g. 2448x2448")
+    return values
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("glsnet.safetensors"), "--out", "-o", help="Checkpoint to write (optimizer state goes beside it)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of labelled scenes (see --layout)."),
+    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help="deepglobe: <id>_sat.jpg + <id>_mask.png; vaihingen: top/*.tif + gts/*.tif."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Train on seeded synthetic scenes instead of --data."),
+    synthetic_count: int = typer.Option(8, help="Synthetic scenes to generate (with --synthetic)."),
+    synthetic_size: str = typer.Option("1024x1024", help="Synthetic scene size HxW (with --synthetic)."),
+    preset: Optional[PresetChoice] = typer.Option(None, help="default: the paper's sizes; small: CPU-sized (width 64, patch 128). Default: default, or the --resume checkpoint's."),
+    variant: Optional[VariantChoice] = typer.Option(None, help="Backbones of the paper's ablation: shallow-deep (GLSNet, R18/R50), shallow-shallow, deep-deep."),
+    steps: Optional[int] = typer.Option(None, help="Total steps (counted from 0, also when resuming). Default: --epochs passes."),
+    epochs: int = typer.Option(1, help="Passes over the training scenes (one crop per scene each), when --steps is not given."),
+    batch_size: int = typer.Option(6, help="Patches per step (the paper: 6)."),
+    crop_size: int = typer.Option(512, help="Pixels of the random crop the global branch sees (the paper: the whole image)."),
+    global_lr: float = typer.Option(1e-4, help="Adam learning rate of the global branch and fusion."),
+    local_lr: float = typer.Option(2e-5, help="Adam learning rate of the local branch."),
+    seed: int = typer.Option(0, help="Seed of the initial weights, the split and every crop."),
+    resume: Optional[Path] = typer.Option(None, help="Continue from this checkpoint (weights, optimizer, step)."),
+    val_every: Optional[int] = typer.Option(None, help="Steps between validation + checkpoint. Default: once per epoch."),
+    val_fraction: float = typer.Option(0.2, help="Share of the scenes held out for validation."),
+    val_crop: int = typer.Option(512, help="Validate on centred crops of this size (0: whole scenes)."),
+    imagenet_global: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the global backbone."),
+    imagenet_local: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the local backbone."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train GLSNet (Adam, focal loss gamma 6 + 0.15 x two auxiliary losses) and write a checkpoint."""
+    from glsnet.checkpoint import read_config
+    from glsnet.data.layouts import Layout
+    from glsnet.evaluation import print_scores
+    from glsnet.training import TrainOptions, preset_config, train as run_training
+
+    if (data is None) == (not synthetic):
+        raise InputError("give exactly one data source: --data DIR or --synthetic")
+    chosen_layout = Layout(layout.value)
+    if resume is not None and preset is None and variant is None:
+        config = read_config(resume)
+    else:
+        config = preset_config((preset or PresetChoice.default).value, variant.value if variant else None, chosen_layout)
+    options = TrainOptions(
+        out=out, data=data, layout=chosen_layout, config=config, steps=steps, epochs=epochs, batch_size=batch_size,
+        crop_size=crop_size, global_lr=global_lr, local_lr=local_lr, seed=seed, resume=resume, val_every=val_every,
+        val_fraction=val_fraction, val_crop=val_crop or None, synthetic_count=synthetic_count,
+        synthetic_size=parse_size(synthetic_size), global_weights=imagenet_global, local_weights=imagenet_local,
+        progress=progress,
+    )
+    result = run_training(options)
+    if result.losses:
+        typer.echo(
+            f"trained steps {result.start_step}..{result.final_step}: loss {result.losses[0]['total']:.4f} -> "
+            f"{result.losses[-1]['total']:.4f}, {result.seconds_per_step:.2f} s/step"
+        )
+    else:
+        typer.echo(f"nothing to train: the checkpoint is already at step {result.final_step}")
+    if result.validation:
+        step, scores = result.validation[-1]
+        print_scores(scores, config.classes, title=f"validation at step {step} ({', '.join(result.val_names)})")
+    typer.echo(f"checkpoint: {result.checkpoint}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A glsnet-train checkpoint (.safetensors)."),
+    data_dir: Path = typer.Argument(..., help="Folder of labelled scenes (see --layout)."),
+    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help="deepglobe or vaihingen folder layout."),
+    downscale: int = typer.Option(1, help="Average f x f pixel blocks first, for speed (1: full resolution)."),
+    crop: int = typer.Option(0, help="Score a centred crop of this size only, for speed (0: whole scenes)."),
+    limit: int = typer.Option(0, help="Score only the first N scenes (0: all)."),
+    batch_size: int = typer.Option(6, help="Patches per forward pass."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
+) -> None:
+    """Score a checkpoint: overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU."""
+    from glsnet.data.layouts import Layout
+    from glsnet.evaluation import EvalOptions, evaluate as run_evaluation, print_scores, write_scores_json
+
+    options = EvalOptions(
+        layout=Layout(layout.value), downscale=downscale, crop=crop or None, limit=limit or None, batch_size=batch_size,
+    )
+    result = run_evaluation(checkpoint, data_dir, options)
+    title = f"{checkpoint.name} (step {result.checkpoint_step}) on {len(result.scenes)} scene(s) of {data_dir}"
+    print_scores(result.scores, result.class_names, title=title)
+    if json_out is not None:
+        write_scores_json(json_out, result)
+        typer.echo(f"scores: {json_out}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="A folder (DeepGlobe layout), or an image file name ending in .png."),
+    count: int = typer.Option(1, help="Scenes to write into the folder."),
+    size: str = typer.Option("2448x2448", help="Scene size HEIGHTxWIDTH in pixels."),
+    seed: int = typer.Option(0, help="Same seed, same scenes."),
+) -> None:
+    """Write seeded synthetic aerial scenes with DeepGlobe colour masks.
+
+    OUT a folder: <name>_sat.png + <name>_mask.png per scene (readable by train/evaluate --data).
+    OUT ending in .png: one scene there (the folder's first) and its colour mask as <stem>_mask.png beside it.
+    """
+    from glsnet.data.synthetic import SyntheticScenes, write_scene, write_synthetic_folder
+
+    height, width = parse_size(size)
+    if out.suffix.lower() == ".png":
+        if count != 1:
+            raise InputError(f"{out}: a single image file holds one scene; use a folder for --count {count}")
+        image_path, mask_path = write_scene(out, *SyntheticScenes(1, height, width, seed).read(0))
+        typer.echo(f"wrote {image_path} and {mask_path}")
+        return
+    written = write_synthetic_folder(out, count, height, width, seed=seed)
+    typer.echo(f"wrote {len(written)} scene(s) of {height} x {width} px to {out}")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

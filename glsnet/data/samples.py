@@ -1,0 +1,72 @@
+"""One labelled scene -> one training sample: a random crop, its patch grid and B of its patches.
+
+The crop plays the role of the paper's "whole image": the global branch sees all of it while the
+local branch sees ``patches_per_step`` patches of it, laid out by the same patch grid
+(runtime.patch_grid) and normalised the same way (runtime.preprocess) as at inference. On a GPU
+the crop can be the whole 2448 x 2448 image; on a CPU a few hundred pixels keep a step short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from glsnet.config import GLSNetConfig
+from runtime.manifest import Normalization
+from runtime.patch_grid import make_grid
+from runtime.preprocess import normalize
+
+
+@dataclass
+class TrainingSample:
+    image: torch.Tensor  # [1, C, H, W] normalised crop, zero-padded (bottom/right) to at least one patch
+    patches: torch.Tensor  # [B, C, P, P] patches of ``image``
+    boxes: torch.Tensor  # [B, 4] float32 x1, y1, x2, y2 of each patch in ``image`` pixels
+    patch_labels: torch.Tensor  # [B, P, P] int64; padding is ignore_index
+    crop_labels: torch.Tensor  # [H, W] int64 labels of ``image``; padding is ignore_index
+
+
+def normalization(config: GLSNetConfig) -> Normalization:
+    """The normalisation a model of ``config`` expects (the same one its bundle's manifest records)."""
+    return Normalization(mean=tuple(config.mean), std=tuple(config.std), scale=255.0, bands=tuple(config.bands))
+
+
+def random_crop(
+    image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` window at a random position (the whole axis where the scene is smaller)."""
+    height, width = labels.shape
+    y = int(rng.integers(0, height - size + 1)) if height > size else 0
+    x = int(rng.integers(0, width - size + 1)) if width > size else 0
+    return image[y : y + size, x : x + size], labels[y : y + size, x : x + size]
+
+
+def make_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    config: GLSNetConfig,
+    crop_size: int,
+    patches_per_step: int,
+    rng: np.random.Generator,
+) -> TrainingSample:
+    """Crop, normalise, lay out the patch grid and pick ``patches_per_step`` of its patches (all if fewer)."""
+    image, labels = random_crop(image, labels, crop_size, rng)
+    height, width = labels.shape
+    grid = make_grid(height, width, config.patch_size, config.min_overlap)
+    pixels = np.zeros((config.in_channels, grid.padded_height, grid.padded_width), dtype=np.float32)
+    pixels[:, :height, :width] = normalize(image, normalization(config))
+    target = np.full((grid.padded_height, grid.padded_width), config.ignore_index, dtype=np.int64)
+    target[:height, :width] = labels
+    chosen = np.sort(rng.choice(len(grid), size=min(patches_per_step, len(grid)), replace=False))
+    origins = grid.origins()
+    p = config.patch_size
+    windows = [(slice(origins[i][0], origins[i][0] + p), slice(origins[i][1], origins[i][1] + p)) for i in chosen]
+    return TrainingSample(
+        image=torch.from_numpy(pixels)[None],
+        patches=torch.from_numpy(np.stack([pixels[:, ys, xs] for ys, xs in windows])),
+        boxes=torch.from_numpy(grid.boxes(chosen)),
+        patch_labels=torch.from_numpy(np.stack([target[ys, xs] for ys, xs in windows])),
+        crop_labels=torch.from_numpy(target),
+    )

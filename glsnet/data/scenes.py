@@ -1,0 +1,82 @@
+"""A set of labelled scenes, whatever its source: the one interface training and evaluation read.
+
+A scene is an (image uint8 [H, W, C], labels uint8 [H, W]) pair. Folders are listed and checked
+when opened (pairs complete, sizes equal: headers only, cheap); the pixels and the mask colours
+are read and checked when a scene is first read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from glsnet.data.palette import Palette, decode_mask
+from runtime.errors import InputError
+
+
+class Scenes(Protocol):
+    """Anything with scene names and a reader: DeepGlobe/Vaihingen folders, synthetic scenes."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ScenePair:
+    name: str
+    image: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class FolderScenes:
+    """Image/mask file pairs decoded with ``read_pixels`` and the RGB ``palette``."""
+
+    pairs: tuple[ScenePair, ...]
+    palette: Palette
+    read_pixels: Callable[[Path], np.ndarray]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        image = self.read_pixels(pair.image)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        labels = decode_mask(self.read_pixels(pair.mask), self.palette, source=pair.mask)
+        if image.shape[:2] != labels.shape:
+            raise InputError(
+                f"{pair.image}: image is {image.shape[1]} x {image.shape[0]} px but its mask {pair.mask.name} is "
+                f"{labels.shape[1]} x {labels.shape[0]} px; image and mask must have the same size"
+            )
+        return image, labels
+
+
+def check_folder(folder: str | Path, what: str) -> Path:
+    """``folder`` as a Path; InputError if it does not exist or is not a directory."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: {what} folder not found; check the path (--data)")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: expected a {what} folder, found a file")
+    return folder
+
+
+def check_same_size(pair: ScenePair, image_size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+    """Sizes are (width, height), read from the file headers."""
+    if image_size != mask_size:
+        raise InputError(
+            f"{pair.image}: image is {image_size[0]} x {image_size[1]} px but its mask {pair.mask} is "
+            f"{mask_size[0]} x {mask_size[1]} px; image and mask must have the same size"
+        )

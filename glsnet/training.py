@@ -1,0 +1,243 @@
+"""Train GLSNet: Adam with the paper's two learning rates, focal + auxiliary losses, seeded and resumable.
+
+One step draws one scene, a random crop of it (the global branch's whole image) and
+``batch_size`` of the crop's patches (glsnet.data.samples). An epoch visits every training scene
+once, in a seeded order. All randomness of step s comes from a generator seeded with (seed, s), so
+a run resumed from a checkpoint saved at step s continues exactly as the uninterrupted run would.
+The checkpoint (weights, optimizer state, step) is written atomically at every validation point
+and at the end; validation scores whole held-out scenes (centre-cropped to ``val_crop``) with the
+reference inference, as evaluation does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glsnet.checkpoint import load_model, load_optimizer_state, save_checkpoint
+from glsnet.config import SMALL, VARIANTS, GLSNetConfig
+from glsnet.data.layouts import Layout, open_scenes
+from glsnet.data.samples import make_sample
+from glsnet.data.scenes import Scenes
+from glsnet.data.synthetic import SyntheticScenes
+from glsnet.data.vaihingen import vaihingen_config
+from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score_scenes
+from glsnet.losses import GLSNetLoss
+from glsnet.model import build_glsnet
+from runtime.errors import InputError
+from runtime.metrics import Scores
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    out: Path  # checkpoint to write (its optimizer state goes beside it)
+    data: Path | None = None  # folder of labelled scenes; None trains on synthetic scenes
+    layout: Layout = Layout.DEEPGLOBE
+    config: GLSNetConfig = GLSNetConfig()
+    steps: int | None = None  # total steps; None: ``epochs`` passes over the training scenes
+    epochs: int = 1
+    batch_size: int = 6  # patches per step (the paper's batch of 6)
+    crop_size: int = 512  # px of the random crop the global branch sees (the paper: the whole image)
+    global_lr: float = 1e-4  # global branch, fusion and global aux head
+    local_lr: float = 2e-5  # local branch and its aux head
+    focal_gamma: float = 6.0
+    aux_weight: float = 0.15
+    seed: int = 0
+    resume: Path | None = None  # checkpoint to continue from; ``steps``/``epochs`` count from step 0
+    val_every: int | None = None  # steps between validations and checkpoints; None: once per epoch
+    val_fraction: float = 0.2  # share of the scenes held out (at least one scene stays for training)
+    val_names: tuple[str, ...] = ()  # held-out scenes by name; overrides val_fraction
+    val_crop: int | None = 512  # validate on centred crops of this size (None: whole scenes)
+    synthetic_count: int = 8  # scenes when ``data`` is None
+    synthetic_size: tuple[int, int] = (1024, 1024)
+    global_weights: Path | None = None  # local ImageNet state-dict files for the two backbones
+    local_weights: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps is None or self.steps >= 1,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "crop_size": self.crop_size >= 1,
+            "val_every": self.val_every is None or self.val_every >= 1,
+            "val_fraction": 0.0 <= self.val_fraction < 1.0,
+            "synthetic_count": self.synthetic_count >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise InputError(f"training options out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    start_step: int
+    final_step: int
+    losses: list[dict[str, float]] = field(default_factory=list)  # per step run: total, main, global_aux, local_aux
+    validation: list[tuple[int, Scores]] = field(default_factory=list)
+    seconds_per_step: float = float("nan")
+    train_names: tuple[str, ...] = ()
+    val_names: tuple[str, ...] = ()
+
+
+PRESETS: dict[str, GLSNetConfig] = {"default": GLSNetConfig(), "small": SMALL}
+
+
+def preset_config(preset: str = "default", variant: str | None = None, layout: Layout = Layout.DEEPGLOBE) -> GLSNetConfig:
+    """A named preset ("default": the paper's sizes; "small": CPU-sized), optionally with the backbones
+    of an ablation variant, and with the classes of the data layout."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = PRESETS[preset]
+    if variant is not None:
+        if variant not in VARIANTS:
+            raise InputError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+        global_backbone, local_backbone = VARIANTS[variant]
+        config = config.replace(global_backbone=global_backbone, local_backbone=local_backbone)
+    return vaihingen_config(config) if Layout(layout) is Layout.VAIHINGEN else config
+
+
+def open_training_scenes(options: TrainOptions) -> Scenes:
+    if options.data is None:
+        return SyntheticScenes(options.synthetic_count, *options.synthetic_size, seed=options.seed)
+    return open_scenes(options.layout, options.data, options.config)
+
+
+def split_scenes(names: tuple[str, ...], options: TrainOptions) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): ``val_names`` if given, else a seeded ``val_fraction``."""
+    if options.val_names:
+        unknown = sorted(set(options.val_names) - set(names))
+        if unknown:
+            raise InputError(f"validation scene(s) {unknown} not in the data; available: {list(names)[:10]}...")
+        val = [i for i, n in enumerate(names) if n in options.val_names]
+    else:
+        count = min(int(round(options.val_fraction * len(names))), len(names) - 1)
+        order = np.random.default_rng([options.seed, 1]).permutation(len(names))
+        val = sorted(int(i) for i in order[:count])
+    train = [i for i in range(len(names)) if i not in val]
+    if not train:
+        raise InputError("every scene is held out for validation; leave at least one for training")
+    return train, val
+
+
+def scene_for_step(step: int, train: list[int], seed: int) -> int:
+    """The scene of step ``step``: epoch e = step // len(train) visits ``train`` in order permutation(seed, e)."""
+    epoch, position = divmod(step, len(train))
+    order = np.random.default_rng([seed, 2, epoch]).permutation(len(train))
+    return train[int(order[position])]
+
+
+def _initial_state(options: TrainOptions):
+    """(model in train mode, optimizer, start step)."""
+    torch.manual_seed(options.seed)
+    if options.resume is not None:
+        model, info = load_model(options.resume, expected=options.config)
+        start = info["step"]
+    else:
+        model = build_glsnet(options.config, global_weights=options.global_weights, local_weights=options.local_weights)
+        start = 0
+    optimizer = torch.optim.Adam(model.parameter_groups(options.global_lr, options.local_lr))
+    if options.resume is not None and not load_optimizer_state(options.resume, optimizer):
+        log.warning("%s: no optimizer state beside the checkpoint; Adam restarts from zero moments", options.resume)
+    return model.train(), optimizer, start
+
+
+def _validate(model, scenes: Scenes, val: list[int], options: TrainOptions) -> Scores:
+    model.eval()
+    try:
+        eval_options = EvalOptions(crop=options.val_crop, batch_size=options.batch_size, progress=False)
+        matrix, _ = score_scenes(model, scenes, val, eval_options)
+    finally:
+        model.train()
+    return matrix.scores(exclude=excluded_from_means(options.config))
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Run (or continue) training to the requested step and write the checkpoint; see TrainOptions."""
+    scenes = open_training_scenes(options)
+    train_idx, val_idx = split_scenes(scenes.names, options)
+    total = options.steps if options.steps is not None else options.epochs * len(train_idx)
+    every = options.val_every or len(train_idx)
+    model, optimizer, start = _initial_state(options)
+    criterion = GLSNetLoss(options.focal_gamma, options.aux_weight, options.config.ignore_index)
+    read = functools.lru_cache(maxsize=16)(scenes.read)
+    result = TrainResult(
+        Path(options.out), start, start,
+        train_names=tuple(scenes.names[i] for i in train_idx), val_names=tuple(scenes.names[i] for i in val_idx),
+    )
+
+    def checkpoint(step: int) -> None:
+        scores = None
+        if val_idx:
+            scores = _validate(model, scenes, val_idx, options)
+            result.validation.append((step, scores))
+        extra = {
+            "train": {f.name: _plain(getattr(options, f.name)) for f in dataclasses.fields(options) if f.name not in ("config", "progress")},
+            "val_scenes": list(result.val_names),
+            "loss": result.losses[-1] if result.losses else None,
+            "validation": scores.as_dict(options.config.classes) if scores is not None else None,
+        }
+        save_checkpoint(options.out, model, step=step, optimizer=optimizer, extra=json_safe(extra))
+
+    training_seconds = 0.0
+    with _progress_bar(options.progress, max(0, total - start)) as advance:
+        for step in range(start, total):
+            started = time.perf_counter()
+            rng = np.random.default_rng([options.seed, 3, step])
+            image, labels = read(scene_for_step(step, train_idx, options.seed))
+            sample = make_sample(image, labels, options.config, options.crop_size, options.batch_size, rng)
+            output = model(sample.image, sample.patches, sample.boxes)
+            loss = criterion(output, sample.patch_labels, sample.crop_labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            optimizer.step()
+            training_seconds += time.perf_counter() - started
+            result.losses.append(loss.as_floats())
+            result.final_step = step + 1
+            advance(loss.as_floats()["total"])
+            if result.final_step % every == 0 and result.final_step < total:
+                checkpoint(result.final_step)
+    if result.losses:
+        result.seconds_per_step = training_seconds / len(result.losses)
+    checkpoint(result.final_step)
+    return result
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, steps: int) -> Iterator[Callable[[float], None]]:
+    """Yield ``advance(loss)``, which moves a rich progress bar showing the loss one step (or does nothing)."""
+    if not enabled:
+        yield lambda loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("train", total=steps, loss="-")
+        yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")
+
+
+def _plain(value: object) -> object:
+    """Options as JSON values: paths and enums as strings, tuples as lists."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,174 @@
+"""Every difference between TensorRT 10.x and 11.x, decided in one place from ``tensorrt.__version__``.
+
+TensorRT 11 made networks strongly typed by default (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+is ignored, ``EXPLICIT_BATCH`` is gone) and removed weak typing: ``BuilderFlag.FP16``/``INT8`` and
+``IBuilderConfig.int8_calibrator`` no longer exist, so precision lives in the ONNX graph (fp16
+conversion, Q/DQ). It also removed ``ICudaEngine.device_memory_size`` in favour of
+``device_memory_size_v2``. TensorRT 10 (JetPack 6 on Jetson Orin) has both ways; its DLA path uses
+implicit precision with a calibration cache. DLA is documented for 10.x, absent from 11.0 to 11.3 and
+back from 11.4 (Jetson AGX Orin on JetPack 7.2.2+). Nothing else in the toolkit looks at the version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from runtime.errors import GlsnetError, InputError, MissingDependencyError
+from runtime.optional_import import require
+
+MIN_MAJOR = 10
+DLA_BACK_IN_11 = (11, 4)
+
+
+@dataclass(frozen=True, order=True)
+class TensorRTVersion:
+    major: int
+    minor: int
+    patch: int = 0
+    build: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "TensorRTVersion":
+        """'10.3.0', '10.3.0.30', '11.4.0.106' or '10.13.0.post1' -> the numbers that matter."""
+        numbers = [int(n) for n in re.findall(r"\d+", str(text).split("+")[0])[:4]]
+        if len(numbers) < 2:
+            raise GlsnetError(f"cannot read a TensorRT version from {text!r}; expected something like '10.3.0'")
+        return cls(*numbers)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}" + (f".{self.build}" if self.build else "")
+
+    @property
+    def release(self) -> str:
+        """major.minor.patch: engines are portable between builds of one release only."""
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    @property
+    def encoded(self) -> int:
+        """NV_TENSORRT_VERSION as the calibration cache header writes it (8.6.1 -> 8601, 10.3.0 -> 100300)."""
+        if self.major >= 10:
+            return self.major * 10000 + self.minor * 100 + self.patch
+        return self.major * 1000 + self.minor * 100 + self.patch
+
+
+@dataclass(frozen=True)
+class TensorRTApi:
+    """The TensorRT module and the calls that differ between its versions."""
+
+    trt: ModuleType = field(repr=False, compare=False)
+    version: TensorRTVersion
+
+    # -------------------------------------------------------------- what this version can do
+    @property
+    def strongly_typed_by_default(self) -> bool:
+        return self.version.major >= 11
+
+    @property
+    def has_implicit_precision(self) -> bool:
+        """BuilderFlag.FP16/INT8 and INT8 calibrators (weakly typed networks): TensorRT 10 only."""
+        return self.version.major == 10
+
+    @property
+    def has_dla(self) -> bool:
+        return self.version.major == 10 or (self.version.major, self.version.minor) >= DLA_BACK_IN_11
+
+    # -------------------------------------------------------------- building
+    def network_flags(self, strongly_typed: bool = True) -> int:
+        """The flags for ``Builder.create_network``: STRONGLY_TYPED on 10.x, nothing on 11.x (always strong)."""
+        if self.version.major >= 11:
+            if not strongly_typed:
+                raise InputError(
+                    f"TensorRT {self.version} builds strongly typed networks only (weak typing was removed in 11.0); "
+                    "build from the bundle's fp16 or int8 graphs instead of implicit precision"
+                )
+            return 0
+        if not strongly_typed:
+            return 0
+        return 1 << int(self.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+    def create_network(self, builder: Any, strongly_typed: bool = True) -> Any:
+        return builder.create_network(self.network_flags(strongly_typed))
+
+    def enable_implicit_precision(self, config: Any, precision: str, calibrator: Any = None, profile: Any = None) -> None:
+        """TensorRT 10's weak typing for DLA: FP16 always (DLA runs FP16 or INT8), INT8 with a calibrator."""
+        if not self.has_implicit_precision:
+            raise InputError(
+                f"TensorRT {self.version} has no implicit precision (BuilderFlag.FP16/INT8 and calibrators were removed "
+                "in 11.0); build strongly typed from the bundle's fp16 or int8 (Q/DQ) graphs"
+            )
+        config.set_flag(self.trt.BuilderFlag.FP16)
+        if precision == "int8":
+            if calibrator is None:
+                raise InputError("implicit INT8 needs a calibrator (the bundle's calibration cache)")
+            config.set_flag(self.trt.BuilderFlag.INT8)
+            config.int8_calibrator = calibrator
+            if profile is not None:
+                config.set_calibration_profile(profile)
+
+    def require_dla(self) -> None:
+        if not self.has_dla:
+            raise InputError(
+                f"TensorRT {self.version} does not support DLA (absent from 11.0 to 11.3); "
+                "build without --dla-core, or use TensorRT 10.x (JetPack 6) or 11.4+"
+            )
+
+    def use_dla(self, config: Any, core: int) -> None:
+        """Run every layer DLA can run on DLA core ``core``; the rest falls back to the GPU."""
+        self.require_dla()
+        config.default_device_type = self.trt.DeviceType.DLA
+        config.DLA_core = int(core)
+        config.set_flag(self.trt.BuilderFlag.GPU_FALLBACK)
+
+    def entropy_calibrator_base(self) -> type:
+        """``IInt8EntropyCalibrator2``, the class a TensorRT 10 calibrator derives from."""
+        if not self.has_implicit_precision:
+            raise InputError(f"TensorRT {self.version} has no INT8 calibrators; use the int8 (Q/DQ) graphs")
+        return self.trt.IInt8EntropyCalibrator2
+
+    # -------------------------------------------------------------- running
+    def engine_device_memory(self, engine: Any) -> int:
+        """Scratch memory a context of ``engine`` needs for its largest profile shapes."""
+        if hasattr(engine, "device_memory_size_v2"):
+            return int(engine.device_memory_size_v2)
+        return int(engine.device_memory_size)  # TensorRT 10.0
+
+    def context_device_memory(self, context: Any, engine: Any) -> int:
+        """Scratch memory for the input shapes set on ``context`` now (smaller than the profile maximum)."""
+        if hasattr(context, "update_device_memory_size_for_shapes"):
+            return int(context.update_device_memory_size_for_shapes())
+        return self.engine_device_memory(engine)
+
+    def create_context(self, engine: Any, user_managed_memory: bool) -> Any:
+        """An execution context; with ``user_managed_memory`` it gets its scratch memory from ``set_context_memory``."""
+        strategy = self.trt.ExecutionContextAllocationStrategy
+        chosen = strategy.USER_MANAGED if user_managed_memory else strategy.STATIC
+        context = engine.create_execution_context(chosen)
+        if context is None:
+            raise GlsnetError("TensorRT could not create an execution context (out of GPU memory?)")
+        return context
+
+    def set_context_memory(self, context: Any, ptr: int, nbytes: int) -> None:
+        if hasattr(context, "set_device_memory"):
+            context.set_device_memory(ptr, nbytes)  # 10.1+: size-checked
+        else:
+            context.device_memory = ptr  # TensorRT 10.0
+
+
+def load_tensorrt(feature: str = "TensorRT engines") -> ModuleType:
+    return require("tensorrt", feature)
+
+
+def tensorrt_api(trt: ModuleType | None = None, feature: str = "TensorRT engines") -> TensorRTApi:
+    """The API wrapper for the installed TensorRT (or ``trt``, a module object tests can fake)."""
+    trt = trt if trt is not None else load_tensorrt(feature)
+    version = TensorRTVersion.parse(getattr(trt, "__version__", ""))
+    if version.major < MIN_MAJOR:
+        raise MissingDependencyError(
+            f"TensorRT {version} is installed but this toolkit needs TensorRT 10 or 11 "
+            "(JetPack 6.1+ ships 10.3; JetPack 6.0 ships 8.6, which is not supported); "
+            "install 'glsnet-deploy[tensorrt]' or upgrade JetPack"
+        )
+    return TensorRTApi(trt=trt, version=version)

@@ -1,0 +1,221 @@
+"""Sizes of every buffer the GPU schedule allocates, from the manifest alone (no TensorRT, no GPU).
+
+The stream scheduler allocates exactly what ``plan_buffers`` lists, so the byte counts here are
+the schedule's real I/O footprint; what they leave out is each engine's scratch memory
+(``device_memory_size_v2``, known only once an engine exists) and the engines' weights.
+
+Device buffers: the padded image and the global features (one each); one batch of patches;
+``lookahead`` ring slots of local outputs and boxes, so that local batches can run ahead of the
+global branch; one batch of logits. Pinned host staging: the padded image once, and patches, boxes
+and logits twice each (double-buffered: the host fills one slot while the copy engine reads the other).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from runtime.errors import BundleError, InputError
+from runtime.manifest import (
+    FUSION_INPUTS,
+    FUSION_OUTPUT,
+    GLOBAL_INPUT,
+    GLOBAL_OUTPUT,
+    LOCAL_INPUT,
+    LOCAL_OUTPUTS,
+    GraphSpec,
+    Manifest,
+    PatchSpec,
+    TensorSpec,
+)
+from runtime.patch_grid import make_grid
+
+HOST_SLOTS = 2  # double-buffered pinned staging
+DEFAULT_LOOKAHEAD = 2
+
+_ONNX_DTYPES = {
+    "float": "float32",
+    "tensor(float)": "float32",
+    "float16": "float16",
+    "tensor(float16)": "float16",
+    "half": "float16",
+    "int64": "int64",
+    "tensor(int64)": "int64",
+    "int32": "int32",
+    "tensor(int32)": "int32",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+}
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """A manifest dtype ('float32', 'float16', ONNX's 'tensor(float)' or 'FLOAT') as a numpy dtype."""
+    key = str(name).strip().lower()
+    try:
+        return np.dtype(_ONNX_DTYPES.get(key, key))
+    except TypeError as exc:
+        raise BundleError(f"the manifest names tensor dtype {name!r}, which is not a numpy or ONNX dtype") from exc
+
+
+def tensor_shape(spec: TensorSpec, role: str, batch: int, padded_hw: tuple[int, int], patch: PatchSpec) -> tuple[int, ...]:
+    """The concrete shape of a graph tensor for ``batch`` patches of an image padded to ``padded_hw``.
+
+    Symbolic dims are resolved by position: axis 0 is the batch (1 for the whole-image tensors), axes
+    2 and 3 are the image (global input), the feature map (global features) or the patch at the
+    tensor's stride (local and fusion tensors).
+    """
+    height, width = padded_hw
+    whole_image = role == "global" or spec.name == GLOBAL_OUTPUT
+    strides = {
+        LOCAL_INPUT: 1,
+        LOCAL_OUTPUTS[0]: patch.feature_stride,
+        LOCAL_OUTPUTS[1]: patch.output_stride,
+        FUSION_OUTPUT: patch.output_stride,
+    }
+    shape = []
+    for axis, dim in enumerate(spec.shape):
+        if isinstance(dim, int) and dim >= 0:
+            shape.append(dim)
+            continue
+        if axis == 0:
+            shape.append(1 if whole_image else batch)
+        elif len(spec.shape) == 4 and axis in (2, 3) and spec.name == GLOBAL_INPUT:
+            shape.append(height if axis == 2 else width)
+        elif len(spec.shape) == 4 and axis in (2, 3) and spec.name == GLOBAL_OUTPUT:
+            shape.append(math.ceil((height if axis == 2 else width) / patch.feature_stride))
+        elif len(spec.shape) == 4 and axis in (2, 3) and spec.name in strides:
+            shape.append(math.ceil(patch.size / strides[spec.name]))
+        else:
+            raise BundleError(
+                f"{role} graph: cannot size dimension {axis} ({dim!r}) of tensor {spec.name!r} {spec.shape}; "
+                "only the batch and the image/feature sizes may be dynamic"
+            )
+    return tuple(shape)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """``copies`` buffers of one tensor's shape, on the device or pinned on the host."""
+
+    key: str  # "<role>/<tensor>"
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    copies: int
+    pinned: bool
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one copy."""
+        return int(math.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def total_bytes(self) -> int:
+        return self.nbytes * self.copies
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    batch: int
+    padded_height: int
+    padded_width: int
+    lookahead: int
+    allocations: tuple[Allocation, ...]
+
+    def device(self, key: str) -> Allocation:
+        return self._find(key, pinned=False)
+
+    def host(self, key: str) -> Allocation:
+        return self._find(key, pinned=True)
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(a.total_bytes for a in self.allocations if not a.pinned)
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(a.total_bytes for a in self.allocations if a.pinned)
+
+    def _find(self, key: str, pinned: bool) -> Allocation:
+        for allocation in self.allocations:
+            if allocation.key == key and allocation.pinned == pinned:
+                return allocation
+        where = "pinned" if pinned else "device"
+        raise KeyError(f"no {where} allocation {key!r} in the buffer plan")
+
+
+def graph_tensors(graph: GraphSpec) -> dict[str, TensorSpec]:
+    return {t.name: t for t in (*graph.inputs, *graph.outputs)}
+
+
+def plan_buffers(
+    manifest: Manifest,
+    precision: str,
+    batch: int,
+    image_hw: tuple[int, int],
+    lookahead: int = DEFAULT_LOOKAHEAD,
+) -> BufferPlan:
+    """Every buffer of the GPU schedule for ``batch`` patches of an image of ``image_hw`` (unpadded) pixels."""
+    if batch < 1 or lookahead < 1:
+        raise InputError(f"batch ({batch}) and lookahead ({lookahead}) must be at least 1")
+    patch = manifest.patch
+    grid = make_grid(image_hw[0], image_hw[1], patch.size, patch.min_overlap)
+    padded = (grid.padded_height, grid.padded_width)
+    tensors = {role: graph_tensors(manifest.graph(role, precision)) for role in ("global", "local", "fusion")}
+
+    def allocation(role: str, name: str, copies: int, pinned: bool) -> Allocation:
+        spec = tensors[role].get(name)
+        if spec is None:
+            raise BundleError(f"the {precision} {role} graph has no tensor {name!r} (it has {sorted(tensors[role])})")
+        shape = tensor_shape(spec, role, batch, padded, patch)
+        return Allocation(f"{role}/{name}", shape, numpy_dtype(spec.dtype), copies, pinned)
+
+    boxes = FUSION_INPUTS[3]
+    allocations = (
+        allocation("global", GLOBAL_INPUT, 1, pinned=False),
+        allocation("global", GLOBAL_OUTPUT, 1, pinned=False),
+        allocation("local", LOCAL_INPUT, 1, pinned=False),
+        allocation("local", LOCAL_OUTPUTS[0], lookahead, pinned=False),
+        allocation("local", LOCAL_OUTPUTS[1], lookahead, pinned=False),
+        allocation("fusion", boxes, lookahead, pinned=False),
+        allocation("fusion", FUSION_OUTPUT, 1, pinned=False),
+        allocation("global", GLOBAL_INPUT, 1, pinned=True),
+        allocation("local", LOCAL_INPUT, HOST_SLOTS, pinned=True),
+        allocation("fusion", boxes, HOST_SLOTS, pinned=True),
+        allocation("fusion", FUSION_OUTPUT, HOST_SLOTS, pinned=True),
+    )
+    return BufferPlan(batch, padded[0], padded[1], lookahead, allocations)
+
+
+def largest_batch_within(
+    manifest: Manifest,
+    precision: str,
+    image_hw: tuple[int, int],
+    budget_bytes: int,
+    scratch_bytes: Callable[[int], int] | int = 0,
+    max_batch: int = 64,
+    lookahead: int = DEFAULT_LOOKAHEAD,
+) -> int:
+    """The largest batch whose device buffers plus engine scratch memory fit ``budget_bytes``.
+
+    ``scratch_bytes`` is the engines' context memory: a number, or a function of the batch. Raises
+    InputError when not even one patch fits, naming the bytes needed.
+    """
+    def needed(batch: int) -> int:
+        scratch = scratch_bytes(batch) if callable(scratch_bytes) else scratch_bytes
+        return plan_buffers(manifest, precision, batch, image_hw, lookahead).device_bytes + int(scratch)
+
+    if needed(1) > budget_bytes:
+        raise InputError(
+            f"a memory budget of {budget_bytes / 2**20:.0f} MiB cannot hold even one patch for a "
+            f"{image_hw[0]} x {image_hw[1]} image ({needed(1) / 2**20:.0f} MiB needed); raise the budget"
+        )
+    best = 1
+    for batch in range(2, max_batch + 1):
+        if needed(batch) > budget_bytes:
+            break
+        best = batch
+    return best

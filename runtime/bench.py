@@ -1,0 +1,314 @@
+"""``glsnet bench``: the runtime against the PyTorch reference, each in its own subprocess, same run.
+
+Measured for one square scene (2448 x 2448 by default; a seeded synthetic image written as a
+tiled TIFF): wall time, peak RSS (os.wait4 on each child, so each process's own peak) and
+patches per second, for the runtime and for glsnet.inference; the ratios; the runtime's peak RSS
+on a scene ``tall_factor`` times taller, to show it does not grow with height; and how close
+banded global features are to whole-image ones. The PyTorch half lives in export.bench_reference
+and is started with ``python -m``: this module never imports torch. With no bundle given, the
+bench exports a seeded random-init model of the default configuration (that needs torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic_file import write_text_atomic
+from runtime.errors import GlsnetError, InputError, MissingDependencyError
+
+DEFAULT_HALOS = (0, 128, 256, 320, 384)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    out: Path = Path("demo-out/bench")
+    bundle: Path | None = None
+    checkpoint: Path | None = None  # the torch model of ``bundle``, for the reference half
+    size: int = 2448
+    tall_factor: int = 4
+    torch_reference: bool = True
+    threads: int | None = None
+    band_rows: int = 1024  # global band height for the banded-feature comparison
+    halos: tuple[int, ...] = DEFAULT_HALOS
+    preset: str = "default"
+    seed: int = 0
+
+
+@dataclass
+class ChildRun:
+    """One measured subprocess: its JSON answer, wall time seen from outside, and its own peak RSS."""
+
+    wall_s: float
+    peak_rss_bytes: int
+    result: dict = field(default_factory=dict)
+
+
+def run_child(args: list[str], log: Path) -> ChildRun:
+    """Run ``python args...``; peak RSS from os.wait4 (this child alone), JSON from its last stdout line."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as stderr, open(log.with_suffix(".out"), "w") as stdout:
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, *args], stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise GlsnetError(f"bench step `python {' '.join(args)}` failed (exit {process.returncode}); its log {log} ends:\n{tail}")
+    lines = [line for line in log.with_suffix(".out").read_text().splitlines() if line.strip()]
+    result = json.loads(lines[-1]) if lines else {}
+    return ChildRun(wall, usage.ru_maxrss * 1024, result)
+
+
+def synthetic_scene(height: int, width: int, seed: int) -> np.ndarray:
+    """A seeded uint8 RGB scene of smooth regions plus texture (never all one class)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (max(2, height // 96), max(2, width // 96), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), dtype=np.int16)
+    texture = rng.integers(-20, 21, (height, width, 1), dtype=np.int16)
+    return np.clip(smooth + texture, 0, 255).astype(np.uint8)
+
+
+def write_tiled_tiff(path: Path, pixels: np.ndarray) -> Path:
+    import tifffile
+
+    from runtime.atomic_file import atomic_path
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, pixels, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None)
+    return path
+
+
+def _bundle_and_checkpoint(options: BenchOptions) -> tuple[Path, Path | None]:
+    if options.bundle is not None:
+        return options.bundle, options.checkpoint
+    made = options.out / f"model-{options.preset}-seed{options.seed}"
+    if not (made / "bundle" / "manifest.json").is_file():
+        try:
+            run_child(
+                ["-m", "export.bench_reference", "make-bundle", "--out", str(made), "--preset", options.preset, "--seed", str(options.seed)],
+                options.out / "logs" / "make-bundle.log",
+            )
+        except GlsnetError as exc:
+            raise MissingDependencyError(
+                f"the bench could not export its random-init bundle (this step needs torch: "
+                f"pip install 'glsnet-deploy[train]'), or pass --bundle DIR: {exc}"
+            ) from exc
+    return made / "bundle", made / "model.safetensors"
+
+
+def run_bench(options: BenchOptions) -> dict:
+    """Run every measurement, print a table and write ``<out>/bench.json``; returns the report."""
+    from rich.console import Console
+
+    console = Console()
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    bundle, checkpoint = _bundle_and_checkpoint(options)
+    images = out / "images"
+    square = write_tiled_tiff(images / f"scene_{options.size}x{options.size}.tif", synthetic_scene(options.size, options.size, 7))
+    tall_h = options.size * options.tall_factor
+    tall = write_tiled_tiff(images / f"scene_{tall_h}x{options.size}.tif", synthetic_scene(tall_h, options.size, 8))
+    threads = [] if options.threads is None else ["--threads", str(options.threads)]
+    logs = out / "logs"
+
+    console.print(f"bench: runtime on {square.name} ...")
+    rt = run_child(["-m", "runtime.bench", "worker", "--bundle", str(bundle), "--image", str(square), "--out", str(out / "runtime-square"), *threads], logs / "runtime-square.log")
+    report: dict = {"bundle": str(bundle), "options": {k: str(v) for k, v in asdict(options).items()}, "runtime": _summary(rt)}
+    if options.torch_reference:
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise InputError("the torch reference needs the bundle's checkpoint: pass --checkpoint, or --no-torch")
+        console.print("bench: PyTorch reference ...")
+        mask_out = out / "torch-square-mask.npy"
+        ref = run_child(["-m", "export.bench_reference", "run", "--checkpoint", str(checkpoint), "--image", str(square), "--mask-out", str(mask_out)], logs / "torch-square.log")
+        ref.result["patches"] = rt.result["patches"]
+        report["torch"] = _summary(ref)
+        report["ratios"] = {
+            "wall_runtime_over_torch": rt.wall_s / ref.wall_s,
+            "segment_runtime_over_torch": rt.result["segment_s"] / ref.result["segment_s"],
+            "peak_rss_runtime_over_torch": rt.peak_rss_bytes / ref.peak_rss_bytes,
+            "patches_per_s_runtime_over_torch": report["runtime"]["patches_per_s"] / report["torch"]["patches_per_s"],
+        }
+        report["mask_agreement_runtime_vs_torch"] = _agreement(out / "runtime-square" / f"{square.stem}_mask.tif", np.load(mask_out))
+    console.print(f"bench: runtime on {tall.name} ...")
+    rt_tall = run_child(["-m", "runtime.bench", "worker", "--bundle", str(bundle), "--image", str(tall), "--out", str(out / "runtime-tall"), *threads], logs / "runtime-tall.log")
+    report["runtime_tall"] = _summary(rt_tall)
+    report["peak_rss_tall_over_square"] = rt_tall.peak_rss_bytes / rt.peak_rss_bytes
+    console.print("bench: banded vs whole-image global features ...")
+    bands = run_child(
+        ["-m", "runtime.bench", "bands", "--bundle", str(bundle), "--image", str(square), "--band-rows", str(options.band_rows),
+         "--halos", ",".join(str(h) for h in options.halos), "--whole-mask", str(out / "runtime-square" / f"{square.stem}_mask.tif"), *threads],
+        logs / "bands.log",
+    )
+    report["banded_global"] = bands.result
+    write_text_atomic(out / "bench.json", json.dumps(report, indent=2) + "\n")
+    print_report(report, console)
+    console.print(f"bench: report in {out / 'bench.json'}")
+    return report
+
+
+def _summary(run: ChildRun) -> dict:
+    r = run.result
+    return {
+        "wall_s": run.wall_s,
+        "load_s": r.get("load_s"),
+        "segment_s": r.get("segment_s"),
+        "patches": r.get("patches"),
+        "patches_per_s": r["patches"] / r["segment_s"] if r.get("segment_s") else None,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "height": r.get("height"),
+        "width": r.get("width"),
+        "plan": r.get("plan"),
+    }
+
+
+def _agreement(mask_path: Path, other: np.ndarray) -> float:
+    import tifffile
+
+    from runtime.comparison import pixel_agreement
+
+    return float(pixel_agreement(tifffile.imread(mask_path), other))
+
+
+def print_report(report: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title="glsnet bench (seeded random-init model; CPU)")
+    for column in ("run", "image", "wall s", "segment s", "patches/s", "peak RSS MB"):
+        table.add_column(column)
+    for key in ("runtime", "torch", "runtime_tall"):
+        if key in report:
+            r = report[key]
+            table.add_row(
+                key, f"{r['height']}x{r['width']}", f"{r['wall_s']:.1f}", f"{r['segment_s']:.1f}",
+                f"{r['patches_per_s']:.2f}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
+            )
+    console.print(table)
+    for key in ("runtime", "runtime_tall"):
+        console.print(f"{key} plan: {report[key].get('plan')}")
+    if "ratios" in report:
+        console.print("ratios runtime/torch: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
+        console.print(f"mask agreement runtime vs torch: {report['mask_agreement_runtime_vs_torch']:.5f}")
+    console.print(f"peak RSS tall/square: {report['peak_rss_tall_over_square']:.2f}")
+    bands = report.get("banded_global", {})
+    for row in bands.get("halos", []):
+        console.print(
+            f"banded global (bands of {bands['band_rows']} rows, halo {row['halo']}): max |diff| {row['max_abs']:.3g}, "
+            f"mean |diff| {row['mean_abs']:.3g}, max relative to max |feature| {row['max_rel']:.3g}"
+        )
+    if "mask_agreement" in bands:
+        console.print(f"mask agreement banded (halo {bands['mask_halo']}) vs whole-image global: {bands['mask_agreement']:.5f}")
+
+
+# ---------------------------------------------------------------------- the runtime's own subprocesses
+
+
+def _worker(args: argparse.Namespace) -> dict:
+    """Segment one image with the runtime, as `glsnet run` would, and time it."""
+    import resource
+
+    from runtime.image_writers import OutputOptions
+    from runtime.segmenter import Segmenter, SegmenterOptions
+
+    start = time.perf_counter()
+    segmenter = Segmenter(args.bundle, options=SegmenterOptions(threads=args.threads, batch_size=args.batch_size))
+    segmenter.scheduler  # create the sessions now, so segment_s is the segmentation alone
+    loaded = time.perf_counter()
+    patches = [0]
+
+    def progress(done: int, total: int) -> None:
+        patches[0] = total
+
+    from runtime.image_readers import open_image
+
+    source = open_image(args.image)
+    height, width = source.height, source.width
+    plan = segmenter.plan(height, width).describe()
+    source.close()
+    segmenter.segment_file(args.image, args.out, OutputOptions(format="tif", color=False), progress=progress)
+    done = time.perf_counter()
+    return {
+        "load_s": loaded - start,
+        "segment_s": done - loaded,
+        "patches": patches[0],
+        "height": height,
+        "width": width,
+        "plan": plan,
+        "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def _bands(args: argparse.Namespace) -> dict:
+    """Global features whole vs in bands for several halos, and the banded mask vs the whole-image mask."""
+    from runtime.global_features import global_features
+    from runtime.image_readers import open_image
+    from runtime.image_writers import OutputOptions
+    from runtime.scheduler import PaddedReader, normalization_for
+    from runtime.segmenter import Segmenter, SegmenterOptions
+
+    halos = [int(h) for h in args.halos.split(",")]
+    segmenter = Segmenter(args.bundle, options=SegmenterOptions(threads=args.threads))
+    scheduler = segmenter.scheduler
+    source = open_image(args.image)
+    grid = scheduler.grid_for(source.height, source.width)
+    reader = PaddedReader(source, normalization_for(segmenter.manifest, None), grid)
+    whole = global_features(scheduler.global_backend, reader.rows, grid.padded_height)
+    scale = float(np.abs(whole).max())
+    rows = []
+    for halo in halos:
+        banded = global_features(scheduler.global_backend, reader.rows, grid.padded_height, args.band_rows, halo)
+        diff = np.abs(banded - whole)
+        rows.append({"halo": halo, "max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "max_rel": float(diff.max() / scale)})
+    source.close()
+    report: dict = {"band_rows": args.band_rows, "feature_max_abs": scale, "halos": rows}
+    if args.whole_mask:
+        import tifffile
+
+        from runtime.comparison import pixel_agreement
+
+        mask_halo = 320 if 320 in halos else halos[-1]
+        banded_segmenter = Segmenter(
+            args.bundle, options=SegmenterOptions(threads=args.threads, global_band_rows=args.band_rows, global_halo=mask_halo)
+        )
+        out = Path(args.whole_mask).parent.parent / "runtime-square-banded"
+        banded_segmenter.segment_file(args.image, out, OutputOptions(format="tif", color=False))
+        banded_mask = tifffile.imread(out / f"{Path(args.image).stem}_mask.tif")
+        report["mask_halo"] = mask_halo
+        report["mask_agreement"] = float(pixel_agreement(banded_mask, tifffile.imread(args.whole_mask)))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.bench", description="the runtime's bench subprocesses")
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker")
+    worker.add_argument("--bundle", type=Path, required=True)
+    worker.add_argument("--image", type=Path, required=True)
+    worker.add_argument("--out", type=Path, required=True)
+    worker.add_argument("--threads", type=int, default=None)
+    worker.add_argument("--batch-size", type=int, default=None)
+    bands = sub.add_parser("bands")
+    bands.add_argument("--bundle", type=Path, required=True)
+    bands.add_argument("--image", type=Path, required=True)
+    bands.add_argument("--band-rows", type=int, default=1024)
+    bands.add_argument("--halos", default=",".join(str(h) for h in DEFAULT_HALOS))
+    bands.add_argument("--whole-mask", default=None)
+    bands.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    result = _worker(args) if args.command == "worker" else _bands(args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Outputs of one segmented image: class mask, colour mask, overlay and per-class statistics.
+
+Rows arrive top to bottom as the stitcher finishes them. TIFF outputs are written strip by strip
+as they arrive (a writer thread feeds tifffile compressed strips), so their memory does not grow
+with image height, and they carry the input's GeoTIFF/GDAL tags. PNG outputs are assembled whole
+and saved at the end. Every file is written under a temporary name and renamed only when all of
+them are complete: on any error no output file, partial or not, is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sys
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from runtime.atomic_file import atomic_path
+from runtime.errors import InputError
+from runtime.image_readers import ImageSource
+from runtime.manifest import Manifest
+
+FORMATS = ("png", "tif")
+DEFAULT_ROWS_PER_STRIP = 64
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where one image's outputs go (None: not written)."""
+
+    mask: Path
+    color: Path | None = None
+    overlay: Path | None = None
+    stats: Path | None = None
+
+    def written(self) -> list[Path]:
+        return [p for p in (self.mask, self.color, self.overlay, self.stats) if p is not None]
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which outputs to write, in which format."""
+
+    format: str = "png"
+    color: bool = True
+    overlay: bool = False
+    stats: bool = False
+    overlay_alpha: float = 0.5
+    rows_per_strip: int = DEFAULT_ROWS_PER_STRIP
+    display_bands: tuple[int, ...] | None = None  # input bands shown in the overlay (default: the model's)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise InputError(f"output format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise InputError(f"overlay alpha must be within [0, 1], got {self.overlay_alpha}")
+        if self.rows_per_strip < 1:
+            raise InputError(f"rows per strip must be >= 1, got {self.rows_per_strip}")
+
+    def paths_for(self, input_path: Path, output_dir: Path | None) -> OutputPaths:
+        """``<dir>/<stem>_mask.<fmt>`` and its siblings for ``input_path``."""
+        if output_dir is None:
+            raise InputError(f"{input_path}: no output folder given; pass one (e.g. -o out/)")
+        if output_dir.exists() and not output_dir.is_dir():
+            raise InputError(f"{output_dir}: exists and is not a folder; choose an output folder with -o")
+        stem, fmt = input_path.stem, self.format
+        return OutputPaths(
+            mask=output_dir / f"{stem}_mask.{fmt}",
+            color=output_dir / f"{stem}_color.{fmt}" if self.color else None,
+            overlay=output_dir / f"{stem}_overlay.{fmt}" if self.overlay else None,
+            stats=output_dir / f"{stem}_stats.json" if self.stats else None,
+        )
+
+
+class _WholeImageSink:
+    """Collects rows into one array and saves it with Pillow at the end (PNG)."""
+
+    def __init__(self, path: Path, height: int, width: int, channels: int) -> None:
+        self.path = path
+        self.array = np.zeros((height, width, channels) if channels > 1 else (height, width), dtype=np.uint8)
+
+    def write(self, top: int, rows: np.ndarray) -> None:
+        self.array[top : top + len(rows)] = rows
+
+    def close(self) -> None:
+        from PIL import Image
+
+        Image.fromarray(self.array).save(self.path, format="PNG")
+
+    def abort(self) -> None:
+        pass
+
+
+_END = object()
+_ABORT = object()
+
+
+class _TiffStripSink:
+    """Writes rows to a TIFF strip by strip from a writer thread, as soon as a strip is full."""
+
+    def __init__(self, path: Path, height: int, width: int, channels: int, rows_per_strip: int, extratags: list) -> None:
+        self.path = path
+        self.shape = (height, width, channels) if channels > 1 else (height, width)
+        self.rows_per_strip = min(rows_per_strip, height)
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.extratags = extratags
+        self.thread = threading.Thread(target=self._run, name=f"tiff-writer:{path.name}", daemon=True)
+        self.thread.start()
+
+    def _strips(self) -> Iterator[bytes]:
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            if item is _ABORT:
+                raise InputError(f"{self.path}: writing was aborted")
+            yield zlib.compress(np.ascontiguousarray(item).tobytes())
+
+    def _run(self) -> None:
+        import tifffile
+
+        try:
+            with tifffile.TiffWriter(self.path, bigtiff=np.prod(self.shape) > 3_900_000_000) as tiff:
+                tiff.write(
+                    self._strips(),
+                    shape=self.shape,
+                    dtype=np.uint8,
+                    rowsperstrip=self.rows_per_strip,
+                    compression="zlib",
+                    photometric="rgb" if len(self.shape) == 3 else "minisblack",
+                    extratags=self.extratags,
+                    metadata=None,
+                )
+        except BaseException as exc:  # re-raised in the caller's thread by close()
+            self.error = exc
+            _drain(self.queue)
+
+    def _send(self, item: object) -> None:
+        while True:
+            if self.error is not None:
+                raise InputError(f"{self.path}: the TIFF writer failed ({self.error})") from self.error
+            if not self.thread.is_alive():
+                if item is _END:
+                    return  # tifffile took its last strip and finished on its own
+                raise InputError(f"{self.path}: the TIFF writer ended before all rows were written")
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, top: int, rows: np.ndarray) -> None:
+        self.pending.append(rows)
+        self.pending_rows += len(rows)
+        while self.pending_rows >= self.rows_per_strip:
+            block = np.concatenate(self.pending)
+            self._send(block[: self.rows_per_strip])
+            rest = block[self.rows_per_strip :]
+            self.pending, self.pending_rows = ([rest] if len(rest) else []), len(rest)
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._send(np.concatenate(self.pending))
+            self.pending, self.pending_rows = [], 0
+        self._send(_END)
+        self.thread.join()
+        if self.error is not None:
+            raise InputError(f"{self.path}: writing the TIFF failed ({self.error})") from self.error
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                _drain(self.queue)
+                self.queue.put(_ABORT, timeout=1.0)
+            self.thread.join(timeout=10.0)
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _open_sink(path: Path, options: OutputOptions, height: int, width: int, channels: int, extratags: list):
+    if options.format == "tif":
+        return _TiffStripSink(path, height, width, channels, options.rows_per_strip, extratags)
+    return _WholeImageSink(path, height, width, channels)
+
+
+def display_rgb(pixels: np.ndarray, bands: tuple[int, ...], scale: float) -> np.ndarray:
+    """uint8 RGB view of input pixels [rows, W, C] for the overlay (grey repeated for one band)."""
+    chosen = [b for b in bands[:3] if b < pixels.shape[2]] or [0]
+    view = pixels[:, :, chosen]
+    if view.dtype != np.uint8:
+        view = np.clip(view.astype(np.float32) * (255.0 / scale), 0, 255).astype(np.uint8)
+    if view.shape[2] == 1:
+        view = np.repeat(view, 3, axis=2)
+    elif view.shape[2] == 2:
+        view = np.concatenate([view, view[:, :, :1]], axis=2)
+    return view
+
+
+def write_outputs(
+    source: ImageSource,
+    rows: Iterable[tuple[int, np.ndarray]],
+    paths: OutputPaths,
+    options: OutputOptions,
+    manifest: Manifest,
+) -> OutputPaths:
+    """Consume finished mask rows, write every requested output; all files appear together or none."""
+    palette = np.asarray(manifest.palette, dtype=np.uint8)
+    bands = options.display_bands or manifest.normalization.bands
+    height, width = source.height, source.width
+    tags = source.geotags if options.format == "tif" else []
+    counts = np.zeros(max(256, len(palette)), dtype=np.int64)
+    with contextlib.ExitStack() as stack:
+        temporary = {}
+        for key, path in (("mask", paths.mask), ("color", paths.color), ("overlay", paths.overlay), ("stats", paths.stats)):
+            if path is not None:
+                temporary[key] = stack.enter_context(_writable(path))
+        sinks = {}
+        for key, channels in (("mask", 1), ("color", 3), ("overlay", 3)):
+            if key in temporary:
+                sink = _open_sink(temporary[key], options, height, width, channels, tags)
+                stack.callback(sink.abort)
+                sinks[key] = sink
+        written = 0
+        for top, mask in rows:
+            if top != written:
+                raise RuntimeError(f"rows arrived out of order: expected row {written}, got {top}")
+            written += len(mask)
+            sinks["mask"].write(top, mask)
+            if "color" in sinks or "overlay" in sinks:
+                color = palette[np.minimum(mask, len(palette) - 1)]
+                if "color" in sinks:
+                    sinks["color"].write(top, color)
+                if "overlay" in sinks:
+                    base = display_rgb(source.read_rows(top, top + len(mask)), bands, manifest.normalization.scale)
+                    blend = (1.0 - options.overlay_alpha) * base + options.overlay_alpha * color
+                    sinks["overlay"].write(top, np.round(blend).astype(np.uint8))
+            counts += np.bincount(mask.ravel(), minlength=len(counts))[: len(counts)]
+        if written != height:
+            raise RuntimeError(f"{source.name}: {written} of {height} mask rows were produced")
+        for sink in sinks.values():
+            sink.close()
+        if "stats" in temporary:
+            temporary["stats"].write_text(json.dumps(class_statistics(source.name, counts, manifest, height, width), indent=2) + "\n")
+    return paths
+
+
+def class_statistics(name: str, counts: np.ndarray, manifest: Manifest, height: int, width: int) -> dict:
+    """Per-class pixel counts and fractions of one mask."""
+    total = height * width
+    return {
+        "image": name,
+        "height": height,
+        "width": width,
+        "pixels": total,
+        "classes": [
+            {"index": i, "name": c, "pixels": int(counts[i]), "fraction": round(float(counts[i]) / total, 6)}
+            for i, c in enumerate(manifest.classes)
+        ],
+    }
+
+
+@contextlib.contextmanager
+def _writable(path: Path) -> Iterator[Path]:
+    """atomic_path, with an unwritable destination reported as an InputError naming it."""
+    try:
+        context = atomic_path(path)
+        temporary = context.__enter__()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc}); choose a writable folder with -o") from exc
+    try:
+        yield temporary
+    except BaseException:
+        context.__exit__(*sys.exc_info())
+        raise
+    else:
+        try:
+            context.__exit__(None, None, None)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc})") from exc

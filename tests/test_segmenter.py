@@ -1,0 +1,207 @@
+"""The runtime against the PyTorch reference, banded global features, thread safety and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.errors import BundleError, InputError
+from runtime.global_features import global_features, plan_bands
+from runtime.scheduler import PaddedReader, normalization_for
+from runtime.segmenter import Segmenter
+
+
+def scene(height: int, width: int, seed: int, bands: int = 3) -> np.ndarray:
+    """Smooth seeded regions plus texture, so the random-init model predicts several classes."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (max(2, height // 40), max(2, width // 40), bands), dtype=np.uint8)
+    if bands == 3:
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), dtype=np.int16)
+    else:
+        smooth = np.stack([np.asarray(Image.fromarray(coarse[:, :, b]).resize((width, height), Image.BILINEAR)) for b in range(bands)], -1).astype(np.int16)
+    return np.clip(smooth + rng.integers(-25, 26, (height, width, 1), dtype=np.int16), 0, 255).astype(np.uint8)
+
+
+def reference_mask(model, image: np.ndarray) -> np.ndarray:
+    from glsnet.inference import predict_mask
+    from runtime.preprocess import normalize
+
+    return predict_mask(model, normalize(image))
+
+
+@pytest.fixture(scope="module")
+def segmenter(small_bundle) -> Segmenter:
+    return Segmenter(small_bundle)
+
+
+@pytest.mark.parametrize("height,width", [(100, 90), (128, 128), (200, 333)])
+def test_small_images_match_the_reference(segmenter, small_model, height, width):
+    image = scene(height, width, height)
+    mask = segmenter.segment(image)
+    assert mask.shape == (height, width) and mask.dtype == np.uint8
+    assert (mask == reference_mask(small_model, image)).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_awkward_large_image_matches_the_reference(segmenter, small_model):
+    image = scene(1000, 3001, 5)
+    mask = segmenter.segment(image)
+    expected = reference_mask(small_model, image)
+    assert (mask == expected).mean() >= 0.999
+    assert len(np.unique(expected)) >= 2  # a scene the model does not paint in one class
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_deepglobe_image_matches_the_reference(segmenter, small_model, deepglobe_dir):
+    from runtime.image_readers import open_image
+
+    path = sorted(deepglobe_dir.glob("*_sat.jpg"))[0]
+    source = open_image(path)
+    image = source.read_rows(0, source.height)
+    assert image.shape == (2448, 2448, 3)
+    image = image[:1224, :1836]  # a real crop keeps the test short on two cores
+    mask = segmenter.segment(image)
+    assert (mask == reference_mask(small_model, image)).mean() >= 0.999
+
+
+def test_banded_global_features_assemble_exactly_with_a_full_halo(segmenter):
+    scheduler = segmenter.scheduler
+    image = scene(700, 300, 11)
+    grid = scheduler.grid_for(700, 300)
+    reader = PaddedReader(_array(image), normalization_for(segmenter.manifest, None), grid)
+    whole = global_features(scheduler.global_backend, reader.rows, grid.padded_height)
+    assert whole.shape[2:] == (22, 10)
+    # a halo as tall as the image: every band sees the whole image, so its interior rows must be exact
+    exact = global_features(scheduler.global_backend, reader.rows, grid.padded_height, band_rows=160, halo=704)
+    np.testing.assert_allclose(exact, whole, atol=1e-4)
+    near = global_features(scheduler.global_backend, reader.rows, grid.padded_height, band_rows=160, halo=320)
+    assert np.abs(near - whole).max() < 0.25 * np.abs(whole).max()
+    assert [(b.top, b.bottom) for b in plan_bands(700, 160, 64)] == [(0, 160), (160, 320), (320, 480), (480, 640), (640, 700)]
+
+
+def test_banded_global_branch_gives_nearly_the_same_mask(small_bundle, segmenter):
+    image = scene(900, 260, 12)
+    banded = Segmenter(small_bundle, options=_options(global_band_rows=256, global_halo=320))
+    assert banded.plan(900, 260).global_band_rows == 256
+    agreement = (banded.segment(image) == segmenter.segment(image)).mean()
+    assert agreement >= 0.99
+
+
+def test_two_threads_get_the_same_masks_as_one(segmenter):
+    images = [scene(260, 300, 21), scene(190, 410, 22)]
+    expected = [segmenter.segment(image) for image in images]
+    results: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(2):
+                results[i].append(segmenter.segment(images[i]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in (0, 1):
+        assert len(results[i]) == 2
+        for mask in results[i]:
+            np.testing.assert_array_equal(mask, expected[i])
+
+
+def test_band_selection_reads_the_chosen_bands(small_bundle, segmenter):
+    rgb = scene(150, 170, 31)
+    four = np.concatenate([rgb[:, :, 2:3], rgb[:, :, 1:2], rgb[:, :, 0:1], np.zeros_like(rgb[:, :, :1])], axis=2)  # BGR + extra band
+    chosen = Segmenter(small_bundle, bands=(2, 1, 0))
+    np.testing.assert_array_equal(chosen.segment(four), segmenter.segment(rgb))
+
+
+def test_wrong_band_count_is_a_clear_error(small_bundle, segmenter):
+    with pytest.raises(InputError, match="2 band.*--bands"):
+        segmenter.segment(np.zeros((50, 60, 2), np.uint8))
+    with pytest.raises(InputError, match="selects 2 band"):
+        Segmenter(small_bundle, bands=(0, 1))
+
+
+def test_zero_sized_and_non_array_images_are_refused(segmenter):
+    with pytest.raises(InputError, match="empty"):
+        segmenter.segment(np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(InputError, match="numpy array"):
+        segmenter.segment([[1, 2, 3]])  # type: ignore[arg-type]
+
+
+def test_bundle_of_another_schema_version_is_refused(small_bundle, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(small_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        Segmenter(other)
+
+
+def test_corrupted_graph_and_missing_precision_are_refused(small_bundle, tmp_path):
+    with pytest.raises(BundleError, match="no int8 graphs"):
+        Segmenter(small_bundle, precision="int8")
+    broken = tmp_path / "broken"
+    shutil.copytree(small_bundle, broken)
+    with open(broken / "fusion.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        Segmenter(broken)
+
+
+def test_segment_file_errors_leave_no_output(segmenter, tmp_path):
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    with pytest.raises(InputError):
+        segmenter.segment_file(bad, out)
+    assert not out.exists() or list(out.iterdir()) == []
+    two_band = tmp_path / "two.tif"
+    import tifffile
+
+    tifffile.imwrite(two_band, np.zeros((2, 40, 40), np.uint8), planarconfig="separate", photometric="minisblack")
+    with pytest.raises(InputError, match="band"):
+        segmenter.segment_file(two_band, out)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_segment_file_writes_mask_and_colour(segmenter, tmp_path):
+    path = tmp_path / "scene.png"
+    image = scene(120, 140, 41)
+    Image.fromarray(image).save(path)
+    paths = segmenter.segment_file(path, tmp_path / "out")
+    np.testing.assert_array_equal(np.asarray(Image.open(paths.mask)), segmenter.segment(image))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene_color.png", "scene_mask.png"]
+
+
+def test_memory_budget_changes_the_plan_and_not_the_mask(small_bundle, segmenter):
+    image = scene(600, 500, 51)
+    lean = Segmenter(small_bundle, max_memory="900MB")
+    plan = lean.plan(600, 500)
+    assert plan.budget_bytes == 900_000_000 and plan.estimate_bytes <= plan.budget_bytes
+    np.testing.assert_array_equal(lean.segment(image), segmenter.segment(image))
+    with pytest.raises(InputError, match="too small for this bundle"):
+        Segmenter(small_bundle, max_memory="50MB").plan(600, 500)
+
+
+def _array(image: np.ndarray):
+    from runtime.image_readers import ArraySource
+
+    return ArraySource(image)
+
+
+def _options(**changes):
+    from runtime.segmenter import SegmenterOptions
+
+    return SegmenterOptions(**changes)

@@ -1,0 +1,109 @@
+"""Build -> check -> run, end to end on the CPU: fake TensorRT engines (numpy kernels) on the recording device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
+from runtime.cuda.recording import RecordingDevice
+from runtime.errors import BundleError, InputError
+from runtime.preprocess import normalize
+from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, write_fake_bundle
+
+
+@pytest.fixture
+def built(tmp_path):
+    manifest = make_manifest(precisions=("fp32", "fp16", "int8"))
+    root = write_fake_bundle(tmp_path / "bundle", manifest)
+    net = NumpyGLSNet(manifest)
+    return root, manifest, net
+
+
+def pixels(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, size=(height // 16 + 1, width // 16 + 1, 3))
+    return np.repeat(np.repeat(coarse, 16, axis=0), 16, axis=1)[:height, :width].astype(np.uint8)
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0.106"])
+def test_the_built_engines_segment_like_the_reference(built, version):
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin", priority=("local",))
+    trt = fake_tensorrt(version, device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8, max_image_size=(1024, 1024)), trt=trt, device=device)
+    image = pixels(230, 310, seed=1)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt) as pipeline:
+        mask = pipeline.segment(image)
+        assert pipeline.batch_size_for(230, 310) == 4  # the profile's optimal batch
+        shared = {c[2] for c in trt.calls if c[0] == "set_device_memory" and c[1] in ("local", "fusion")}
+        assert len(shared) == 1  # local and fusion use one scratch allocation
+    expected = reference_mask(net, manifest, normalize(image, manifest.normalization), 4)
+    np.testing.assert_array_equal(mask, expected)
+    assert device.allocated_bytes == 0
+
+
+def test_dla_engines_run_static_batches_and_still_match(built):
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    seen: list[int] = []
+
+    def local(feed):
+        seen.append(feed["patches"].shape[0])
+        return net.local_branch(feed)
+
+    trt = fake_tensorrt("10.3.0", device=device, functions={**net.functions, "local": local})
+    build_tensorrt_engines(root, "int8", TensorRTBuildOptions(opt_batch=5, dla_core=0), trt=trt, device=device)
+    image = pixels(200, 200, seed=2)  # 16 patches: the last batch of 1 is padded to 5 for the static DLA engine
+    options = TensorRTPipelineOptions(precision="int8", dla_core=0)
+    with TensorRTPipeline(root, options, device=device, trt=trt) as pipeline:
+        mask = pipeline.segment(image)
+    assert seen and set(seen) == {5}  # every local run, the padded last batch included, is a full static batch
+    np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 5))
+
+
+def test_engines_of_another_tensorrt_or_gpu_are_refused_before_loading(built):
+    root, _, net = built
+    builder = RecordingDevice(name="Orin", compute_capability="8.7")
+    build_tensorrt_engines(root, "fp16", trt=fake_tensorrt("10.3.0"), device=builder)
+    newer = fake_tensorrt("10.4.0", device=builder, functions=net.functions)
+    with pytest.raises(BundleError, match=f"glsnet-export build {root} --fp16 --target tensorrt"):
+        TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=builder, trt=newer).open()
+    other_gpu = RecordingDevice(name="NVIDIA A100", compute_capability="8.0")
+    with pytest.raises(BundleError, match="compute capability 8.7 .* this GPU has 8.0"):
+        TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=other_gpu, trt=fake_tensorrt("10.3.0")).open()
+    assert not [c for c in newer.calls if c[0] == "deserialize_cuda_engine"]
+
+
+def test_batch_size_choice_respects_the_profile_and_a_memory_budget(built):
+    root, manifest, net = built
+    device = RecordingDevice()
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_memory=10**9), device=device, trt=trt) as roomy:
+        assert roomy.batch_size_for(512, 512) == 8  # a large budget: the profile's maximum
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", batch_size=9), device=device, trt=trt) as too_big:
+        with pytest.raises(InputError, match=r"outside the engines' profile \(1..8 patches\)"):
+            too_big.segment(pixels(64, 64))
+
+
+def test_segmenter_device_tensorrt_engine_runs_the_pipeline(built, monkeypatch):
+    """glsnet run --device tensorrt-engine: the Segmenter hands images to the TensorRT pipeline."""
+    import sys
+
+    import runtime.backends.tensorrt.pipeline as pipeline_module
+    from runtime.segmenter import Segmenter
+
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=3), trt=trt, device=device)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(pipeline_module, "open_device", lambda binding, ordinal: device)
+    image = pixels(150, 180, seed=3)
+    with Segmenter(root, precision="fp16", device="tensorrt-engine") as segmenter:
+        mask = segmenter.segment(image)
+        assert segmenter.tensorrt_pipeline.batch_size_for(150, 180) == 3
+    np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 3))
+    assert device.allocated_bytes == 0  # close() released the engines' memory
