@@ -142,5 +142,6 @@ def build_manifest(stage: Path, config: Any, files: dict[str, Path], options: An
             "simplified": options.simplify,
         },
     )
-    write_manifest(stage, manifest)
+    path = write_manifest(stage, manifest)
+    path.chmod(0o666 & ~_umask())  # atomic writes start from a private temporary file
     return manifest

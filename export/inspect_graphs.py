@@ -19,6 +19,8 @@ from runtime.manifest import GRAPH_ROLES, PRECISIONS, TensorSpec, graph_path, re
 from runtime.optional_import import require
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# ONNX FLOAT, UINT8, INT8, FLOAT16, DOUBLE, BFLOAT16: weights (8-bit ones in Q/DQ graphs); int32/int64 are shapes
+WEIGHT_TYPES = frozenset({1, 2, 3, 10, 11, 16})
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,8 @@ class GraphSummary:
 
 
 def count_parameters(model: Any) -> int:
-    """Elements of the floating-point initializers (weights, biases, norms); shape constants excluded."""
-    floating = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
-    return sum(math.prod(init.dims) for init in model.graph.initializer if init.data_type in floating)
+    """Elements of the weight initializers (float, or 8-bit in Q/DQ graphs); int32/int64 shape constants excluded."""
+    return sum(math.prod(init.dims) for init in model.graph.initializer if init.data_type in WEIGHT_TYPES)
 
 
 def estimate_flops(model: Any, dims: dict[str, int]) -> tuple[int, bool]:
@@ -137,6 +138,11 @@ def summarize_graph(
     """One graph file; ``spec`` (its manifest GraphSpec) supplies the named tensors and the file name."""
     onnx = require("onnx", "graph inspection")
     model = onnx.load(str(path))
+    parameters = count_parameters(model)
+    for init in model.graph.initializer:  # shape inference needs weights' dims only; keep integer shape constants
+        if init.data_type in WEIGHT_TYPES:
+            for data in ("raw_data", "float_data", "int32_data", "double_data"):
+                init.ClearField(data)
     flops, complete = estimate_flops(model, example.dims())
     return GraphSummary(
         role=role,
@@ -147,7 +153,7 @@ def summarize_graph(
         inputs=spec.inputs if spec is not None else (),
         outputs=spec.outputs if spec is not None else (),
         op_counts=dict(Counter(n.op_type for n in model.graph.node).most_common()),
-        parameters=count_parameters(model),
+        parameters=parameters,
         flops=flops,
         flops_complete=complete,
     )
@@ -165,13 +171,6 @@ def inspect_bundle(bundle_dir: str | Path, example: ExampleSize | None = None, p
             spec = manifest.graph(role, precision)
             summaries.append(summarize_graph(graph_path(bundle_dir, spec), role, precision, example, spec))
     return summaries
-
-
-def patches_per_image(example: ExampleSize, patch_size: int, min_overlap: int) -> int:
-    """How many local/fusion runs of ``example.batch`` patches one example image needs (for totals)."""
-    from runtime.patch_grid import make_grid
-
-    return len(make_grid(example.height, example.width, patch_size, min_overlap))
 
 
 def summary_tables(summaries: list[GraphSummary], example: ExampleSize, compat: dict[str, Any] | None = None) -> list[Any]:

@@ -201,6 +201,9 @@ def export_graph(model: Any, role: str, path: Path, options: ExportOptions, args
                 dynamo=True, external_data=False, verbose=False,
             )
             proto = program.model_proto
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset != options.opset:
+        raise ExportError(f"{role} graph came out at opset {opset}, not the requested {options.opset} (the exporter could not convert it)")
     if options.simplify:
         proto = simplify(proto)
     proto = conform_io(proto, inputs, outputs, role)

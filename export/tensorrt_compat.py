@@ -1,8 +1,8 @@
 """Will TensorRT's ONNX parser take these graphs? A static check against its documented operator tables.
 
 The tables are transcribed from onnx/onnx-tensorrt ``docs/operators.md``: TensorRT 10.x is the
-10.0 GA table (the oldest 10.x parser, e.g. the 10.3 on JetPack 6 has at least these), with its
-restrictions; TensorRT 11.x is the 10.15 GA table plus what the 11.0 release notes add (Swish), with
+10.0 GA table, the oldest 10.x parser, with its restrictions (later 10.x releases, such as the
+10.3 of JetPack 6, only add operators and lift restrictions: no row of 10.0 is "N" in 10.15); TensorRT 11.x is the 10.15 GA table plus what the 11.0 release notes add (Swish), with
 the opset range of NVIDIA's 11.x ONNX opset guide (9..25). Beyond operator names the check covers
 what the parser or an optimisation profile cannot take: the opset, custom domains, data types an
 op does not support (an int64 tensor into a float-only op), axes that must be build-time

@@ -79,11 +79,12 @@ class VerifyReport:
             out += [f"{role:6} {line}" for line in report.lines()]
         if self.pixel_agreement is not None:
             status = "PASSED" if self.whole_image_passed else "FAILED"
+            differ = round((1.0 - self.pixel_agreement) * h * w)
             out.append(
                 f"{status} | whole image | pixel agreement {100 * self.pixel_agreement:.4f}% "
-                f"(min {100 * self.options.min_pixel_agreement:.4f}%)"
+                f"({differ} of {h * w} pixels differ; min {100 * self.options.min_pixel_agreement:.4f}%)"
             )
-        out.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        out.append("time: " + "; ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         return out
 
 
@@ -235,7 +236,7 @@ def verify_bundle(
     for role in GRAPH_ROLES:
         start = time.perf_counter()
         graphs[role] = compare_graph(bundle_dir, model, role, feeds[role], options)
-        timings[f"{role} graph"] = time.perf_counter() - start
+        timings[f"{role} graph, torch + onnxruntime"] = time.perf_counter() - start
     agreement = None
     if options.whole_image:
         from runtime.segmenter import Segmenter
@@ -243,11 +244,11 @@ def verify_bundle(
         start = time.perf_counter()
         with torch.no_grad():
             reference = predict_mask(model, normalized, options.batch_size)
-        timings["torch whole image"] = time.perf_counter() - start
+        timings["whole image, torch"] = time.perf_counter() - start
         start = time.perf_counter()
         with Segmenter(bundle_dir, precision="fp32", batch_size=options.batch_size, threads=options.threads) as segmenter:
             candidate = segmenter.segment(pixels)
-        timings["onnxruntime whole image"] = time.perf_counter() - start
+        timings["whole image, onnxruntime"] = time.perf_counter() - start
         agreement = pixel_agreement(reference, candidate)
     return VerifyReport(
         image=description,

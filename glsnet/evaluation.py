@@ -121,7 +121,7 @@ def write_scores_json(path: str | Path, result: EvaluationResult) -> None:
 
 
 def print_scores(scores: Scores, class_names: tuple[str, ...], title: str = "scores") -> None:
-    """A rich table: per-class precision / recall / F1 / IoU / support, then OA, mean F1 and mIoU."""
+    """A rich table of per-class precision, recall, F1 and IoU (in %) and labelled pixels, then OA, mean F1 and mIoU."""
     from rich.console import Console
     from rich.table import Table
 
@@ -134,11 +134,13 @@ def print_scores(scores: Scores, class_names: tuple[str, ...], title: str = "sco
             name + note, _pct(scores.precision[i]), _pct(scores.recall[i]), _pct(scores.f1[i]), _pct(scores.iou[i]),
             f"{int(scores.support[i]):,}",
         )
-    table.add_section()
-    table.add_row("overall accuracy", "", "", "", "", _pct(scores.overall_accuracy))
-    table.add_row("mean F1", "", "", _pct(scores.mean_f1), "", "")
-    table.add_row("mIoU", "", "", "", _pct(scores.miou), "")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    in_mean = ", ".join(class_names[i] for i in scores.classes_in_mean)
+    console.print(
+        f"overall accuracy {_pct(scores.overall_accuracy)}   mean F1 {_pct(scores.mean_f1)}   "
+        f"mIoU {_pct(scores.miou)}   (means over: {in_mean or 'no class'})"
+    )
 
 
 def _pct(value: float) -> str:

@@ -34,7 +34,7 @@ from glsnet.data.vaihingen import vaihingen_config
 from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score_scenes
 from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
-from runtime.errors import InputError
+from runtime.errors import GlsnetError, InputError
 from runtime.metrics import Scores
 
 log = logging.getLogger(__name__)
@@ -199,10 +199,16 @@ def train(options: TrainOptions) -> TrainResult:
         for step in range(start, total):
             started = time.perf_counter()
             rng = np.random.default_rng([options.seed, 3, step])
-            image, labels = read(scene_for_step(step, train_idx, options.seed))
+            scene = scene_for_step(step, train_idx, options.seed)
+            image, labels = read(scene)
             sample = make_sample(image, labels, options.config, options.crop_size, options.batch_size, rng)
             output = model(sample.image, sample.patches, sample.boxes)
             loss = criterion(output, sample.patch_labels, sample.crop_labels)
+            if not torch.isfinite(loss.total):
+                raise GlsnetError(
+                    f"the loss became {float(loss.total)} at step {step} ({scenes.names[scene]}); lower the learning "
+                    f"rates (--global-lr {options.global_lr}, --local-lr {options.local_lr}) or resume from the last checkpoint"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             optimizer.step()

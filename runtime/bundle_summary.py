@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runtime.manifest import Manifest, read_manifest
@@ -33,7 +34,7 @@ def print_summary(bundle_dir: str | Path, console: Console) -> Manifest:
         classes.add_column(column)
     for i, (name, rgb) in enumerate(zip(manifest.classes, manifest.palette)):
         hex_colour = "#%02x%02x%02x" % tuple(rgb)
-        classes.add_row(str(i), name, f"[on {hex_colour}]   [/] {tuple(rgb)}")
+        classes.add_row(str(i), escape(name), f"[on {hex_colour}]   [/] {tuple(rgb)}")
     console.print(classes)
 
     graphs = Table(title="graph sets")
@@ -51,32 +52,31 @@ def print_summary(bundle_dir: str | Path, console: Console) -> Manifest:
         for column in ("target", "precision", "directory", "roles", "TensorRT", "GPU", "compute", "created"):
             engines.add_column(column)
         for e in manifest.engines:
-            engines.add_row(
-                e.target, e.precision, e.directory, ", ".join(e.files), e.tensorrt_version or "-",
-                e.gpu_name or "-", e.compute_capability or "-", e.created or "-",
-            )
+            cells = (e.target, e.precision, e.directory, ", ".join(e.files), e.tensorrt_version or "-",
+                     e.gpu_name or "-", e.compute_capability or "-", e.created or "-")
+            engines.add_row(*(escape(str(c)) for c in cells))
         console.print(engines)
     else:
         console.print("engines: none (build them with glsnet-export build)")
 
     if manifest.calibration:
-        console.print("calibration: " + _flat(manifest.calibration))
+        console.print("calibration: " + escape(_flat(manifest.calibration)))
     if manifest.accuracy:
         accuracy = Table(title="accuracy reports")
         accuracy.add_column("precision")
         accuracy.add_column("report")
         for precision, report in manifest.accuracy.items():
-            accuracy.add_row(precision, _flat(report))
+            accuracy.add_row(precision, escape(_flat(report)))
         console.print(accuracy)
     else:
         console.print("accuracy reports: none (glsnet-export build gates each precision and records them here)")
     if manifest.provenance:
-        console.print("provenance: " + _flat(manifest.provenance))
+        console.print("provenance: " + escape(_flat(manifest.provenance)))
     return manifest
 
 
 def _tensors(specs) -> str:
-    return "\n".join(f"{t.name}[{','.join(str(d) for d in t.shape)}]" + ("" if t.dtype == "float32" else f" {t.dtype}") for t in specs)
+    return escape("\n".join(f"{t.name}[{','.join(str(d) for d in t.shape)}]" + ("" if t.dtype == "float32" else f" {t.dtype}") for t in specs))
 
 
 def _flat(value: Any, limit: int = 400) -> str:

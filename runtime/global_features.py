@@ -3,9 +3,12 @@
 The global graph is the one part whose memory grows with the image. Its output is small
 (d x H/32 x W/32 floats), so for a tall image it runs on bands of rows whose edges sit on the
 graph's 32-pixel stride, each read with a halo of context above and below; only each band's
-interior feature rows are kept and the map is assembled from them. Far from a band edge the
-features equal the whole-image ones; near it they differ a little, because the backbone's
-receptive field is wider than any practical halo (measured: see the bench).
+interior feature rows are kept and the map is assembled from them. With a short halo, features
+near a band edge differ from the whole-image ones, because the backbone's receptive field reaches
+across the edge. With a halo of at least half the backbone's receptive field
+(ResNet18: 435 px, ResNet50: 483 px) and band edges on the stride, every kept feature is computed
+from exactly the pixels the whole-image run uses: the bench measured max |diff| 0 at halo 256 and
+320, 0.2 at halo 128 and 3.3 at halo 0 (default config, 2448 x 2448, bands of 1024 rows).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from runtime.backends.base import Backend
 from runtime.manifest import GLOBAL_INPUT, GLOBAL_OUTPUT
 
 FEATURE_STRIDE = 32
-DEFAULT_HALO = 320  # pixels of context above and below each band; a multiple of the stride
+DEFAULT_HALO = 256  # pixels of context above and below each band; a multiple of the stride
 
 
 @dataclass(frozen=True)

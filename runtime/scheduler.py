@@ -98,6 +98,7 @@ class Scheduler:
         width, skip = self._feature_widths()
         tokens, fine = math.ceil(p / FEATURE_STRIDE), math.ceil(p / self.manifest.patch.output_stride)
         hg, wg = math.ceil(grid.padded_height / FEATURE_STRIDE), math.ceil(wp / FEATURE_STRIDE)
+
         def batch_bytes(batch: int) -> int:
             local_out = {"local_features": (batch, width, tokens, tokens), "local_skip": (batch, skip, fine, fine)}
             local = _estimate(self.local_backend, {LOCAL_INPUT: (batch, channels, p, p)}, local_out)
@@ -220,6 +221,7 @@ class PaddedReader:
 
     def __init__(self, source: ImageSource, norm: Normalization, grid: PatchGrid) -> None:
         self.source, self.norm, self.grid = source, norm, grid
+        self.origins = grid.origins()
         self._strips: dict[int, np.ndarray] = {}
 
     def rows(self, top: int, bottom: int) -> np.ndarray:
@@ -232,7 +234,7 @@ class PaddedReader:
 
     def patches(self, batch: range) -> np.ndarray:
         p = self.grid.patch_size
-        origins = self.grid.origins()
+        origins = self.origins
         wanted = {self.grid.grid_row_of(i) for i in batch}
         self._strips = {r: s for r, s in self._strips.items() if r in wanted}
         for r in wanted - set(self._strips):

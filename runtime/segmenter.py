@@ -86,6 +86,7 @@ class Segmenter:
         self.options = options
         self.bundle = open_bundle(bundle)
         self.manifest = self.bundle.manifest
+        normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
         self._schedule = options.schedule()
         self._scheduler: Scheduler | None = None
@@ -168,16 +169,18 @@ class Segmenter:
         output_dir: str | Path | None = None,
         outputs: OutputOptions | None = None,
         progress: Callable[[int, int], None] | None = None,
+        paths: OutputPaths | None = None,
     ) -> OutputPaths:
         """Segment an image file and write its outputs (mask, colour mask, overlay, stats) atomically.
 
-        With ``output_dir`` the files are named after the input (``<stem>_mask.png`` ...); explicit
-        paths can be given in ``outputs``. On any error no output file is left behind.
+        With ``output_dir`` the files are named after the input (``<stem>_mask.png`` ...); or give
+        every path explicitly in ``paths``. On any error no output file is left behind.
         """
         outputs = outputs or OutputOptions()
         source = open_image(input_path, self.options.max_pixels)
         try:
-            paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
+            if paths is None:
+                paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
             return write_outputs(source, self.iter_rows(source, progress), paths, outputs, self.manifest)
         finally:
             source.close()

@@ -73,6 +73,7 @@ class Stitcher:
         self.top = 0  # padded-image row held in buffer row 0
         self.next_index = 0  # next patch expected, row-major
         self.weights = patch_weights(p)
+        self.origins = grid.origins()
 
     def add(self, logits: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Blend a batch of patch logits [B, K, P, P] (the next B patches); return finished rows.
@@ -80,7 +81,7 @@ class Stitcher:
         Returns a list of (first image row, uint8 class indices [rows, width]) in order; often empty.
         """
         p = self.grid.patch_size
-        origins = self.grid.origins()
+        origins = self.origins
         if self.next_index + len(logits) > len(origins):
             raise ValueError(f"stitcher got {self.next_index + len(logits)} patches for a grid of {len(origins)}")
         finished: list[tuple[int, np.ndarray]] = []

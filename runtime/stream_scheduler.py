@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 
 from runtime.backends.tensorrt.buffers import DEFAULT_LOOKAHEAD, HOST_SLOTS, Allocation, BufferPlan, plan_buffers
-from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor, Stream
+from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
 from runtime.errors import InputError
 from runtime.manifest import (
     FUSION_INPUTS,

@@ -49,7 +49,7 @@ def test_the_plan_of_the_paper_configuration_at_2448():
     local = 6 * (256 * 16 * 16 + 48 * 127 * 127) * f
     boxes = 6 * 4 * f
     logits = 6 * 7 * 127 * 127 * f
-    assert plan.device(f"local/patches").nbytes == patches
+    assert plan.device("local/patches").nbytes == patches
     assert plan.device_bytes == image + features + patches + 2 * local + 2 * boxes + logits
     assert plan.pinned_bytes == image + 2 * patches + 2 * boxes + 2 * logits
     assert plan.device("local/local_skip").copies == 2 and plan.host("fusion/logits").copies == 2

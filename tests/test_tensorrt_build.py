@@ -206,3 +206,19 @@ def test_missing_graphs_caches_and_parser_or_builder_failures_are_clear(tmp_path
     with pytest.raises(GlsnetError, match="could not build the fp16 global engine"):
         build_tensorrt_engines(refused, "fp16", trt=trt, device=RecordingDevice())
     assert read_manifest(refused).engines == ()  # nothing stamped for a failed build
+
+
+def test_a_cache_for_the_running_tensorrt_is_replayed_unchanged_and_a_malformed_one_is_refused(tmp_path, caplog):
+    from calibration.calibration_cache import CalibrationCache
+
+    root = bundle(tmp_path)
+    CalibrationCache.from_amax({"patches": 4.0}, "10.3.0").write(root / "int8" / "local.calib.cache")
+    trt = fake_tensorrt("10.3.0")
+    build_tensorrt_engines(root, "int8", TensorRTBuildOptions(dla_core=0), trt=trt, device=RecordingDevice())
+    (read,) = calls_named(trt, "read_calibration_cache")
+    assert read[1] == (root / "int8" / "local.calib.cache").read_bytes()  # byte for byte: nothing re-stamped
+    assert "re-stamping" not in caplog.text
+
+    (root / "int8" / "local.calib.cache").write_text("TRT-100300-EntropyCalibration2\npatches 3c810204\n")
+    with pytest.raises(InputError, match="line 2 'patches 3c810204' is not '<tensor>: <8 hex digits>'"):
+        build_tensorrt_engines(root, "int8", TensorRTBuildOptions(dla_core=0), trt=fake_tensorrt("10.3.0"), device=RecordingDevice())

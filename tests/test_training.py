@@ -154,3 +154,29 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path: Path):
         load_model(foreign)
     with pytest.raises(CheckpointError, match=r"absent\.safetensors: checkpoint file not found"):
         load_model(tmp_path / "absent.safetensors")
+
+
+def test_training_on_a_vaihingen_folder_uses_its_six_classes(tmp_path: Path):
+    import tifffile
+
+    from glsnet.data.palette import colorize
+    from glsnet.data.synthetic import synthetic_scene
+    from glsnet.data.vaihingen import VAIHINGEN_PALETTE
+
+    for name in ("area1.tif", "area2.tif"):
+        (tmp_path / "top").mkdir(exist_ok=True)
+        (tmp_path / "gts").mkdir(exist_ok=True)
+        image, labels = synthetic_scene(160, 160, seed=len(name))
+        tifffile.imwrite(tmp_path / "top" / name, image)
+        tifffile.imwrite(tmp_path / "gts" / name, colorize(labels % 6, VAIHINGEN_PALETTE))
+    config = vaihingen_config(TINY)
+    result = train(tiny_options(tmp_path / "v.safetensors", data=tmp_path, layout=Layout.VAIHINGEN, config=config,
+                                steps=1, val_fraction=0.5, val_crop=None))
+    assert result.val_names == ("area1",) or result.val_names == ("area2",)
+    step, scores = result.validation[-1]
+    assert len(scores.iou) == 6
+    assert scores.classes_in_mean == tuple(i for i in range(6) if not np.isnan(scores.iou[i]))  # nothing excluded
+    model, _ = load_model(tmp_path / "v.safetensors", expected=config)
+    assert model.config.classes[4] == "car"
+    with pytest.raises(InputError, match="vaihingen folder is labelled"):
+        train(tiny_options(tmp_path / "w.safetensors", data=tmp_path, layout=Layout.VAIHINGEN, steps=1))

@@ -224,7 +224,8 @@ def synthetic_scene(height: int, width: int, seed: int | Sequence[int] = 0) -> t
     field = labels == AGRICULTURE
     rows = amplitude[parcel] * np.sin((2 * np.pi) * (xx * (np.cos(angle) / period)[parcel] + yy * (np.sin(angle) / period)[parcel]))
     texture = np.where(field, rows, np.float32(0.0))
-    surface = np.where(field, len(region_colours) + parcel, surface)
+    surface = np.where(field, np.int32(len(region_colours)) + parcel, surface)
+    del rows, blobs, open_land  # free full-size temporaries early: large scenes stay within a few GB
 
     # textures for the natural classes: fine grain (tree crowns) and mottling, per class
     fine_amplitude = np.array([10, 10, 8, 18, 70, 3, 22], dtype=np.float32)
@@ -244,13 +245,14 @@ def synthetic_scene(height: int, width: int, seed: int | Sequence[int] = 0) -> t
     in_x = (bx - np.floor(bx)) * block_w[region]
     road_h = urban & (in_y < road_width)
     road_v = urban & (in_x < road_width)
-    block = (np.floor(by).astype(np.int64) * 7919 + np.floor(bx).astype(np.int64) * 104729 + region) % 4096
+    block = (np.floor(by).astype(np.int32) * 7919 + np.floor(bx).astype(np.int32) * 104729 + region) % 4096
     roof_colours = _ROOF_COLOURS[rng.integers(len(_ROOF_COLOURS), size=4096)] + rng.normal(0, 8, (4096, 3)).astype(np.float32)
     margin = rng.uniform(3, 10, 4096).astype(np.float32)[block]
     roof = urban & (in_y > road_width + margin) & (in_x > road_width + margin)
     roof &= (in_y < block_h[region] - margin * 0.6) & (in_x < block_w[region] - margin * 0.6)
     roof_base = len(region_colours) + n_parcels
-    surface = np.where(roof, roof_base + block, surface)
+    surface = np.where(roof, np.int32(roof_base) + block, surface)
+    del by, bx, in_y, in_x, margin, block
     highway, _ = _highways(rng, height, width)
     highway &= ~water
     labels[highway] = URBAN
@@ -264,7 +266,7 @@ def synthetic_scene(height: int, width: int, seed: int | Sequence[int] = 0) -> t
     # colour = surface colour (darker in shadow) + texture + lighting + sensor grain; cars on top
     table = np.concatenate([region_colours, crop_colours, roof_colours, np.array([[88, 88, 90]], np.float32)])
     table = np.concatenate([table, table * 0.55])
-    surface = np.where(shadow, surface + len(table) // 2, surface)
+    surface = np.where(shadow, surface + np.int32(len(table) // 2), surface)
     texture += 10.0 * (value_noise(rng, height, width, 900) - 0.5)
     texture += rng.normal(0.0, 3.0, (height, width)).astype(np.float32)
     image = table[surface]

@@ -48,7 +48,10 @@ class OrtOptions:
     threads: int | None = None  # intra-op threads; None lets ONNX Runtime choose (one per core)
     fp16: bool = False  # TensorRT EP only: allow fp16 kernels
     tensorrt_cache_dir: Path | None = None  # TensorRT EP engine cache (inside the bundle)
-    cpu_arena: bool = True
+    # ORT's CPU arena keeps every block it ever allocated (the whole-image global graph's included)
+    # and grows in power-of-two steps; without it freed activations go back to the system. Measured
+    # on the default config at 2448 x 2448: peak RSS 2.12 GB with the arena, 1.25 GB without, same speed.
+    cpu_arena: bool = False
     activation_factor: float = DEFAULT_ACTIVATION_FACTOR
 
     def __post_init__(self) -> None:

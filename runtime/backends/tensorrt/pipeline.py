@@ -155,7 +155,8 @@ class TensorRTPipeline:
         if o.batch_size is not None:
             batch = o.batch_size
         elif o.max_memory is not None:
-            scratch = sum(self.device_memory_of(role) for role in ("global", "local"))
+            # the global engine has its own scratch memory; local and fusion share one allocation
+            scratch = self.device_memory_of("global") + max(self.device_memory_of("local"), self.device_memory_of("fusion"))
             batch = largest_batch_within(self.manifest, o.precision, (height, width), o.max_memory, scratch, high, o.lookahead)
         else:
             batch = opt
