@@ -286,8 +286,8 @@ def accuracy_table(reports: list[GateReport], fp32_labels: float | None = None):
     """A rich table: one row for fp32 (the reference) and one per converted precision."""
     from rich.table import Table
 
-    table = Table(title="Accuracy gate (ONNX Runtime, CPU, held-back data)")
-    for column in ("precision", "agreement % (images)", "agreement % (tiles)", "mIoU vs fp32", "mIoU vs labels", "mIoU drop (pts)", "gate"):
+    table = Table(title="Accuracy gate (ONNX Runtime, CPU, held-back data; %)")
+    for column in ("precision", "agree images", "agree tiles", "mIoU vs fp32", "mIoU labels", "drop pts", "gate"):
         table.add_column(column, justify="right" if column != "precision" else "left")
     if fp32_labels is None:
         fp32_labels = next((r.judged.miou_labels_fp32 for r in reports if r.judged is not None), None)
@@ -305,6 +305,19 @@ def accuracy_table(reports: list[GateReport], fp32_labels: float | None = None):
             "-" if drop is None else f"{drop:.2f}",
             f"[green]{status}[/]" if r.passed else f"[red]{status}[/]",
         )
+    return table
+
+
+def graph_table(report: GateReport):
+    """Per-graph output error of the candidate fed fp32 inputs, on held-back tiles (worst over batches)."""
+    from rich.table import Table
+
+    table = Table(title=f"{report.precision} graphs vs fp32, same inputs (held-back tiles)")
+    for column in ("graph", "output", "max abs", "p99 abs", "mean abs", "fp32 max abs"):
+        table.add_column(column, justify="left" if column in ("graph", "output") else "right")
+    for role, outputs in report.graphs.items():
+        for name, s in outputs.items():
+            table.add_row(role, name, f"{s['max_abs']:.3g}", f"{s['p99_abs']:.3g}", f"{s['mean_abs']:.3g}", f"{s['ref_max_abs']:.3g}")
     return table
 
 

@@ -3,12 +3,15 @@
 What stays fp32, and why:
 - Softmax, LayerNormalization and reductions: exponentials and variances overflow or lose mass in fp16.
 - A LayerNorm that the exporter decomposed (ReduceMean -> Sub -> Pow -> ReduceMean -> Add -> Sqrt -> Div):
-  found by its pattern, kept whole.
+  found by its pattern and kept whole with its scale and shift (ONNX Runtime fuses them into one op).
 - The fusion's crop arithmetic: every node computed from the patch boxes (and from shapes) alone,
   up to the bilinear weights. Box coordinates above 2048 px are not exact in fp16 (the spacing there
   is 2 px), so the weights would sample the wrong feature cells.
 
-The converter is onnxruntime.transformers.float16 (op and node block lists). Converters insert
+The converter is onnxruntime.transformers.float16 (op and node block lists); it ships with ONNX
+Runtime and tracks initializers shared by fp32 and fp16 nodes. onnxconverter-common 1.16's converter
+was tried and rejected: on the fusion graph it leaves such tensors fp32 where an fp16 type is
+declared, and ONNX Runtime refuses the model (type error at /crop/Squeeze). Converters insert
 ``Cast(fp16) -> Cast(fp32)`` pairs between two fp32 nodes and after fp32 graph inputs; those
 round trips silently round fp32 values to fp16, so they are removed afterwards.
 """
@@ -117,13 +120,25 @@ def _consumers(model) -> dict[str, list]:
 
 
 def decomposed_layernorm_nodes(model) -> set[str]:
-    """Nodes of LayerNorms written out as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div (or Mul/Reciprocal)."""
-    producers, consumers = _producers(model), _consumers(model)
+    """Nodes of LayerNorms written out as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div (or Mul/Reciprocal),
+    with the scale and shift that follow."""
+    consumers = _consumers(model)
     found: set[str] = set()
 
     def only(tensor: str, op_types: tuple[str, ...]):
         nodes = [n for n in consumers.get(tensor, []) if n.op_type in op_types]
         return nodes
+
+    constants = {i.name for i in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+
+    def affine(normalized: str) -> set[str]:
+        """The LayerNorm's scale and shift (Mul and Add by constants): fp32 with it, as ONNX Runtime fuses them."""
+        group: set[str] = set()
+        for mul in only(normalized, ("Mul",)):
+            if any(i in constants for i in mul.input):
+                group.add(mul.name)
+                group.update(a.name for a in only(mul.output[0], ("Add",)) if any(i in constants for i in a.input))
+        return group
 
     for mean in (n for n in model.graph.node if n.op_type == "ReduceMean"):
         x = mean.input[0]
@@ -139,10 +154,13 @@ def decomposed_layernorm_nodes(model) -> set[str]:
                             group = {mean.name, sub.name, square.name, var.name, add.name, root.name}
                             for div in only(root.output[0], ("Div", "Reciprocal")):
                                 group.add(div.name)
+                                normalized = div.output[0]
                                 if div.op_type == "Reciprocal":
-                                    group.update(m.name for m in only(div.output[0], ("Mul",)))
+                                    muls = only(div.output[0], ("Mul",))
+                                    group.update(m.name for m in muls)
+                                    normalized = muls[0].output[0] if muls else normalized
+                                group |= affine(normalized)
                             found |= group
-    del producers
     return found
 
 
@@ -243,6 +261,24 @@ def remove_fp16_round_trips(model) -> int:
     return rewired
 
 
+def restore_tensor_names(model, suffix: str = "_cast_to_fp16") -> int:
+    """Give fp32 tensors that the converter renamed (``X_cast_to_fp16``) their name back when ``X`` is free."""
+    graph = model.graph
+    taken = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    renames = {}
+    for node in graph.node:
+        for out in node.output:
+            if out.endswith(suffix) and out[: -len(suffix)] not in taken:
+                renames[out] = out[: -len(suffix)]
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for vi in graph.value_info:
+        if vi.name in renames:
+            vi.name = renames[vi.name]
+    return len(renames)
+
+
 def _cast_to(node) -> int | None:
     for attr in node.attribute:
         if attr.name == "to":
@@ -302,6 +338,7 @@ def convert_model_to_fp16(model, options: FP16Options = FP16Options()):
     )
     topological_sort(converted)
     remove_fp16_round_trips(converted)
+    restore_tensor_names(converted)
     return converted, reasons
 
 

@@ -35,6 +35,7 @@ from calibration.accuracy_gate import (
     chain_scores,
     compare_graphs,
     data_problems,
+    graph_table,
     image_scores,
     raise_if_failed,
 )
@@ -346,6 +347,8 @@ def build_precision(bundle_dir: str | Path, options: BuildOptions, console=None)
     with staging_bundle(bundle_dir, manifest, precision) as stage:
         details = _convert(stage, manifest, tiles, options, reference, say)
         report = run_gate(stage, manifest, tiles, options, reference, details)
+        if report.graphs:
+            console.print(graph_table(report))
         console.print(accuracy_table([report]))
         for line in report.failures():
             say(f"{precision} gate: {line}")

@@ -142,6 +142,5 @@ def build_manifest(stage: Path, config: Any, files: dict[str, Path], options: An
             "simplified": options.simplify,
         },
     )
-    path = write_manifest(stage, manifest)
-    path.chmod(0o666 & ~_umask())  # atomic writes start from a private temporary file
+    write_manifest(stage, manifest)
     return manifest

@@ -30,12 +30,9 @@ def onnx_command(
     """Export the global, local and fusion graphs and the manifest into a bundle directory."""
     from rich.console import Console
 
-    from export.onnx_export import Exporter, ExportOptions, export_bundle
-    from runtime.errors import InputError
+    from export.onnx_export import ExportOptions, export_bundle
 
-    if exporter not in {e.value for e in Exporter}:
-        raise InputError(f"--exporter {exporter!r}: choose torchscript or dynamo")
-    options = ExportOptions(opset=opset, simplify=simplify, force=force, exporter=Exporter(exporter), check_tensorrt=tensorrt_check)
+    options = ExportOptions(opset=opset, simplify=simplify, force=force, exporter=exporter, check_tensorrt=tensorrt_check)
     console = Console()
     with console.status(f"exporting {checkpoint} ..."):
         manifest = export_bundle(checkpoint, output, options)
@@ -152,6 +149,7 @@ def build_command(
     max_miou_drop: Optional[float] = typer.Option(None, help="gate: maximum mIoU drop in points (default: int8 1.0, fp16 not gated)"),
     calibration_method: str = typer.Option("percentile", help="int8 ranges: percentile, entropy or minmax"),
     max_excluded: int = typer.Option(12, help="int8: at most this many nodes left in float by the sensitivity check"),
+    modelopt: bool = typer.Option(False, "--modelopt", help="int8: quantize the CNN branches with NVIDIA ModelOpt (needs nvidia-modelopt)"),
     whole_images: bool = typer.Option(True, "--whole-images/--tiles-only", help="gate on whole held-back scenes too"),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads for the checks"),
 ) -> None:
@@ -183,7 +181,7 @@ def build_command(
         target=target,
         force=force,
         thresholds=dataclasses.replace(thresholds, **{precision: gate}),
-        int8=Int8Options(method=CalibrationMethod(calibration_method), max_excluded=max_excluded),
+        int8=Int8Options(method=CalibrationMethod(calibration_method), max_excluded=max_excluded, use_modelopt=modelopt),
         whole_images=whole_images,
         threads=threads,
     )

@@ -71,6 +71,8 @@ class ExportOptions:
         if self.example_batch < 2:
             raise InputError(f"example_batch must be >= 2 so that the batch axis is not traced as 1, got {self.example_batch}")
         if not isinstance(self.exporter, Exporter):
+            if self.exporter not in {e.value for e in Exporter}:
+                raise InputError(f"exporter {self.exporter!r} is not one of {[e.value for e in Exporter]}")
             object.__setattr__(self, "exporter", Exporter(self.exporter))
 
 

@@ -35,7 +35,7 @@ MIN_GLOBAL_BAND_ROWS = 128
 # With no budget given, the global branch still runs in bands (halo included) of at most this many
 # pixels, so the runtime's peak memory stops growing with image size: about 2550 x 2550, so that a
 # 2448 x 2448 scene runs whole and anything larger runs in bands no larger than it.
-DEFAULT_WHOLE_IMAGE_PIXELS = 6_500_000
+DEFAULT_WHOLE_IMAGE_PIXELS = 6_000_000
 
 
 def parse_memory_size(text: str | int | None) -> int | None:

@@ -20,7 +20,7 @@ else
 fi
 
 if [ ! -f "$out/model.safetensors" ]; then
-  "$bin/glsnet-train" train "${data[@]}" --preset small --steps "${DEMO_STEPS:-60}" --out "$out/model.safetensors"
+  "$bin/glsnet-train" train "${data[@]}" --preset small --crop-size 256 --steps "${DEMO_STEPS:-60}" --val-every 1000 --out "$out/model.safetensors"
 else
   echo "demo: reusing $out/model.safetensors (delete it to train again)"
 fi

@@ -1,0 +1,168 @@
+"""INT8: Q/DQ graphs that run in ONNX Runtime on the CPU, TensorRT placement, the cache, the sensitivity check."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+
+from onnx import numpy_helper  # noqa: E402
+
+from calibration.accuracy_gate import PrecisionThresholds, chain_scores  # noqa: E402
+from calibration.calibration_cache import CalibrationCache  # noqa: E402
+from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions  # noqa: E402
+from calibration.int8 import (  # noqa: E402
+    Int8Options,
+    QuantizationExtras,
+    amax_of,
+    build_int8_graphs,
+    calibrate_ranges,
+    node_sensitivity,
+    prepare_for_quantization,
+)
+from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, sample_tiles  # noqa: E402
+from runtime.manifest import graph_path, read_manifest  # noqa: E402
+
+ROLES = ("global", "local", "fusion")
+NO_GATE = PrecisionThresholds(min_agreement=0.0, max_miou_drop=None)
+
+
+@pytest.fixture(scope="module")
+def setup(small_bundle):
+    from glsnet.data.synthetic import synthetic_scene
+
+    manifest = read_manifest(small_bundle)
+    scenes = [synthetic_scene(256, 256, seed=s) for s in (1, 2, 3)]
+    tiles = sample_tiles(
+        [i for i, _ in scenes], manifest, TileOptions(count=16, holdout=8, scene_size=256, seed=0), labels=[l for _, l in scenes]
+    )
+    reference = fp32_sessions(small_bundle, manifest)
+    calibration = TileFeeds(tiles, manifest, CALIBRATION, reference)
+    holdout = TileFeeds(tiles, manifest, HOLDOUT, reference)
+    fp32 = {role: graph_path(small_bundle, manifest.graph(role)) for role in ROLES}
+    return manifest, tiles, calibration, holdout, fp32
+
+
+@pytest.fixture(scope="module")
+def int8(setup, tmp_path_factory):
+    _, _, calibration, holdout, fp32 = setup
+    out = tmp_path_factory.mktemp("int8")
+    return build_int8_graphs(fp32, out, calibration, holdout, Int8Options(), NO_GATE)
+
+
+def test_int8_graphs_run_on_the_cpu(setup, int8):
+    _, _, _, holdout, _ = setup
+    sessions = {role: cpu_session(int8.graphs[role]) for role in ROLES}
+    for role in ROLES:
+        feed = next(holdout.feeds(role))
+        reference = holdout.reference[role].run(None, feed)
+        got = sessions[role].run(None, feed)
+        for r, g in zip(reference, got):
+            assert g.dtype == np.float32 and g.shape == r.shape and np.isfinite(g).all()
+            assert np.abs(g - r).mean() < 0.2 * np.abs(r).mean() + 1e-6  # quantized, not broken
+    scores = chain_scores(holdout, sessions)
+    assert scores.pixels > 0 and scores.agreement > 0.5
+    assert int8.rounds[0]["tile_agreement"] == pytest.approx(scores.agreement)
+    assert int8.excluded == {role: [] for role in ROLES}  # no gate asked for: nothing left in float
+
+
+def _initializer(model, name):
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None
+
+
+def test_qdq_placement_follows_tensorrt_rules(int8):
+    for role in ROLES:
+        model = onnx.load(str(int8.graphs[role]))
+        producers = {o: n for n in model.graph.node for o in n.output}
+        nodes = model.graph.node
+        quantize = [n for n in nodes if n.op_type == "QuantizeLinear"]
+        dequantize = [n for n in nodes if n.op_type == "DequantizeLinear"]
+        assert quantize and dequantize
+        for node in quantize + dequantize:  # symmetric int8: every zero point is an int8 zero
+            zero = _initializer(model, node.input[2])
+            assert zero.dtype == np.int8 and not zero.any()
+        for node in quantize:  # activations: one scale per tensor
+            assert _initializer(model, node.input[1]).size == 1
+        convs = [n for n in nodes if n.op_type == "Conv"]
+        for conv in convs:
+            weight_dq = producers.get(conv.input[1])
+            assert weight_dq is not None and weight_dq.op_type == "DequantizeLinear"
+            weights = _initializer(model, weight_dq.input[0])
+            assert weights.dtype == np.int8
+            assert _initializer(model, weight_dq.input[1]).shape == (weights.shape[0],)  # per output channel
+            if len(conv.input) > 2 and conv.input[2]:
+                assert conv.input[2] not in producers or producers[conv.input[2]].op_type != "DequantizeLinear"  # float bias
+            assert producers[conv.input[0]].op_type == "DequantizeLinear"  # activation input quantized
+        if role == "fusion":
+            for node in nodes:
+                if node.op_type in ("Softmax", "LayerNormalization", "MatMul", "Div", "Clip", "Abs"):
+                    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+def test_calibration_cache_parses_back_to_the_same_scales(setup, int8, tmp_path):
+    _, _, calibration, _, fp32 = setup
+    prepared = prepare_for_quantization(fp32["fusion"], tmp_path / "fusion.prepared.onnx")
+    ranges = calibrate_ranges(prepared, lambda: calibration.feeds("fusion"), Int8Options(), tmp_path)
+    amax = amax_of(ranges)
+    cache = CalibrationCache.read(int8.caches["fusion"])
+    assert cache.algorithm == "EntropyCalibration2" and cache.version == 100000
+    assert {"local_features", "local_skip", "global_features", "logits"} <= set(cache.scales)
+    assert set(cache.scales) == {name for name, value in amax.items() if value > 0}
+    for name, scale in cache.scales.items():
+        assert scale == np.float32(amax[name] / 127.0)  # calibration is deterministic, and the file exact
+    text = int8.caches["fusion"].read_text()
+    assert CalibrationCache.parse(text).scales == cache.scales
+
+
+def test_extra_options_are_typed():
+    extras = QuantizationExtras()
+    ort = extras.to_ort()
+    assert ort["ActivationSymmetric"] is True and ort["WeightSymmetric"] is True and ort["QuantizeBias"] is False
+    assert set(ort) == {
+        "ActivationSymmetric", "WeightSymmetric", "QDQKeepRemovableActivations", "QuantizeBias", "DedicatedQDQPair",
+        "ForceQuantizeNoInputCheck", "AddQDQPairToWeight", "OpTypesToExcludeOutputQuantization", "QDQOpTypePerChannelSupportToAxis",
+    }
+    with pytest.raises(TypeError):
+        QuantizationExtras(activation_symetric=True)  # a typo cannot pass silently
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        extras.weight_symmetric = False  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        Int8Options(method="kl-divergence")
+
+
+def test_modelopt_is_optional(setup, tmp_path):
+    from runtime.errors import MissingDependencyError
+    from runtime.optional_import import available
+
+    if available("modelopt.onnx.quantization"):
+        pytest.skip("NVIDIA ModelOpt is installed here")
+    _, _, calibration, holdout, fp32 = setup
+    with pytest.raises(MissingDependencyError, match="nvidia-modelopt"):
+        build_int8_graphs(fp32, tmp_path, calibration, holdout, Int8Options(use_modelopt=True), NO_GATE)
+
+
+def test_sensitivity_check_leaves_the_noisiest_nodes_in_float(setup, tmp_path):
+    _, _, calibration, holdout, fp32 = setup
+    unreachable = PrecisionThresholds(min_agreement=1.01, max_miou_drop=None)
+    options = Int8Options(max_excluded=2, exclude_step=2)
+    built = build_int8_graphs(fp32, tmp_path / "int8", calibration, holdout, options, unreachable)
+    excluded = [node for nodes in built.excluded.values() for node in nodes]
+    assert len(excluded) == 2 and len(built.rounds) == 2
+    role = built.rounds[1]["graph"]
+    assert set(built.rounds[1]["excluded"]) == set(built.excluded[role])
+    model = onnx.load(str(built.graphs[role]))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in built.excluded[role]:  # left in float: no dequantized input any more
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+    sqnr = node_sensitivity(fp32[role], built.graphs[role], holdout.feeds(role), cpu_session)
+    assert sqnr and all(not math.isnan(v) for v in sqnr.values())
+    assert not set(built.excluded[role]) & set(sqnr)  # excluded nodes are no longer quantized
