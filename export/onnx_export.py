@@ -120,10 +120,7 @@ def load_export_model(checkpoint_or_model: Any) -> tuple[Any, dict[str, Any]]:
     path = Path(checkpoint_or_model)
     config = read_config(path)  # CheckpointError if this is not a GLSNet checkpoint
     _check_class_count(path, config)
-    try:
-        model, info = load_model(path)
-    except RuntimeError as exc:  # load_state_dict reports size mismatches as RuntimeError
-        raise CheckpointError(f"{path}: its weights do not fit the configuration in its header ({exc})") from exc
+    model, info = load_model(path)  # CheckpointError when the weights do not fit the header's configuration
     return model, {"checkpoint": str(path.resolve()), "checkpoint_sha256": info["sha256"], "checkpoint_step": info["step"]}
 
 

@@ -90,14 +90,17 @@ def load_model(path: str | Path, expected: GLSNetConfig | None = None) -> tuple[
         raise CheckpointError(f"{path}: a checkpoint of another configuration; differing (checkpoint, expected): {diff}")
     model = build_glsnet(config)
     state = load_file(str(path))
+    for name, tensor in model.state_dict().items():
+        if name in state and state[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(state[name].shape)} but its own configuration needs "
+                f"{tuple(tensor.shape)}; the weights and the configuration header disagree"
+            )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit its own configuration: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    for name, tensor in model.state_dict().items():
-        if name in state and state[name].shape != tensor.shape:
-            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}")
     info = {"step": int(metadata.get("step", 0)), "extra": json.loads(metadata.get("extra", "{}")), "sha256": sha256_file(path)}
     return model.eval(), info
 

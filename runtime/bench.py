@@ -3,7 +3,7 @@
 Measured for one square scene (2448 x 2448 by default; a seeded synthetic image written as a
 tiled TIFF): wall time, peak RSS (os.wait4 on each child, so each process's own peak) and
 patches per second, for the runtime and for glsnet.inference; the ratios; the runtime's peak RSS
-on a scene ``tall_factor`` times taller, to show it does not grow with height; and how close
+on scenes 2 and 4 times taller (``tall_factors``), to show it does not grow with height; and how close
 banded global features are to whole-image ones. The PyTorch half lives in export.bench_reference
 and is started with ``python -m``: this module never imports torch. With no bundle given, the
 bench exports a seeded random-init model of the default configuration (that needs torch).
@@ -34,7 +34,7 @@ class BenchOptions:
     bundle: Path | None = None
     checkpoint: Path | None = None  # the torch model of ``bundle``, for the reference half
     size: int = 2448
-    tall_factor: int = 4
+    tall_factors: tuple[int, ...] = (2, 4)  # taller scenes: factor x size rows by size columns
     torch_reference: bool = True
     threads: int | None = None
     band_rows: int = 1024  # global band height for the banded-feature comparison
@@ -118,8 +118,6 @@ def run_bench(options: BenchOptions) -> dict:
     bundle, checkpoint = _bundle_and_checkpoint(options)
     images = out / "images"
     square = write_tiled_tiff(images / f"scene_{options.size}x{options.size}.tif", synthetic_scene(options.size, options.size, 7))
-    tall_h = options.size * options.tall_factor
-    tall = write_tiled_tiff(images / f"scene_{tall_h}x{options.size}.tif", synthetic_scene(tall_h, options.size, 8))
     threads = [] if options.threads is None else ["--threads", str(options.threads)]
     logs = out / "logs"
 
@@ -141,10 +139,17 @@ def run_bench(options: BenchOptions) -> dict:
             "patches_per_s_runtime_over_torch": report["runtime"]["patches_per_s"] / report["torch"]["patches_per_s"],
         }
         report["mask_agreement_runtime_vs_torch"] = _agreement(out / "runtime-square" / f"{square.stem}_mask.tif", np.load(mask_out))
-    console.print(f"bench: runtime on {tall.name} ...")
-    rt_tall = run_child(["-m", "runtime.bench", "worker", "--bundle", str(bundle), "--image", str(tall), "--out", str(out / "runtime-tall"), *threads], logs / "runtime-tall.log")
-    report["runtime_tall"] = _summary(rt_tall)
-    report["peak_rss_tall_over_square"] = rt_tall.peak_rss_bytes / rt.peak_rss_bytes
+    heights = [{"height": options.size, **_summary(rt)}]
+    for factor in options.tall_factors:
+        tall_h = options.size * factor
+        tall = write_tiled_tiff(images / f"scene_{tall_h}x{options.size}.tif", synthetic_scene(tall_h, options.size, 7 + factor))
+        console.print(f"bench: runtime on {tall.name} ...")
+        run = run_child(["-m", "runtime.bench", "worker", "--bundle", str(bundle), "--image", str(tall), "--out", str(out / f"runtime-x{factor}"), *threads], logs / f"runtime-x{factor}.log")
+        heights.append({"height": tall_h, **_summary(run)})
+        tall.unlink()  # large and cheap to make again
+    report["runtime_by_height"] = heights
+    report["runtime_tall"] = heights[-1]
+    report["peak_rss_tall_over_square"] = heights[-1]["peak_rss_bytes"] / rt.peak_rss_bytes
     console.print("bench: banded vs whole-image global features ...")
     bands = run_child(
         ["-m", "runtime.bench", "bands", "--bundle", str(bundle), "--image", str(square), "--band-rows", str(options.band_rows),
@@ -187,20 +192,25 @@ def print_report(report: dict, console) -> None:
     table = Table(title="glsnet bench (seeded random-init model; CPU)")
     for column in ("run", "image", "wall s", "segment s", "patches/s", "peak RSS MB"):
         table.add_column(column)
-    for key in ("runtime", "torch", "runtime_tall"):
-        if key in report:
-            r = report[key]
+    rows = [("runtime", report["runtime"])] + ([("torch", report["torch"])] if "torch" in report else [])
+    rows += [(f"runtime x{r['height'] // report['runtime']['height']}", r) for r in report.get("runtime_by_height", [])[1:]]
+    for key, r in rows:
+        if r:
             table.add_row(
                 key, f"{r['height']}x{r['width']}", f"{r['wall_s']:.1f}", f"{r['segment_s']:.1f}",
                 f"{r['patches_per_s']:.2f}", f"{r['peak_rss_bytes'] / 1e6:.0f}",
             )
     console.print(table)
-    for key in ("runtime", "runtime_tall"):
-        console.print(f"{key} plan: {report[key].get('plan')}")
+    for r in report.get("runtime_by_height", []):
+        console.print(f"runtime plan at {r['height']}x{r['width']}: {r.get('plan')}")
     if "ratios" in report:
         console.print("ratios runtime/torch: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
         console.print(f"mask agreement runtime vs torch: {report['mask_agreement_runtime_vs_torch']:.5f}")
-    console.print(f"peak RSS tall/square: {report['peak_rss_tall_over_square']:.2f}")
+    console.print(
+        "runtime peak RSS by image height: "
+        + ", ".join(f"{r['height']}: {r['peak_rss_bytes'] / 1e6:.0f} MB" for r in report.get("runtime_by_height", []))
+        + f" (tallest/square {report['peak_rss_tall_over_square']:.2f})"
+    )
     bands = report.get("banded_global", {})
     for row in bands.get("halos", []):
         console.print(
@@ -251,7 +261,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
 def _bands(args: argparse.Namespace) -> dict:
     """Global features whole vs in bands for several halos, and the banded mask vs the whole-image mask."""
-    from runtime.global_features import global_features
+    from runtime.global_features import DEFAULT_HALO, global_features
     from runtime.image_readers import open_image
     from runtime.image_writers import OutputOptions
     from runtime.scheduler import PaddedReader, normalization_for
@@ -277,7 +287,7 @@ def _bands(args: argparse.Namespace) -> dict:
 
         from runtime.comparison import pixel_agreement
 
-        mask_halo = 320 if 320 in halos else halos[-1]
+        mask_halo = DEFAULT_HALO if DEFAULT_HALO in halos else halos[-1]
         banded_segmenter = Segmenter(
             args.bundle, options=SegmenterOptions(threads=args.threads, global_band_rows=args.band_rows, global_halo=mask_halo)
         )

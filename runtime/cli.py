@@ -101,7 +101,7 @@ def bench(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The torch checkpoint of --bundle, for the reference half."),
     preset: str = typer.Option("default", help="Configuration of the random-init model: default (the paper's GLSNet) or small."),
     size: int = typer.Option(2448, help="Side of the square bench image."),
-    tall_factor: int = typer.Option(4, help="The tall TIFF is tall_factor x size rows by size columns."),
+    tall_factors: str = typer.Option("2,4", help="Taller TIFFs to measure, as multiples of --size in height (e.g. 2,4)."),
     torch_reference: bool = typer.Option(True, "--torch/--no-torch", help="Also measure the PyTorch reference (needs torch)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph."),
 ) -> None:
@@ -110,7 +110,17 @@ def bench(
 
     if preset not in ("default", "small"):
         raise InputError(f"--preset {preset!r}: choose default or small")
-    run_bench(BenchOptions(out=out, bundle=bundle, checkpoint=checkpoint, preset=preset, size=size, tall_factor=tall_factor, torch_reference=torch_reference, threads=threads))
+    run_bench(BenchOptions(out=out, bundle=bundle, checkpoint=checkpoint, preset=preset, size=size, tall_factors=_factors(tall_factors), torch_reference=torch_reference, threads=threads))
+
+
+def _factors(text: str) -> tuple[int, ...]:
+    try:
+        factors = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"--tall-factors {text!r}: expected comma-separated integers such as 2,4") from None
+    if any(f < 2 for f in factors):
+        raise InputError(f"--tall-factors {text!r}: each factor must be >= 2")
+    return factors
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """The embedding API: ``Segmenter(bundle).segment(image)`` and ``segment_file(path, out_dir)``.
 
 A Segmenter opens the bundle, verifies the graph set of one precision, creates one ONNX Runtime
-session per graph on first use, and reuses them for every image. Sessions run concurrently from
-several threads; the Segmenter's only shared mutable state (lazy session creation) is locked.
+session per graph on first use (CPU, or ORT's CUDA/TensorRT providers), and reuses them for every
+image; with ``device="tensorrt-engine"`` it hands images to the bundle's own TensorRT engines
+instead. Sessions run concurrently from several threads; the Segmenter's only shared mutable
+state (lazy session creation) is locked.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class SegmenterOptions:
 
 
 class Segmenter:
-    """Segments images with a bundle's graphs on ONNX Runtime; safe to share between threads."""
+    """Segments images with a bundle's graphs on ONNX Runtime (or its TensorRT engines); safe to share between threads."""
 
     def __init__(
         self,
@@ -150,6 +152,9 @@ class Segmenter:
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         """The batch size and global banding this Segmenter would use for an image of this size."""
+        if self.options.device == TENSORRT_ENGINE:
+            batch = self.tensorrt_pipeline.batch_size_for(height, width)
+            return MemoryPlan(batch, None, 0, self.options.max_memory)
         scheduler = self.scheduler
         return scheduler.plan(scheduler.grid_for(height, width), self._schedule, source_bytes)
 

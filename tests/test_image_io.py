@@ -11,7 +11,7 @@ from PIL import Image
 
 from runtime.errors import InputError
 from runtime.image_readers import ArraySource, PillowSource, TiffSource, open_image
-from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
+from runtime.image_writers import OutputOptions, OutputPaths, _umask, write_outputs
 from runtime.manifest import Manifest, Normalization, PatchSpec
 
 GEO_EXTRATAGS = [
@@ -172,6 +172,7 @@ def test_png_outputs(tmp_path):
     write_outputs(ArraySource(np.zeros((40, 70, 3), np.uint8)), _rows(mask, [40]), paths, OutputOptions(), _manifest())
     np.testing.assert_array_equal(np.asarray(Image.open(paths.mask)), mask)
     assert np.asarray(Image.open(paths.color)).shape == (40, 70, 3)
+    assert paths.mask.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not the temporary file's 0600
 
 
 @pytest.mark.parametrize("fmt", ["png", "tif"])
