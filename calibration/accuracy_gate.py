@@ -140,12 +140,13 @@ def _center_labels(labels: np.ndarray, stride: int) -> np.ndarray:
     return labels[:, offset::stride, offset::stride]
 
 
-def chain_scores(feeds: TileFeeds, candidate: dict) -> MaskScores:
-    """Candidate chain vs the fp32 chain on the tiles: argmax of the stride-4 logits of every patch."""
+def chain_scores(feeds: TileFeeds, candidate: dict, max_batches: int | None = None) -> MaskScores:
+    """Candidate chain vs the fp32 chain on the tiles: argmax of the stride-4 logits of every patch
+    (of the first ``max_batches`` batches, when given)."""
     tally = MaskTally(feeds.manifest.num_classes, excluded_classes(feeds.manifest))
     stride = feeds.manifest.patch.output_stride
     global_cache: dict[int, np.ndarray] = {}
-    for b, (scene, indices) in enumerate(feeds.batches):
+    for b, (scene, indices) in enumerate(feeds.batches[:max_batches]):
         local_ref, skip_ref = feeds.reference_local(b)
         boxes = feeds.boxes(indices)
         reference = feeds.reference["fusion"].run(
@@ -177,17 +178,19 @@ def gate_scenes(tiles: TileSet) -> np.ndarray:
     return held if len(held) else np.arange(len(tiles.scenes))
 
 
-def image_scores(bundle_dir: str | Path, precision: str, tiles: TileSet, manifest: Manifest, threads: int | None = None) -> MaskScores:
-    """fp32 vs ``precision`` masks from the runtime's Segmenter on the held-back scenes."""
+def scene_masks(bundle_dir: str | Path, precision: str, tiles: TileSet, threads: int | None = None) -> list[np.ndarray]:
+    """Masks of the held-back scenes from the runtime's Segmenter with ``precision``'s graphs."""
     from runtime.segmenter import Segmenter
 
+    with Segmenter(bundle_dir, precision=precision, threads=threads) as segmenter:
+        return [segmenter.segment(tiles.scenes[int(scene)]) for scene in gate_scenes(tiles)]
+
+
+def image_scores(reference: list[np.ndarray], candidate: list[np.ndarray], tiles: TileSet, manifest: Manifest) -> MaskScores:
+    """fp32 vs candidate masks of the held-back scenes (and both vs their labels)."""
     tally = MaskTally(manifest.num_classes, excluded_classes(manifest))
-    with Segmenter(bundle_dir, precision="fp32", threads=threads) as reference, Segmenter(
-        bundle_dir, precision=precision, threads=threads
-    ) as candidate:
-        for scene in gate_scenes(tiles):
-            pixels = tiles.scenes[int(scene)]
-            tally.update(reference.segment(pixels), candidate.segment(pixels), tiles.labels[int(scene)])
+    for scene, ref, cand in zip(gate_scenes(tiles), reference, candidate):
+        tally.update(ref, cand, tiles.labels[int(scene)])
     return tally.scores()
 
 

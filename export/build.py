@@ -38,6 +38,7 @@ from calibration.accuracy_gate import (
     graph_table,
     image_scores,
     raise_if_failed,
+    scene_masks,
 )
 from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions
 from calibration.fp16 import FP16Options, convert_graph_to_fp16, kept_nodes_summary
@@ -170,7 +171,7 @@ def gate_tiles(bundle_dir: Path, manifest: Manifest, options: BuildOptions, say:
 # ---------------------------------------------------------------- conversion and gate
 
 
-def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOptions, reference: dict, say) -> dict[str, Any]:
+def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOptions, reference: dict, judge, say) -> dict[str, Any]:
     """Write the candidate graphs into ``stage/<precision>/``; returns details for the report."""
     precision = options.precision
     fp32_paths = {role: stage / manifest.graph(role, "fp32").file for role in GRAPH_ROLES}
@@ -182,11 +183,27 @@ def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOpti
         return {"fp32_nodes": {role: sorted(nodes) for role, nodes in kept.items()}, "kept_summary": kept_nodes_summary(results)}
     calibration = TileFeeds(tiles, manifest, CALIBRATION, reference)
     holdout = TileFeeds(tiles, manifest, HOLDOUT, reference)
-    built = build_int8_graphs(fp32_paths, out_dir, calibration, holdout, options.int8, options.thresholds.int8, say)
+    built = build_int8_graphs(fp32_paths, out_dir, calibration, holdout, options.int8, options.thresholds.int8, say, judge)
     return built.summary()
 
 
-def run_gate(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOptions, reference: dict, details: dict) -> GateReport:
+class SceneJudge:
+    """Whole held-back scenes through the runtime, candidate vs fp32 (whose masks are computed once)."""
+
+    def __init__(self, stage: Path, manifest: Manifest, tiles: TileSet, precision: str, threads: int | None) -> None:
+        self.stage, self.manifest, self.tiles, self.precision, self.threads = stage, manifest, tiles, precision, threads
+        self._reference: list | None = None
+
+    def __call__(self, paths: dict[str, Path] | None = None):
+        specs = _stage_specs(self.stage, self.manifest, self.precision)
+        write_manifest(self.stage, self.manifest.replace(graphs={"fp32": self.manifest.graphs["fp32"], self.precision: specs}, engines=(), accuracy={}))
+        if self._reference is None:
+            self._reference = scene_masks(self.stage, "fp32", self.tiles, self.threads)
+        candidate = scene_masks(self.stage, self.precision, self.tiles, self.threads)
+        return image_scores(self._reference, candidate, self.tiles, self.manifest)
+
+
+def run_gate(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOptions, reference: dict, details: dict, judge) -> GateReport:
     """Per-graph statistics and the tile chain on held-back tiles; whole held-back scenes via the Segmenter."""
     start = time.perf_counter()
     precision = options.precision
@@ -196,19 +213,10 @@ def run_gate(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOpti
     graphs = compare_graphs(holdout, candidate) if holdout.batches else {}
     tiles_scores = chain_scores(holdout, candidate) if holdout.batches else None
     del candidate
-    images = None
-    if options.whole_images:
-        stage_manifest = manifest.replace(
-            graphs={"fp32": manifest.graphs["fp32"], precision: _stage_specs(stage, manifest, precision)},
-            engines=(),
-            accuracy={},
-        )
-        write_manifest(stage, stage_manifest)
-        images = image_scores(stage, precision, tiles, manifest, options.threads)
     return GateReport(
         precision=precision,
         thresholds=options.thresholds.of(precision),
-        images=images,
+        images=judge() if judge is not None else None,
         tiles=tiles_scores,
         graphs=graphs,
         problems=data_problems(tiles, precision),
@@ -345,8 +353,9 @@ def build_precision(bundle_dir: str | Path, options: BuildOptions, console=None)
     tiles = gate_tiles(bundle_dir, manifest, options, say)
     reference = fp32_sessions(bundle_dir, manifest, options.threads or 0)
     with staging_bundle(bundle_dir, manifest, precision) as stage:
-        details = _convert(stage, manifest, tiles, options, reference, say)
-        report = run_gate(stage, manifest, tiles, options, reference, details)
+        judge = SceneJudge(stage, manifest, tiles, precision, options.threads) if options.whole_images else None
+        details = _convert(stage, manifest, tiles, options, reference, judge, say)
+        report = run_gate(stage, manifest, tiles, options, reference, details, judge)
         if report.graphs:
             console.print(graph_table(report))
         console.print(accuracy_table([report]))

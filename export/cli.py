@@ -148,7 +148,7 @@ def build_command(
     min_agreement: Optional[float] = typer.Option(None, help="gate: minimum pixel agreement with fp32 (fraction; default 0.999 fp16, 0.98 int8)"),
     max_miou_drop: Optional[float] = typer.Option(None, help="gate: maximum mIoU drop in points (default: int8 1.0, fp16 not gated)"),
     calibration_method: str = typer.Option("percentile", help="int8 ranges: percentile, entropy or minmax"),
-    max_excluded: int = typer.Option(12, help="int8: at most this many nodes left in float by the sensitivity check"),
+    max_excluded_groups: int = typer.Option(6, help="int8: at most this many node groups left in float by the sensitivity check"),
     modelopt: bool = typer.Option(False, "--modelopt", help="int8: quantize the CNN branches with NVIDIA ModelOpt (needs nvidia-modelopt)"),
     whole_images: bool = typer.Option(True, "--whole-images/--tiles-only", help="gate on whole held-back scenes too"),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads for the checks"),
@@ -181,7 +181,7 @@ def build_command(
         target=target,
         force=force,
         thresholds=dataclasses.replace(thresholds, **{precision: gate}),
-        int8=Int8Options(method=CalibrationMethod(calibration_method), max_excluded=max_excluded, use_modelopt=modelopt),
+        int8=Int8Options(method=CalibrationMethod(calibration_method), max_excluded_groups=max_excluded_groups, use_modelopt=modelopt),
         whole_images=whole_images,
         threads=threads,
     )

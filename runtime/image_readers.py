@@ -23,7 +23,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 
-# GeoTIFF and GDAL tags copied from an input TIFF to the masks written for it.
+# GeoTIFF georeferencing tags copied from an input TIFF to the masks written for it. GDAL_NODATA and
+# GDAL_METADATA are not copied: they describe the input's pixel values, not a class-index mask.
 GEO_TAGS = {
     33550: "ModelPixelScale",
     33922: "ModelTiepoint",
@@ -31,8 +32,6 @@ GEO_TAGS = {
     34735: "GeoKeyDirectory",
     34736: "GeoDoubleParams",
     34737: "GeoAsciiParams",
-    42112: "GDAL_METADATA",
-    42113: "GDAL_NODATA",
 }
 
 

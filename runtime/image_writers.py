@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import sys
 import threading
@@ -285,8 +284,6 @@ def _writable(path: Path) -> Iterator[Path]:
         raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc}); choose a writable folder with -o") from exc
     try:
         yield temporary
-        if temporary.exists():
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     except BaseException:
         context.__exit__(*sys.exc_info())
         raise
@@ -295,14 +292,3 @@ def _writable(path: Path) -> Iterator[Path]:
             context.__exit__(None, None, None)
         except OSError as exc:
             raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc})") from exc
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (Linux); 0o022 where it cannot be read."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022

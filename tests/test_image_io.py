@@ -11,7 +11,8 @@ from PIL import Image
 
 from runtime.errors import InputError
 from runtime.image_readers import ArraySource, PillowSource, TiffSource, open_image
-from runtime.image_writers import OutputOptions, OutputPaths, _umask, write_outputs
+from runtime.atomic_file import _UMASK
+from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
 from runtime.manifest import Manifest, Normalization, PatchSpec
 
 GEO_EXTRATAGS = [
@@ -19,8 +20,8 @@ GEO_EXTRATAGS = [
     (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0), True),
     (34735, "H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True),
     (34737, "s", 0, "WGS 84 / UTM zone 33N|", True),
-    (42113, "s", 0, "255", True),
 ]
+NODATA_TAG = (42113, "s", 0, "255", True)  # describes input pixel values: must not reach a class mask
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def _rows(mask: np.ndarray, heights: list[int]):
 
 def test_tiff_outputs_keep_geotiff_tags_and_are_written_in_strips(tmp_path, pixels):
     src_path = tmp_path / "geo.tif"
-    tifffile.imwrite(src_path, pixels[:, :, :3], photometric="rgb", tile=(64, 64), extratags=GEO_EXTRATAGS)
+    tifffile.imwrite(src_path, pixels[:, :, :3], photometric="rgb", tile=(64, 64), extratags=GEO_EXTRATAGS + [NODATA_TAG])
     source = open_image(src_path)
     mask = np.random.default_rng(1).integers(0, 3, (301, 203), dtype=np.uint8)
     paths = OutputPaths(tmp_path / "o" / "m.tif", tmp_path / "o" / "c.tif", tmp_path / "o" / "v.tif", tmp_path / "o" / "s.json")
@@ -156,6 +157,7 @@ def test_tiff_outputs_keep_geotiff_tags_and_are_written_in_strips(tmp_path, pixe
         for code, _, _, value, _ in GEO_EXTRATAGS:
             got = page.tags[code].value
             assert (tuple(got) if isinstance(got, (tuple, list)) else got) == value, code
+        assert NODATA_TAG[0] not in page.tags
     colour = tifffile.imread(paths.color)
     np.testing.assert_array_equal(colour, np.array(_manifest().palette, np.uint8)[mask])
     overlay = tifffile.imread(paths.overlay)
@@ -172,7 +174,7 @@ def test_png_outputs(tmp_path):
     write_outputs(ArraySource(np.zeros((40, 70, 3), np.uint8)), _rows(mask, [40]), paths, OutputOptions(), _manifest())
     np.testing.assert_array_equal(np.asarray(Image.open(paths.mask)), mask)
     assert np.asarray(Image.open(paths.color)).shape == (40, 70, 3)
-    assert paths.mask.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not the temporary file's 0600
+    assert paths.mask.stat().st_mode & 0o777 == 0o666 & ~_UMASK  # not the temporary file's 0600
 
 
 @pytest.mark.parametrize("fmt", ["png", "tif"])
