@@ -50,7 +50,7 @@ class QuantizationExtras:
     weight_symmetric: bool = True  # WeightSymmetric
     keep_removable_activations: bool = True  # QDQKeepRemovableActivations: keep ReLU for TensorRT's fusions
     quantize_bias: bool = False  # QuantizeBias: TensorRT wants float biases
-    dedicated_qdq_pair: bool = False  # DedicatedQDQPair
+    dedicated_qdq_pair: bool = True  # DedicatedQDQPair: a node left in float then reads the float tensor
     force_quantize_no_input_check: bool = False  # ForceQuantizeNoInputCheck
     add_qdq_pair_to_weight: bool = False  # AddQDQPairToWeight
     no_output_quantization: tuple[str, ...] = ("Conv", "Add")  # OpTypesToExcludeOutputQuantization: TensorRT fuses what follows
@@ -385,13 +385,12 @@ def build_int8_graphs(
 
         def alone(role: str, path: Path, batches: int | None = None) -> float:
             """Tile agreement with only ``role`` in int8 (``path``), the other graphs fp32."""
-            sessions = {r: holdout_feeds.reference[r] for r in states}
-            sessions[role] = cpu_session(path)
+            sessions = {**holdout_feeds.reference, role: cpu_session(path)}
             return chain_scores(holdout_feeds, sessions, max_batches=batches).agreement
 
-        if judge is None:
+        if judge is None:  # graphs not being converted stay fp32 in the chain
             def judge(paths: dict[str, Path]):
-                return chain_scores(holdout_feeds, {role: cpu_session(path) for role, path in paths.items()})
+                return chain_scores(holdout_feeds, {**holdout_feeds.reference, **{r: cpu_session(p) for r, p in paths.items()}})
 
         paths = {role: state.output for role, state in states.items()}
         scores = judge(paths)
