@@ -1,13 +1,16 @@
-"""INT8: activation ranges from calibration tiles, explicit Q/DQ graphs placed for TensorRT, and the
-TensorRT 10 calibration cache from the same ranges.
+"""INT8: activation ranges from calibration tiles, explicit Q/DQ graphs placed for TensorRT, the
+TensorRT 10 calibration cache from the same ranges, and a sensitivity check.
 
 Placement follows TensorRT's explicit-quantization rules: symmetric int8 everywhere (zero point 0),
-per-channel weights, per-tensor activations, Q/DQ on the inputs of weighted ops and on both inputs
-of residual Adds, float biases (TensorRT folds them itself), ReLUs kept in the graph. The fusion's
-softmax, LayerNorm and crop arithmetic are not quantized: only its convolution head is.
+per-channel weights, per-tensor activations, Q/DQ on the inputs of convolutions (a dedicated pair per
+consumer), float biases (TensorRT folds them itself), ReLUs kept in the graph, no Q/DQ on the
+outputs of weighted ops. Residual Adds are not quantized by default (see CNN_OPS). The fusion's
+softmax, LayerNorm, attention matmuls and crop arithmetic are not quantized: only its convolution head is.
 
-Ranges are measured once per graph (ONNX Runtime's calibrators, fed in small chunks so memory stays
-bounded) over every float tensor, so the same numbers give both the Q/DQ scales and the cache.
+Ranges are measured once per graph with ONNX Runtime's calibrators (default: the 99.99th percentile
+of |x|), one feed at a time so memory stays bounded, over every float tensor, so the same numbers
+give the Q/DQ scales and the cache. The sensitivity check measures, by leaving each node group in
+float in turn, which one costs the most agreement, and keeps the worst in float until the gate passes.
 """
 
 from __future__ import annotations

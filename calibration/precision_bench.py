@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     reference = results["fp32"]
     best_ref = min(reference["times"][1:] or reference["times"])
     table = Table(title=f"{args.image.name}: {reference['shape'][0]} x {reference['shape'][1]}, ONNX Runtime CPU, one process each")
-    for column in ("precision", "graphs", "first run s", "best run s", "vs fp32", "peak RSS MiB", "vs fp32", "agreement %"):
+    for column in ("precision", "graphs", "first s", "best s", "x fp32", "peak MiB", "x fp32", "agree %"):
         table.add_column(column, justify="left" if column in ("precision", "graphs") else "right")
     for precision, r in results.items():
         best = min(r["times"][1:] or r["times"])
         table.add_row(
-            precision, r["graphs"], f"{r['times'][0]:.2f}", f"{best:.2f}", f"{best / best_ref:.2f}",
+            precision, "ORT engine" if r["graphs"].startswith("onnxruntime engine") else r["graphs"], f"{r['times'][0]:.2f}", f"{best:.2f}", f"{best / best_ref:.2f}",
             f"{r['peak_rss_mib']:.0f}", f"{r['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
-            f"{100 * float(np.mean(r['mask'] == reference['mask'])):.3f}",
+            f"{100 * float(np.mean(r['mask'] == reference['mask'])):.2f}",
         )
     Console().print(table)
 

@@ -60,7 +60,7 @@ def test_fp16_and_int8_meet_the_gates_on_deepglobe(trained_bundle):
     caches = manifest.calibration["int8"]["tensorrt_caches"]
     for role, entry in caches.items():
         scales = CalibrationCache.read(trained_bundle / entry["file"]).scales
-        assert all(0 < s < 10 for s in scales.values())
+        assert scales and all(0 < s < float("inf") for s in scales.values())
     print(
         "\n".join(
             f"{p}: agreement {100 * manifest.accuracy[p]['images']['agreement']:.3f}% "
