@@ -152,6 +152,11 @@ def build_command(
     modelopt: bool = typer.Option(False, "--modelopt", help="int8: quantize the CNN branches with NVIDIA ModelOpt (needs nvidia-modelopt)"),
     whole_images: bool = typer.Option(True, "--whole-images/--tiles-only", help="gate on whole held-back scenes too"),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads for the checks"),
+    opt_batch: int = typer.Option(6, help="TensorRT: patch batch the local and fusion engines are tuned for"),
+    max_batch: int = typer.Option(12, help="TensorRT: largest patch batch the engines accept"),
+    max_image_size: str = typer.Option("4096x4096", help="TensorRT: largest HxW the global engine accepts"),
+    workspace_mib: Optional[int] = typer.Option(None, "--workspace", help="TensorRT: builder workspace pool in MiB (default: TensorRT's)"),
+    dla_core: Optional[int] = typer.Option(None, help="TensorRT: put the local engine on this DLA core, with GPU fallback (Jetson)"),
 ) -> None:
     """Convert to FP16 or INT8, gate against fp32 (exit 1 below thresholds), then build engines."""
     import dataclasses
@@ -162,6 +167,7 @@ def build_command(
     from calibration.accuracy_gate import GateThresholds
     from calibration.int8 import CalibrationMethod, Int8Options
     from export.build import BuildOptions, build_precision
+    from export.tensorrt_build import TensorRTBuildOptions
     from runtime.errors import InputError
 
     if fp16 == int8:
@@ -184,12 +190,31 @@ def build_command(
         int8=Int8Options(method=CalibrationMethod(calibration_method), max_excluded_groups=max_excluded_groups, use_modelopt=modelopt),
         whole_images=whole_images,
         threads=threads,
+        tensorrt=TensorRTBuildOptions(
+            min_batch=1,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            max_image_size=_size(max_image_size, "--max-image-size"),
+            workspace=None if workspace_mib is None else workspace_mib << 20,
+            dla_core=dla_core,
+        ),
     )
     result = build_precision(bundle, options)
     for role, spec in result.graphs.items():
         typer.echo(f"{precision} {role:6} {spec.file:18} sha256 {spec.sha256[:16]}…")
     if result.engine is not None:
         typer.echo(f"engines: {result.engine.target} {result.engine.directory}")
+
+
+def _size(text: str, option: str) -> tuple[int, int]:
+    """'HxW' -> (H, W), with an error naming the option."""
+    from runtime.errors import InputError
+
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected HEIGHTxWIDTH, e.g. 4096x4096") from None
+    return height, width
 
 
 def main() -> None:

@@ -9,11 +9,13 @@ mkdir -p "$out"
 
 if [ -n "${GLSNET_DATA:-}" ] && ls "$GLSNET_DATA"/*_sat.jpg >/dev/null 2>&1; then
   data=(--data "$GLSNET_DATA")
-  image="$(ls "$GLSNET_DATA"/*_sat.jpg | head -n 1)"
+  calibration_images=("$GLSNET_DATA"/*_sat.jpg)
+  image="${calibration_images[0]}"
   echo "demo: real DeepGlobe data from $GLSNET_DATA"
 else
   "$bin/glsnet-train" synth --out "$out/synthetic-data" --count 4 --size 1024x1024 --seed 1
   data=(--data "$out/synthetic-data")
+  calibration_images=("$out"/synthetic-data/*_sat.*)
   "$bin/glsnet-train" synth --out "$out/scene" --count 1 --size 2448x2448 --seed 7
   image="$(ls "$out"/scene/*_sat.* | head -n 1)"
   echo "demo: no \$GLSNET_DATA, using seeded synthetic scenes"
@@ -27,6 +29,7 @@ fi
 "$bin/glsnet-train" evaluate "$out/model.safetensors" "${data[1]}" --limit 2
 "$bin/glsnet-export" onnx "$out/model.safetensors" -o "$out/bundle" --force
 "$bin/glsnet-export" verify "$out/bundle"
+"$bin/glsnet-export" calibrate "$out/bundle" "${calibration_images[@]}"
 "$bin/glsnet-export" build "$out/bundle" --fp16
 "$bin/glsnet" run "$image" --bundle "$out/bundle" --precision fp16 -o "$out/run" --overlay --stats
 "$bin/glsnet" info "$out/bundle"
