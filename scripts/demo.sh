@@ -28,9 +28,14 @@ else
 fi
 "$bin/glsnet-train" evaluate "$out/model.safetensors" "${data[1]}" --limit 2
 "$bin/glsnet-export" onnx "$out/model.safetensors" -o "$out/bundle" --force
-"$bin/glsnet-export" verify "$out/bundle"
+"$bin/glsnet-export" verify "$out/bundle" "$image"
 "$bin/glsnet-export" calibrate "$out/bundle" "${calibration_images[@]}"
-"$bin/glsnet-export" build "$out/bundle" --fp16
+if ! "$bin/glsnet-export" build "$out/bundle" --fp16; then
+  echo "demo: the gate refused FP16 for this briefly trained demo model: its logits are near ties, so FP16"
+  echo "demo: rounding flips more pixels than the gate allows (a trained model passes: tests/test_precision_trained.py)."
+  echo "demo: keeping the FP16 graphs anyway with --force; the manifest records the failed gate as forced."
+  "$bin/glsnet-export" build "$out/bundle" --fp16 --force
+fi
 "$bin/glsnet" run "$image" --bundle "$out/bundle" --precision fp16 -o "$out/run" --overlay --stats
 "$bin/glsnet" info "$out/bundle"
 echo "demo: outputs in $out/run"
