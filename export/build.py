@@ -1,14 +1,15 @@
 """``glsnet-export build``: convert a bundle's graphs to FP16 or INT8, gate them, then build engines.
 
 Order of work, and what a failure leaves behind:
-1. The candidate graphs are written into a staging bundle inside the bundle directory (hard links
-   to the fp32 graphs, the new graphs under ``<precision>/``, a manifest naming both).
+1. The candidate graphs are written into a staging directory inside the bundle directory (hard links
+   to the fp32 graphs and the new graphs under ``<precision>/``).
 2. The accuracy gate compares them with fp32 on the held-back calibration data (ONNX Runtime, CPU).
    A failed gate removes the staging directory and raises AccuracyGateError: the bundle is as it was.
 3. On success (or with ``force``) the graphs move to ``<precision>/`` in the bundle and are registered
    in manifest.graphs[precision] with their sha256 and the gate's report in manifest.accuracy; the
-   precision's entry is dropped from the manifest before its files are replaced, so a crash in
-   between leaves a consistent bundle without that precision, never mismatched checksums.
+   precision's graph entry is dropped from the manifest before its files are replaced, so a crash in
+   between leaves a bundle whose graph checksums all match (its old accuracy report for that
+   precision may remain until the new one is written).
 4. Engines: TensorRT when asked (or ``auto`` with TensorRT importable), via
    export.tensorrt_build; otherwise ONNX Runtime graphs optimised offline for the CPU
    (``engines/onnxruntime_cpu/<precision>/<role>.onnx``), recorded as an EngineSpec.
@@ -23,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -367,7 +368,3 @@ def build_precision(bundle_dir: str | Path, options: BuildOptions, console=None)
         updated = promote(bundle_dir, stage, precision, report, details)
     engine = build_engines(bundle_dir, precision, options, say)
     return BuildResult(precision, updated.graphs[precision], report, engine, messages)
-
-
-def default_options(precision: str, **changes: Any) -> BuildOptions:
-    return replace(BuildOptions(precision=precision), **changes)

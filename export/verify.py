@@ -30,12 +30,12 @@ class VerifyOptions:
     rtol is relative to the output's largest magnitude, not to each element: float32 rounding
     grows with the activations a value was computed from, and an element near zero can come out
     of a sum of large terms. It matters for the branch features of a random-init model, which
-    reach the hundreds; there the convolution kernels of ONNX Runtime and torch differ by ~1e-6
-    of that scale.
+    reach the hundreds, and for ResNet50's features on real images, where ONNX Runtime and torch
+    differ by up to ~6e-5 of that scale (torch's own float32 error against float64 is as large).
     """
 
     atol: float = 1e-4
-    rtol: float = 1e-5
+    rtol: float = 1e-4
     min_pixel_agreement: float = 0.9999
     batch_size: int = 6
     synthetic_size: int = DEFAULT_SYNTHETIC_SIZE

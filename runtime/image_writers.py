@@ -218,13 +218,20 @@ def write_outputs(
     options: OutputOptions,
     manifest: Manifest,
 ) -> OutputPaths:
-    """Consume finished mask rows, write every requested output; all files appear together or none."""
+    """Consume finished mask rows and write every requested output.
+
+    Each file is written under a temporary name and renamed when all rows are in, so an error midway
+    leaves no output at all; the renames themselves happen one file after another. ``rows`` is closed
+    on the way out, so a producer generator stops its worker threads before the source is closed.
+    """
     palette = np.asarray(manifest.palette, dtype=np.uint8)
     bands = options.display_bands or manifest.normalization.bands
     height, width = source.height, source.width
     tags = source.geotags if options.format == "tif" else []
     counts = np.zeros(max(256, len(palette)), dtype=np.int64)
     with contextlib.ExitStack() as stack:
+        if hasattr(rows, "close"):
+            stack.callback(rows.close)  # registered first, so it runs last: after the sinks are aborted
         temporary = {}
         for key, path in (("mask", paths.mask), ("color", paths.color), ("overlay", paths.overlay), ("stats", paths.stats)):
             if path is not None:

@@ -224,6 +224,13 @@ def _graph(data: Any, where: str) -> GraphSpec:
 
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate a parsed manifest; every problem names ``where`` and the key at fault."""
+    try:
+        return _manifest_from_dict(data, where)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a value of the wrong type somewhere
+        raise BundleError(f"{where}: malformed manifest ({type(exc).__name__}: {exc}); re-export the bundle") from exc
+
+
+def _manifest_from_dict(data: Any, where: str) -> Manifest:
     d = _check_keys(data, Manifest, where)
     if type(d["schema_version"]) is not int or d["schema_version"] != SCHEMA_VERSION:
         raise BundleError(
@@ -256,6 +263,11 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         raise BundleError(f"{where} normalization: mean, std and bands need one entry per band, and std > 0")
     patch = _check_keys(d["patch"], PatchSpec, f"{where} patch")
     size, overlap, stride = patch["size"], patch["min_overlap"], patch.get("output_stride", 4)
+    if stride != PatchSpec.output_stride or patch.get("feature_stride", 32) != PatchSpec.feature_stride:
+        raise BundleError(
+            f"{where} patch: output_stride {stride!r} / feature_stride {patch.get('feature_stride')!r} differ from the "
+            f"{PatchSpec.output_stride} / {PatchSpec.feature_stride} this runtime's graphs and stitching are built for"
+        )
     if not (isinstance(size, int) and isinstance(overlap, int) and size > 0 and 0 <= overlap < size and size % stride == 0):
         raise BundleError(
             f"{where} patch: size {size!r} and min_overlap {overlap!r} are not a valid geometry "
@@ -264,6 +276,9 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     engines = []
     for i, e in enumerate(d.get("engines", [])):
         e = _check_keys(e, EngineSpec, f"{where} engines[{i}]")
+        _relative_file(e["directory"], f"{where} engines[{i}]")
+        for entry in e["files"].values():
+            _relative_file(entry["file"], f"{where} engines[{i}]")
         engines.append(EngineSpec(**e))
     return Manifest(
         schema_version=d["schema_version"],

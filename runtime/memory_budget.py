@@ -40,7 +40,11 @@ DEFAULT_WHOLE_IMAGE_PIXELS = 6_000_000
 
 def parse_memory_size(text: str | int | None) -> int | None:
     """'2GB', '1.5GiB', '512MB' or a byte count -> bytes (decimal units unless 'iB')."""
-    if text is None or isinstance(text, int):
+    if text is None:
+        return None
+    if isinstance(text, bool) or (isinstance(text, int) and text <= 0):
+        raise InputError(f"memory size {text!r} must be a positive byte count")
+    if isinstance(text, int):
         return text
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else ""

@@ -102,7 +102,10 @@ class Segmenter:
         self.close()
 
     def close(self) -> None:
-        """Release the sessions; the next call creates them again."""
+        """Release the sessions; the next call creates them again.
+
+        Segmenting is thread-safe, closing is not: call this only when no other thread is segmenting.
+        """
         with self._lock:
             if self._scheduler is not None:
                 for backend in (self._scheduler.global_backend, self._scheduler.local_backend, self._scheduler.fusion_backend):

@@ -192,6 +192,23 @@ def test_an_error_midway_leaves_no_output_file(tmp_path, fmt):
     assert list(out.iterdir()) == []
 
 
+def test_a_writer_failure_closes_the_row_producer(tmp_path):
+    """The producer's cleanup (stopping its worker threads) must run before the source is closed."""
+    closed = []
+
+    def rows():
+        try:
+            yield 5, np.zeros((10, 50), np.uint8)  # out of order: the writer fails on the first band
+            yield 15, np.zeros((10, 50), np.uint8)
+        finally:
+            closed.append(True)
+
+    paths = OutputOptions().paths_for(tmp_path / "x.png", tmp_path / "out")
+    with pytest.raises(RuntimeError, match="out of order"):
+        write_outputs(ArraySource(np.zeros((20, 50, 3), np.uint8)), rows(), paths, OutputOptions(), _manifest())
+    assert closed == [True]
+
+
 def test_an_unwritable_output_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -174,6 +174,24 @@ def _broken(data: dict, change) -> dict:
         (lambda d: d["patch"].__setitem__("min_overlap", 64), "geometry"),
         (lambda d: d["patch"].__setitem__("size", 66), "geometry"),
         (lambda d: d.__setitem__("classes", []), "classes is empty|palette"),
+        (lambda d: d["patch"].__setitem__("output_stride", 0), "output_stride"),
+        (lambda d: d["patch"].__setitem__("feature_stride", 16), "feature_stride"),
+        (lambda d: d["palette"][0].__setitem__(0, "red"), "malformed manifest"),
+        (lambda d: d.__setitem__("graphs", []), "malformed manifest"),
+        (
+            lambda d: d.__setitem__(
+                "engines",
+                [{"target": "tensorrt", "precision": "fp16", "directory": "../../etc", "files": {}}],
+            ),
+            "relative path",
+        ),
+        (
+            lambda d: d.__setitem__(
+                "engines",
+                [{"target": "tensorrt", "precision": "fp16", "directory": "engines/x", "files": {"local": {"file": "/etc/passwd", "sha256": "0" * 64}}}],
+            ),
+            "relative path",
+        ),
     ],
 )
 def test_invalid_manifests_are_refused_with_the_key_named(bundle, change, message):

@@ -16,7 +16,7 @@ def test_parse_memory_size(text, expected):
     assert parse_memory_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["lots", "2 parsecs", "-1GB", "0MB", ""])
+@pytest.mark.parametrize("text", ["lots", "2 parsecs", "-1GB", "0MB", "", 0, -5, True])
 def test_bad_memory_sizes(text):
     with pytest.raises(InputError):
         parse_memory_size(text)
