@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 TILES_FILE = "calibration/tiles.npz"
 FORMAT = "glsnet-calibration-tiles/1"
 CALIBRATION, HOLDOUT = 0, 1
-SPLIT_NAMES = {CALIBRATION: "calibration", HOLDOUT: "holdout"}
 IGNORE = 255
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import CheckpointError, InputError
+from runtime.manifest import Normalization
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 DEEPGLOBE_CLASSES = ("unknown", "urban", "agriculture", "rangeland", "forest", "water", "barren")
@@ -62,6 +63,11 @@ class GLSNetConfig:
     @property
     def in_channels(self) -> int:
         return len(self.bands)
+
+    @property
+    def normalization(self) -> Normalization:
+        """The normalisation a model of this config expects; its bundle's manifest records the same."""
+        return Normalization(mean=tuple(self.mean), std=tuple(self.std), scale=255.0, bands=tuple(self.bands))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

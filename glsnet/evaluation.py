@@ -16,7 +16,6 @@ import numpy as np
 
 from glsnet.config import GLSNetConfig
 from glsnet.data.layouts import Layout, open_scenes
-from glsnet.data.samples import normalization
 from glsnet.data.scenes import Scenes
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import InputError
@@ -92,7 +91,7 @@ def score_scenes(model, scenes: Scenes, indices: list[int], options: EvalOptions
     pixels = 0
     for index in _tracked(indices, options.progress, "evaluating"):
         image, labels = shrink(*scenes.read(index), options.downscale, options.crop)
-        prediction = predict_mask(model, normalize(image, normalization(config)), options.batch_size)
+        prediction = predict_mask(model, normalize(image, config.normalization), options.batch_size)
         matrix.update(prediction, labels)
         pixels += labels.size
     return matrix, pixels

@@ -21,7 +21,6 @@ from runtime.errors import InputError
 DEFAULT_MAX_PIXELS = 500_000_000
 TIFF_SUFFIXES = (".tif", ".tiff")
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
-SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 
 # GeoTIFF georeferencing tags copied from an input TIFF to the masks written for it. GDAL_NODATA and
 # GDAL_METADATA are not copied: they describe the input's pixel values, not a class-index mask.

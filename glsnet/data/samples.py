@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from glsnet.config import GLSNetConfig
-from runtime.manifest import Normalization
 from runtime.patch_grid import make_grid
 from runtime.preprocess import normalize
 
@@ -26,11 +25,6 @@ class TrainingSample:
     boxes: torch.Tensor  # [B, 4] float32 x1, y1, x2, y2 of each patch in ``image`` pixels
     patch_labels: torch.Tensor  # [B, P, P] int64; padding is ignore_index
     crop_labels: torch.Tensor  # [H, W] int64 labels of ``image``; padding is ignore_index
-
-
-def normalization(config: GLSNetConfig) -> Normalization:
-    """The normalisation a model of ``config`` expects (the same one its bundle's manifest records)."""
-    return Normalization(mean=tuple(config.mean), std=tuple(config.std), scale=255.0, bands=tuple(config.bands))
 
 
 def random_crop(
@@ -56,7 +50,7 @@ def make_sample(
     height, width = labels.shape
     grid = make_grid(height, width, config.patch_size, config.min_overlap)
     pixels = np.zeros((config.in_channels, grid.padded_height, grid.padded_width), dtype=np.float32)
-    pixels[:, :height, :width] = normalize(image, normalization(config))
+    pixels[:, :height, :width] = normalize(image, config.normalization)
     target = np.full((grid.padded_height, grid.padded_width), config.ignore_index, dtype=np.int64)
     target[:height, :width] = labels
     chosen = np.sort(rng.choice(len(grid), size=min(patches_per_step, len(grid)), replace=False))
