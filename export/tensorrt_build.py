@@ -29,7 +29,7 @@ from typing import Any
 from runtime.atomic_file import write_bytes_atomic
 from runtime.backends.tensorrt.api import TensorRTApi, tensorrt_api
 from runtime.backends.tensorrt.buffers import tensor_shape
-from runtime.backends.tensorrt.engine_check import TARGET, engine_directory, slug
+from runtime.backends.tensorrt.engine_check import DLA_ROLE, TARGET, engine_directory, slug
 from runtime.cuda.device import Device, DeviceInfo
 from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
-DLA_ROLE = "local"
 TIMING_CACHE = "timing.cache"
 DEFAULT_OPT_SIZE = (2448, 2448)  # a DeepGlobe scene
 
@@ -149,7 +148,7 @@ def build_tensorrt_engines(
                 "inputs": {name: [list(s) for s in shapes] for name, shapes in profiles[role].items()},
                 "device": "dla" if on_dla else "gpu",
                 "typing": "implicit" if implicit else "strong",
-                "device_memory": builder.inspect(role, plan, manifest, precision),
+                "device_memory": builder.inspect(role, plan, manifest, precision, on_dla),
                 "build_seconds": round(time.perf_counter() - started, 1),
             }
             log.info("built the %s engine in %.1f s (%d bytes)", role, time.perf_counter() - started, len(plan))
@@ -203,7 +202,6 @@ class _Builder:
         self.logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
         self.builder = trt.Builder(self.logger)
-        self.runtime = trt.Runtime(self.logger)
         self.cache_path = bundle_dir / "engines" / f"{slug(info.name)}_{api.version}" / TIMING_CACHE
         self.timing_cache: Any = None
 
@@ -233,7 +231,7 @@ class _Builder:
             calibrator = self._calibrator(role, options.opt_batch) if precision == "int8" else None
             api.enable_implicit_precision(config, precision, calibrator, trt_profile)
         if on_dla:
-            api.use_dla(config, options.dla_core)  # type: ignore[arg-type]
+            api.use_dla(config, options.dla_core, self.builder)  # type: ignore[arg-type]
         serialized = self.builder.build_serialized_network(network, config)
         if serialized is None:
             raise GlsnetError(
@@ -242,9 +240,12 @@ class _Builder:
             )
         return bytes(serialized)
 
-    def inspect(self, role: str, plan: bytes, manifest: Manifest, precision: str) -> int:
+    def inspect(self, role: str, plan: bytes, manifest: Manifest, precision: str, on_dla: bool = False) -> int:
         """Deserialize the new engine: check its tensor names against the manifest; return its scratch memory."""
-        engine = self.runtime.deserialize_cuda_engine(plan)
+        runtime = self.api.trt.Runtime(self.logger)  # one per engine: a DLA engine needs the runtime's DLA core set first
+        if on_dla:
+            self.api.set_dla_core(runtime, self.options.dla_core, "build")  # type: ignore[arg-type]
+        engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise GlsnetError(f"the {role} engine TensorRT just built does not deserialize")
         names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}

@@ -26,13 +26,12 @@ from runtime.global_features import DEFAULT_HALO, FEATURE_STRIDE, global_feature
 from runtime.image_readers import ImageSource
 from runtime.manifest import FUSION_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
 from runtime.memory_budget import MemoryModel, MemoryPlan, plan_memory
-from runtime.patch_grid import PatchGrid, make_grid
+from runtime.patch_grid import PatchGrid
+from runtime.patch_schedule import RowBand, batches, grid_for
 from runtime.preprocess import normalize
 from runtime.stitching import Stitcher, upsample_logits
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features
-
-RowBand = tuple[int, np.ndarray]  # (first image row, uint8 class indices [rows, width])
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ planning
     def grid_for(self, height: int, width: int) -> PatchGrid:
-        return make_grid(height, width, self.manifest.patch.size, self.manifest.patch.min_overlap)
+        return grid_for(self.manifest, height, width)
 
     def memory_model(self, grid: PatchGrid, options: ScheduleOptions, source_bytes: int = 0) -> MemoryModel:
         """Byte estimates of each part of a run, from the backends' reported needs."""
@@ -163,13 +162,13 @@ class Scheduler:
         stitcher = Stitcher(grid, self.manifest.num_classes)
         stop = threading.Event()
         local_queue: queue.Queue = queue.Queue(maxsize=options.queue_depth)
-        batches = [range(s, min(s + plan.batch_size, len(grid))) for s in range(0, len(grid), plan.batch_size)]
+        batch_ranges = batches(len(grid), plan.batch_size)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glsnet-branch")
         try:
             global_future: Future = executor.submit(
                 global_features, self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo
             )
-            executor.submit(self._produce_local, reader, batches, local_queue, stop)
+            executor.submit(self._produce_local, reader, batch_ranges, local_queue, stop)
             features = None
             done = 0
             while True:

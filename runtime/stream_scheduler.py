@@ -36,11 +36,11 @@ from runtime.manifest import (
     LOCAL_OUTPUTS,
     Manifest,
 )
-from runtime.patch_grid import PatchGrid, make_grid
+from runtime.patch_grid import PatchGrid
+from runtime.patch_schedule import ROLES, RowBand, batches, grid_for
 from runtime.stitching import Stitcher, upsample_logits
 
-ROLES = ("global", "local", "fusion")
-RowBand = tuple[int, np.ndarray]  # (first image row, uint8 class indices [rows, width])
+__all__ = ["AsyncEngine", "ROLES", "RowBand", "StreamScheduleOptions", "StreamScheduler"]
 
 
 class AsyncEngine(Protocol):
@@ -140,8 +140,7 @@ class StreamScheduler:
         zeroed pinned array, at [:, :height, :width]; it is the only copy of the image on the host.
         ``progress(done, total)`` is called after each batch of patches is stitched.
         """
-        patch = self.manifest.patch
-        grid = make_grid(height, width, patch.size, patch.min_overlap)
+        grid = grid_for(self.manifest, height, width)
         buffers = self._buffers_for(height, width)
         self._settle()
         host_image = buffers.staging(f"global/{GLOBAL_INPUT}", 0)
@@ -264,12 +263,10 @@ class StreamScheduler:
         return self.options.batch_size if self.options.fixed_batch else b
 
     def _batches(self, grid: PatchGrid) -> list[list[int]]:
-        size = self.options.batch_size
-        return [list(range(start, min(start + size, len(grid)))) for start in range(0, len(grid), size)]
+        return [list(indices) for indices in batches(len(grid), self.options.batch_size)]
 
     def _buffers_for(self, height: int, width: int) -> _Buffers:
-        patch = self.manifest.patch
-        grid = make_grid(height, width, patch.size, patch.min_overlap)
+        grid = grid_for(self.manifest, height, width)
         size = (grid.padded_height, grid.padded_width)
         if self._buffers is None or self._size != size:
             self._settle()

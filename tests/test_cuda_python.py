@@ -19,6 +19,7 @@ from runtime.optional_import import available
 class Err(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorMemoryAllocation = 2
+    cudaErrorStreamCaptureInvalidated = 901
     cudaErrorInsufficientDriver = 35
     cudaErrorNotReady = 600
 
@@ -80,6 +81,7 @@ def fake_cudart(fail: dict[str, Err] | None = None):
         ("cudaGraphLaunch",),
         ("cudaGraphDestroy",),
         ("cudaGraphExecDestroy",),
+        ("cudaGetLastError",),
     ]:
         setattr(rt, name, call(name, *values))
     rt.cudaGetErrorName = lambda error: (Err.cudaSuccess, error.name.encode())
@@ -167,6 +169,9 @@ def fake_pycuda():
 
     class Stream:
         handle = 0xB1
+
+        def __init__(self, flags=0):
+            log.append(("Stream", flags))
 
         def synchronize(self):
             log.append("stream.synchronize")
@@ -266,3 +271,24 @@ def test_pycuda_errors_become_glsnet_errors():
     cuda.init = refuse
     with pytest.raises(GlsnetError, match="cuInit failed through pycuda: cuInit failed"):
         PycudaDevice(0, driver=cuda)
+
+
+def test_pycuda_streams_are_non_blocking():
+    """Defect 6: pycuda's Stream() is blocking (flags 0); the Device interface promises non-blocking streams."""
+    cuda = fake_pycuda()
+    device = PycudaDevice(0, driver=cuda)
+    device.create_stream("local")
+    assert ("Stream", 1) in cuda.log and ("Stream", 0) not in cuda.log  # CU_STREAM_NON_BLOCKING
+
+
+@pytest.mark.parametrize("status, graph, destroyed", [(Err.cudaErrorStreamCaptureInvalidated, None, False), (Err.cudaSuccess, 0x6A, True)])
+def test_cuda_python_ends_a_failed_capture_like_trtexec(status, graph, destroyed):
+    """Defect 2 on cuda-python: invalidated capture tolerated; a graph TensorRT failed in is destroyed; the error cleared."""
+    rt = fake_cudart()
+    rt.cudaStreamEndCapture = lambda stream: (rt.log.append(("cudaStreamEndCapture", stream)), (status, graph))[1]
+    device = CudaPythonDevice(0, cudart=rt)
+    stream = device.create_stream()
+    device.begin_capture(stream)
+    device.abort_capture(stream)
+    names = [entry[0] for entry in rt.log]
+    assert names[-3 if destroyed else -2 :] == (["cudaStreamEndCapture", "cudaGraphDestroy", "cudaGetLastError"] if destroyed else ["cudaStreamEndCapture", "cudaGetLastError"])

@@ -57,7 +57,7 @@ def test_tensorrt_11_is_strongly_typed_by_default_and_has_no_weak_typing():
         api.enable_implicit_precision(object(), "int8", calibrator=object())
     with pytest.raises(InputError, match="no INT8 calibrators"):
         api.entropy_calibrator_base()
-    assert api.has_dla  # DLA is back from 11.4
+    assert not api.has_dla  # DLA is back only from 11.4.1
 
 
 def test_dla_is_refused_on_tensorrt_11_before_11_4():
@@ -127,3 +127,16 @@ def test_contexts_are_created_user_managed_or_static():
 def test_without_tensorrt_the_error_names_the_extra():
     with pytest.raises(MissingDependencyError, match=r"glsnet-deploy\[tensorrt\]"):
         load_tensorrt()
+
+
+@pytest.mark.parametrize(
+    "version, has_dla",
+    [("10.0.1", True), ("10.3.0", True), ("10.7.0", True), ("10.8.0", False), ("10.13.0", False), ("11.0.0", False), ("11.4.0", False), ("11.4.1", True), ("11.5.0", True)],
+)
+def test_the_dla_support_table(version, has_dla):
+    """Defect 3: DLA in TensorRT 10.0-10.7, nothing in between, and again from 11.4.1 (AGX Orin, JetPack 7.2.2+)."""
+    api = tensorrt_api(fake_tensorrt(version))
+    assert api.has_dla is has_dla
+    if not has_dla:
+        with pytest.raises(InputError, match="does not support DLA .*10.0-10.7 and from 11.4.1"):
+            api.use_dla(object(), 0)

@@ -8,9 +8,9 @@ import pytest
 from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
 from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.cuda.recording import RecordingDevice
-from runtime.errors import BundleError, InputError
+from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.preprocess import normalize
-from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, write_fake_bundle
+from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, scratch_need, write_fake_bundle
 
 
 @pytest.fixture
@@ -107,3 +107,103 @@ def test_segmenter_device_tensorrt_engine_runs_the_pipeline(built, monkeypatch):
         assert segmenter.tensorrt_pipeline.batch_size_for(150, 180) == 3
     np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 3))
     assert device.allocated_bytes == 0  # close() released the engines' memory
+
+
+def test_a_dla_engine_is_deserialised_on_its_core_and_missing_cores_are_refused(built):
+    """Defect 3: the runtime's DLA core is set before the DLA engine is deserialised; too few cores is a clear error."""
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, dla_core=1), trt=trt, device=device)
+    assert ("runtime.DLA_core", 1) in trt.calls  # the build's own check of the new engine, too
+    trt.calls.clear()
+    options = TensorRTPipelineOptions(precision="fp16", dla_core=1)
+    image = pixels(150, 150, seed=4)
+    with TensorRTPipeline(root, options, device=device, trt=trt) as pipeline:
+        mask = pipeline.segment(image)
+        assert {role: e.dla_core for role, e in pipeline.engines.items()} == {"global": None, "local": 1, "fusion": None}
+    order = [c for c in trt.calls if c[0] in ("runtime.DLA_core", "deserialize_cuda_engine")]
+    assert order == [("deserialize_cuda_engine",), ("runtime.DLA_core", 1), ("deserialize_cuda_engine",), ("deserialize_cuda_engine",)]
+    np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 4))
+
+    trt.num_dla_cores = 1  # an Orin NX 8 GB: core 0 only
+    with pytest.raises(InputError, match="DLA core 1 was requested at run time but this device has DLA cores 0..0"):
+        TensorRTPipeline(root, options, device=device, trt=trt).open()
+    trt.num_dla_cores = 0
+    with pytest.raises(InputError, match="DLA core 1 was requested at build time but this device has no DLA cores"):
+        build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(dla_core=1), trt=trt, device=device)
+
+
+def test_the_pipeline_opens_once_and_reserves_shared_scratch_at_open(built):
+    """Defects 7 and 5: three engines deserialised for the first image (not nine); a second open warns; scratch never regrows."""
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    trt.calls.clear()
+    pipeline = TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt)
+    pipeline.open()
+    shared = pipeline._shared_memory.buffer
+    assert shared is not None and shared.nbytes >= scratch_need("fusion", 8)  # the larger profile need of local and fusion
+    with pytest.warns(RuntimeWarning, match="already open"):
+        assert pipeline.open() is pipeline
+    mask = pipeline.segment(pixels(230, 310, seed=5))
+    pipeline.segment(pixels(100, 90, seed=6))  # another size: new buffers, same engines
+    assert len([c for c in trt.calls if c[0] == "deserialize_cuda_engine"]) == 3
+    assert pipeline._shared_memory.buffer is shared  # never freed and reallocated mid-image
+    scratch = {(c[2], c[3]) for c in trt.calls if c[0] == "set_device_memory" and c[1] in ("local", "fusion")}
+    assert scratch == {(shared.ptr, shared.nbytes)}
+    pipeline.close()
+    assert device.allocated_bytes == 0 and mask.shape == (230, 310)
+
+
+def test_threads_share_one_pipeline_safely(built):
+    """Defect 7: four threads segment different images through one pipeline; each gets its own image's mask."""
+    import threading
+
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=3), trt=trt, device=device)
+    images = [pixels(130 + 20 * i, 150, seed=10 + i) for i in range(4)]
+    expected = [reference_mask(net, manifest, normalize(image, manifest.normalization), 3) for image in images]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(images))
+    pipeline = TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt)
+
+    class SlowRows:  # yields control between row reads, so that unlocked threads would interleave on the staging
+        def __init__(self, pixels):
+            self.pixels, self.height, self.width = pixels, pixels.shape[0], pixels.shape[1]
+
+        def read_rows(self, top, bottom):
+            threading.Event().wait(0.001)
+            return self.pixels[top:bottom]
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            mask = np.zeros(images[i].shape[:2], dtype=np.uint8)
+            for top, rows in pipeline.iter_rows(SlowRows(images[i])):
+                threading.Event().wait(0.001)
+                mask[top : top + rows.shape[0]] = rows
+            results[i] = mask
+        except BaseException as exc:  # handed to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    pipeline.close()
+    assert not errors, errors
+    for i in range(len(images)):
+        np.testing.assert_array_equal(results[i], expected[i])
+    rows = pipeline.iter_rows(SlowRows(images[0]))
+    next(rows)
+    with pytest.raises(GlsnetError, match="already segmenting an image"):  # one thread cannot interleave two images
+        next(pipeline.iter_rows(SlowRows(images[1])))
+    rows.close()
+    pipeline.close()
+    assert device.allocated_bytes == 0

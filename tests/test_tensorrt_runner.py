@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from runtime.backends.tensorrt.runner import ContextMemory, TensorRTBackend
 from runtime.cuda.device import DeviceTensor
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
-from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, plans_for
+from test_tensorrt_support import FakeTensorRTError, NumpyGLSNet, fake_tensorrt, make_manifest, plans_for, scratch_need
 
 
 @pytest.fixture(params=["10.3.0", "11.4.0"])
@@ -56,6 +58,7 @@ def test_local_and_fusion_share_scratch_memory_and_global_has_its_own(setup):
         "local": TensorRTBackend(plans["local"], device, role="local", context_memory=shared, trt=trt).activate(),
         "fusion": TensorRTBackend(plans["fusion"], device, role="fusion", context_memory=shared, trt=trt).activate(),
     }
+    shared.reserve(max(engines[r].profile_device_memory for r in ("local", "fusion")))  # as the pipeline does at open
     image = device.alloc_device(3 * 128 * 128 * 4)
     features = device.alloc_device(4 * 4 * 4 * 4)
     patches = device.alloc_device(2 * 3 * 64 * 64 * 4)
@@ -126,3 +129,134 @@ def test_an_engine_that_does_not_deserialize_is_refused(setup, tmp_path):
         TensorRTBackend(b"not an engine", device, trt=trt).activate()
     with pytest.raises(BundleError, match="engine file not found"):
         TensorRTBackend(tmp_path / "missing.plan", device, trt=trt).activate()
+
+
+class LocalRun:
+    """Device buffers for local batches of up to 2 patches, and one call that runs a batch and returns its skip features."""
+
+    def __init__(self, device: RecordingDevice, backend: TensorRTBackend, net: NumpyGLSNet, stream) -> None:
+        self.device, self.backend, self.net, self.stream = device, backend, net, stream
+        self.host = device.alloc_pinned((2, 3, 64, 64), np.float32)
+        self.back = device.alloc_pinned((2, 3, 16, 16), np.float32)
+        self.patches = device.alloc_device(self.host.nbytes)
+        self.features = device.alloc_device(2 * 4 * 2 * 2 * 4)
+        self.skip = device.alloc_device(self.back.nbytes)
+        self.rng = np.random.default_rng(3)
+
+    def __call__(self, batch: int) -> None:
+        host, back = self.host[:batch], self.back[:batch]
+        host[...] = self.rng.normal(size=host.shape)
+        patches = DeviceTensor(self.patches, host.shape, np.float32)
+        outputs = {
+            "local_features": DeviceTensor(self.features, (batch, 4, 2, 2), np.float32),
+            "local_skip": DeviceTensor(self.skip, back.shape, np.float32),
+        }
+        self.device.memcpy_htod_async(patches, host, self.stream)
+        self.backend.enqueue({"patches": patches}, outputs, self.stream)
+        self.device.memcpy_dtoh_async(back, outputs["local_skip"], self.stream)
+        self.device.synchronize(self.stream)
+        np.testing.assert_allclose(back, self.net.local_branch({"patches": host})["local_skip"], rtol=1e-6)
+
+
+def graph_calls(device: RecordingDevice) -> list[str]:
+    return [c.op for c in device.calls if c.op in ("begin_capture", "end_capture", "abort_capture", "launch_graph", "destroy_graph")]
+
+
+def test_a_graph_is_never_replayed_after_its_context_was_reshaped(setup):
+    """Defect 1: batches 2, 2, 1 (the smaller last batch), 2, 2: the context changed in between, so the old graph is dead."""
+    _, net, device, trt, plans = setup
+    stream = device.create_stream("local")
+    with TensorRTBackend(plans["local"], device, role="local", cuda_graphs=True, trt=trt) as local:
+        run = LocalRun(device, local, net, stream)
+        for batch in (2, 2, 2, 1, 2, 2, 2):
+            run(batch)  # the strict fake raises FakeTensorRTError on a replay after the context changed
+        assert device.live_graphs == 1  # the graph of the current state; the stale one was destroyed
+    assert device.live_graphs == 0
+    assert graph_calls(device) == [
+        "begin_capture", "end_capture", "launch_graph", "launch_graph",  # 2, 2, 2: run, capture, replay
+        "destroy_graph",  # 1: the context is re-shaped, its graph dropped, the batch runs uncaptured
+        "begin_capture", "end_capture", "launch_graph", "launch_graph",  # 2, 2, 2: run, capture again, replay
+        "destroy_graph",  # deactivate
+    ]
+
+
+def test_the_fake_refuses_a_replay_after_the_context_changed(setup):
+    """The strict fake itself: a graph launched after its context was re-shaped (even back to the same shape) is refused."""
+    _, net, device, trt, plans = setup
+    stream = device.create_stream("local")
+    with TensorRTBackend(plans["local"], device, role="local", cuda_graphs=True, trt=trt) as local:
+        run = LocalRun(device, local, net, stream)
+        run(2), run(2)
+        graph = local._graph
+        local.context.set_input_shape("patches", (1, 3, 64, 64))
+        local.context.set_input_shape("patches", (2, 3, 64, 64))
+        with pytest.raises(FakeTensorRTError, match="replay of a CUDA graph captured from a context that has changed"):
+            device.launch_graph(graph, stream)
+
+
+@pytest.mark.parametrize("failure", ["invalidate", "report"])
+def test_a_failed_capture_is_ended_cleaned_up_and_graphs_are_switched_off(setup, failure, caplog):
+    """Defect 2: the capture fails; the run goes on uncaptured, one warning, no graph leaks, no masked error."""
+    _, net, device, trt, plans = setup
+    trt.capture_failure = failure
+    stream = device.create_stream("local")
+    with caplog.at_level(logging.WARNING, logger="runtime.backends.tensorrt.runner"):
+        with TensorRTBackend(plans["local"], device, role="local", cuda_graphs=True, trt=trt) as local:
+            run = LocalRun(device, local, net, stream)
+            for batch in (2, 2, 2, 1, 2, 2):
+                run(batch)  # every batch still computes the right numbers
+            assert not device.is_capturing(stream)
+    warnings = [r for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
+    assert len(warnings) == 1  # warned once; the backend then runs without graphs
+    assert graph_calls(device).count("begin_capture") == 1 and "launch_graph" not in graph_calls(device)
+    assert "abort_capture" in graph_calls(device) or failure == "invalidate"
+    assert device.live_graphs == 0 and device.last_error is None  # no partial graph left, the CUDA error cleared
+
+
+def test_a_zero_device_memory_size_is_an_error_not_a_size(setup):
+    """Defect 4: update_device_memory_size_for_shapes returns 0 on error; the engine's profile maximum is used instead."""
+    _, net, device, trt, plans = setup
+    trt.zero_memory_sizes = True
+    stream = device.create_stream("local")
+    with TensorRTBackend(plans["local"], device, role="local", trt=trt) as local:
+        run = LocalRun(device, local, net, stream)
+        run(2)  # the strict fake refuses to run on scratch smaller than the shapes need
+        sizes = [c[3] for c in trt.calls if c[0] == "set_device_memory"]
+        assert sizes and min(sizes) >= local.profile_device_memory == scratch_need("local", 8)
+
+
+def test_shared_scratch_is_reserved_once_and_never_regrown(setup):
+    """Defect 5: reserved for the larger need of its sharers, the shared scratch is never freed and reallocated mid-run."""
+    _, _, device, trt, plans = setup
+    shared = ContextMemory(device)
+    local = TensorRTBackend(plans["local"], device, role="local", context_memory=shared, trt=trt).activate()
+    fusion = TensorRTBackend(plans["fusion"], device, role="fusion", context_memory=shared, trt=trt).activate()
+    buffer = shared.reserve(max(local.profile_device_memory, fusion.profile_device_memory))
+    assert buffer.nbytes >= scratch_need("fusion", 8)
+    stream = device.create_stream("local")
+    for batch in (8, 3):
+        assert shared.ensure(scratch_need("fusion", batch), stream) is buffer
+        assert shared.ensure(scratch_need("local", batch), stream) is buffer
+    assert not [c for c in device.calls if c.op == "synchronize"]  # growing would have synchronised the stream
+    local.deactivate(), fusion.deactivate(), shared.release()
+
+
+def test_contexts_sharing_scratch_on_two_streams_are_refused_by_the_fake(setup):
+    """The strict fake: two contexts on one scratch buffer, queued on different streams, could run at once."""
+    _, _, device, trt, plans = setup
+    shared = ContextMemory(device)
+    a, b = device.create_stream("a"), device.create_stream("b")
+    local = TensorRTBackend(plans["local"], device, role="local", context_memory=shared, trt=trt).activate()
+    other = TensorRTBackend(plans["local"], device, role="local", context_memory=shared, trt=trt).activate()
+    shared.reserve(local.profile_device_memory)
+    patches = DeviceTensor(device.alloc_device(2 * 3 * 64 * 64 * 4), (2, 3, 64, 64), np.float32)
+    outputs = {
+        "local_features": DeviceTensor(device.alloc_device(2 * 4 * 2 * 2 * 4), (2, 4, 2, 2), np.float32),
+        "local_skip": DeviceTensor(device.alloc_device(2 * 3 * 16 * 16 * 4), (2, 3, 16, 16), np.float32),
+    }
+    local.enqueue({"patches": patches}, outputs, a)
+    with pytest.raises(FakeTensorRTError, match="could run at the same time"):
+        other.enqueue({"patches": patches}, outputs, b)
+    device.synchronize(a)
+    other.enqueue({"patches": patches}, outputs, b)  # once the first has finished, the buffer is free
+    device.synchronize(b)

@@ -4,6 +4,20 @@ The fake ``tensorrt`` module exposes the documented names of TensorRT 10.x or 11
 removed are absent), records every builder/config call in ``trt.calls``, writes JSON "plans", and
 its engines run registered numpy functions as kernels on a RecordingDevice, so the runner and the
 pipeline are exercised end to end, asynchronously, on the CPU.
+
+It is strict where TensorRT's documentation is, so that code written from wrong beliefs fails:
+- a CUDA graph captured from a context may only be replayed while that context is in the state it
+  was captured in: any later change of an input shape, a tensor address or the scratch memory makes
+  the replay raise (``FakeTensorRTError``), even if the old values are set again;
+- ``trt.capture_failure = "invalidate"`` (the enqueue breaks the stream capture) or ``"report"``
+  (TensorRT reports the failure, the capture stays valid) makes enqueueing under capture fail;
+- a user-managed context's scratch memory must hold what the current shapes need (per role, see
+  ``SCRATCH_PER_ITEM``), and two contexts sharing scratch memory must never be able to run at the
+  same time (queued on different streams while the other's work has not finished raises);
+- ``trt.zero_memory_sizes = True`` makes ``update_device_memory_size_for_shapes`` return 0, its
+  documented error value;
+- the runtime's ``DLA_core`` is recorded in ``trt.calls``; a DLA engine deserializes only when it is
+  set to the engine's core; ``num_DLA_cores`` (builder and runtime) is ``trt.num_dla_cores``.
 """
 
 from __future__ import annotations
@@ -195,6 +209,17 @@ def _enum(owner: str, names: list[str]) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{name: _Member(owner, name, i) for i, name in enumerate(names)})
 
 
+class FakeTensorRTError(RuntimeError):
+    """The fake saw something that is undefined behaviour on a real GPU."""
+
+
+SCRATCH_PER_ITEM = {"global": 1024, "local": 1024, "fusion": 4096}  # scratch bytes per item of the batch (+1)
+
+
+def scratch_need(role: str, batch: int) -> int:
+    return SCRATCH_PER_ITEM.get(role, 1024) * (1 + batch)
+
+
 _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
 
 
@@ -230,6 +255,10 @@ def fake_tensorrt(
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = []  # type: ignore[attr-defined]
+    trt.capture_failure = None  # type: ignore[attr-defined]
+    trt.zero_memory_sizes = False  # type: ignore[attr-defined]
+    trt.num_dla_cores = 2  # type: ignore[attr-defined]
+    scratch_users: dict[int, tuple[int, int, int]] = {}  # scratch ptr -> (id of context, stream index, sequence)
     major = int(version.split(".")[0])
     calls: list[tuple] = trt.calls  # type: ignore[attr-defined]
     functions = dict(functions or {})
@@ -361,6 +390,10 @@ def fake_tensorrt(
         def __init__(self, logger: Logger) -> None:
             calls.append(("Builder",))
 
+        @property
+        def num_DLA_cores(self) -> int:
+            return trt.num_dla_cores
+
         def create_network(self, flags: int = 0) -> Network:
             calls.append(("create_network", flags))
             return Network(flags)
@@ -391,7 +424,10 @@ def fake_tensorrt(
             self.body = body
             self.role = body["role"]
             self.names = list(body["inputs"]) + list(body["outputs"])
-            self.device_memory_size_v2 = 4096
+            largest = max(int(shapes[2][0]) for shapes in body["inputs"].values())
+            self.device_memory_size_v2 = scratch_need(self.role, largest)  # the profile's largest shapes
+            settings = body.get("settings", {})
+            self.dla_core = int(settings["DLA_core"]) if "DLA_core" in settings and "DLA" in settings.get("default_device_type", "") else None
 
         if major == 10:
             @property
@@ -430,12 +466,18 @@ def fake_tensorrt(
             self.shapes: dict[str, tuple] = {}
             self.addresses: dict[str, int] = {}
             self.memory: tuple[int, int] | None = None
+            self.generation = 0  # bumped by every change of shapes, addresses or scratch memory
             self._output_shapes: dict[tuple, dict[str, tuple]] = {}
+
+        def _changed(self) -> None:
+            self.generation += 1
 
         def set_input_shape(self, name: str, shape: tuple) -> bool:
             low, _, high = self.engine.body["inputs"][name]
             if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
                 return False
+            if self.shapes.get(name) != tuple(shape):
+                self._changed()
             self.shapes[name] = tuple(shape)
             return True
 
@@ -449,14 +491,21 @@ def fake_tensorrt(
                 self._output_shapes[key] = {n: tuple(np.asarray(v).shape) for n, v in function(zeros).items()}
             return self._output_shapes[key][name]
 
+        def _need(self) -> int:
+            return scratch_need(self.engine.role, max(s[0] for s in self.shapes.values()))
+
         def update_device_memory_size_for_shapes(self) -> int:
-            return 1024 * (1 + max(s[0] for s in self.shapes.values()))
+            return 0 if trt.zero_memory_sizes else self._need()
 
         def set_device_memory(self, ptr: int, size: int) -> None:
             calls.append(("set_device_memory", self.engine.role, ptr, size))
+            if self.memory != (ptr, size):
+                self._changed()
             self.memory = (ptr, size)
 
         def set_tensor_address(self, name: str, ptr: int) -> bool:
+            if self.addresses.get(name) != ptr:
+                self._changed()
             self.addresses[name] = ptr
             return True
 
@@ -466,7 +515,23 @@ def fake_tensorrt(
                 return False
             if set(self.addresses) != set(self.engine.names) or device is None:
                 return False
+            if self.memory is not None and self.memory[1] < self._need():
+                calls.append(("error", f"{self.engine.role}: scratch memory of {self.memory[1]} bytes, the shapes need {self._need()}"))
+                return False
             stream = device._streams[handle - 0x5000]
+            capturing = device.is_capturing(stream)
+            if capturing and trt.capture_failure is not None:
+                calls.append(("error", f"{self.engine.role}: enqueue failed during stream capture"))
+                if trt.capture_failure == "invalidate":
+                    device.invalidate_capture(stream, f"trt:{self.engine.role} enqueue failed")
+                return False
+            if self.memory is not None:
+                user = scratch_users.get(self.memory[0])
+                if user is not None and user[0] != id(self) and user[1] != stream.index and not device.is_done(user[2]):
+                    raise FakeTensorRTError(
+                        f"trt:{self.engine.role} queued on {stream.name} on scratch memory {self.memory[0]:#x} that another "
+                        "context's unfinished work on another stream is using: they could run at the same time"
+                    )
             shapes = {n: self.get_tensor_shape(n) for n in self.engine.names}
             addresses = dict(self.addresses)
             function = functions[self.engine.role]
@@ -476,19 +541,49 @@ def fake_tensorrt(
                 for n, value in function(feed).items():
                     device.view(DeviceBuffer(addresses[n], 0), shapes[n], np.float32)[...] = value
 
-            device.enqueue_host_function(stream, run, f"trt:{self.engine.role}")
+            sequence = device.enqueue_host_function(stream, run, f"trt:{self.engine.role}")
+            if self.memory is not None and not capturing:
+                scratch_users[self.memory[0]] = (id(self), stream.index, sequence)
+            if capturing:
+                captured = self.generation
+
+                def check() -> None:
+                    if self.generation != captured:
+                        raise FakeTensorRTError(
+                            f"trt:{self.engine.role}: replay of a CUDA graph captured from a context that has changed since "
+                            "(shapes, addresses or scratch memory): undefined behaviour on a GPU"
+                        )
+
+                device.add_capture_check(stream, check)
             return True
 
     class Runtime:
         def __init__(self, logger: Logger) -> None:
-            pass
+            self._dla_core = -1  # TensorRT's default: no DLA core chosen
+
+        @property
+        def num_DLA_cores(self) -> int:
+            return trt.num_dla_cores
+
+        @property
+        def DLA_core(self) -> int:
+            return self._dla_core
+
+        @DLA_core.setter
+        def DLA_core(self, core: int) -> None:
+            calls.append(("runtime.DLA_core", int(core)))
+            self._dla_core = int(core)
 
         def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
             calls.append(("deserialize_cuda_engine",))
             try:
-                return Engine(json.loads(bytes(data)))
+                engine = Engine(json.loads(bytes(data)))
             except (ValueError, KeyError):
                 return None
+            if engine.dla_core is not None and engine.dla_core != self._dla_core:
+                calls.append(("error", f"DLA engine for core {engine.dla_core}, runtime DLA core is {self._dla_core}"))
+                return None
+            return engine
 
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
     return trt

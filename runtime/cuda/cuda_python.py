@@ -160,6 +160,21 @@ class CudaPythonDevice(Device):
             self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
         return executable
 
+    def abort_capture(self, stream: Any) -> None:
+        """End a failed capture as trtexec does: tolerate cudaErrorStreamCaptureInvalidated, destroy a partial graph, clear the error."""
+        result = self.rt.cudaStreamEndCapture(stream)
+        error, graph = result[0], (result[1] if len(result) > 1 else None)
+        invalidated = getattr(self.rt.cudaError_t, "cudaErrorStreamCaptureInvalidated", None)
+        if error == self.rt.cudaError_t.cudaSuccess and graph is not None and int(graph) != 0:
+            self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # captured, but TensorRT said it failed
+        elif error not in (self.rt.cudaError_t.cudaSuccess, invalidated):
+            self.clear_error()
+            raise GlsnetError(f"CUDA call cudaStreamEndCapture failed with {self._error_name(error)} while ending a failed capture")
+        self.clear_error()
+
+    def clear_error(self) -> None:
+        self.rt.cudaGetLastError()  # returns and resets the thread's last error
+
     def launch_graph(self, graph: Any, stream: Any) -> None:
         self._check(self.rt.cudaGraphLaunch(graph, stream), "cudaGraphLaunch")
 

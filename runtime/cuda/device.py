@@ -173,6 +173,13 @@ class Device(abc.ABC):
     def end_capture(self, stream: Stream) -> Graph:
         raise GlsnetError(f"the {self.kind} CUDA binding does not capture CUDA graphs; run without graph capture")
 
+    def abort_capture(self, stream: Stream) -> None:
+        """End a capture whose work failed: tolerate an invalidated capture, destroy any partial graph, clear the error."""
+        raise GlsnetError(f"the {self.kind} CUDA binding does not capture CUDA graphs; run without graph capture")
+
+    def clear_error(self) -> None:
+        """Reset the thread's last CUDA error (cudaGetLastError) after a failure that was handled."""
+
     def launch_graph(self, graph: Graph, stream: Stream) -> None:
         raise GlsnetError(f"the {self.kind} CUDA binding does not capture CUDA graphs; run without graph capture")
 

@@ -20,6 +20,8 @@ from runtime.optional_import import require
 
 T = TypeVar("T")
 
+STREAM_NON_BLOCKING = 1  # CU_STREAM_NON_BLOCKING: no implicit synchronisation with the legacy default stream
+
 
 class PycudaDevice(Device):
     kind = "pycuda"
@@ -45,7 +47,8 @@ class PycudaDevice(Device):
 
     # -------------------------------------------------------------- streams and events
     def create_stream(self, name: str = "") -> Any:
-        return self._call(self.cuda.Stream, "cuStreamCreate")
+        """A non-blocking stream, as the Device interface promises (pycuda's ``Stream()`` alone makes a blocking one)."""
+        return self._call(lambda: self.cuda.Stream(flags=STREAM_NON_BLOCKING), "cuStreamCreate")
 
     def destroy_stream(self, stream: Any) -> None:
         self._call(stream.synchronize, "cuStreamSynchronize")

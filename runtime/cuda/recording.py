@@ -7,6 +7,12 @@ record *at the time the wait was queued*. When several streams could make progre
 in ``priority`` go first, so a test can make the local stream race ahead of the global one and
 prove that the schedule, not luck, keeps fusion behind the global features.
 
+CUDA graphs are strict where CUDA's rules are: synchronising a capturing stream invalidates the
+capture, an invalidated capture makes ``end_capture`` fail (``abort_capture`` ends it the way
+trtexec does), every graph made is counted in ``live_graphs`` until destroyed, and a graph carries
+checks (``add_capture_check``) that its launch runs, so an engine fake can refuse a replay after the
+state it was captured in has changed.
+
 Copies read and write host memory when they *run*, like a DMA engine, so a schedule that rewrites
 pinned staging before its copy has run produces wrong numbers, and a test sees them. Host copies
 must use pinned arrays from ``alloc_pinned`` (views of them are fine). ``HostAsyncBackend`` turns
@@ -35,6 +41,8 @@ class FakeStream:
     index: int
     name: str
     capture: list["Operation"] | None = None
+    capture_checks: list[Callable[[], None]] | None = None
+    capture_invalidated: str | None = None  # why the running capture is invalid (cudaErrorStreamCaptureInvalidated)
 
 
 @dataclass(eq=False)
@@ -47,6 +55,7 @@ class FakeEvent:
 @dataclass(frozen=True)
 class FakeGraph:
     operations: tuple["Operation", ...]
+    checks: tuple[Callable[[], None], ...] = ()  # run at each launch; they raise when a replay would be undefined
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ class RecordingDevice(Device):
         self._memory: dict[int, np.ndarray] = {}
         self._next_address = BASE_ADDRESS
         self._pinned: list[np.ndarray] = []
+        self.live_graphs = 0  # captured graphs not yet destroyed (a leak shows here)
+        self.last_error: str | None = None  # the sticky CUDA error of a failed capture, until clear_error
 
     # -------------------------------------------------------------- streams and events
     def create_stream(self, name: str = "") -> FakeStream:
@@ -150,6 +161,9 @@ class RecordingDevice(Device):
 
     def synchronize(self, stream: FakeStream) -> None:
         self.calls.append(Call("synchronize", stream.name))
+        if stream.capture is not None:
+            self.invalidate_capture(stream, "cudaStreamSynchronize on a capturing stream")
+            raise GlsnetError(f"cudaStreamSynchronize on {stream.name} while it captures a graph: cudaErrorStreamCaptureUnsupported")
         self._run_until(lambda: not self._queues[stream.index], stream.name)
 
     def synchronize_all(self) -> None:
@@ -157,10 +171,22 @@ class RecordingDevice(Device):
         self._run_until(lambda: not any(self._queues.values()), "all streams")
 
     # -------------------------------------------------------------- work
-    def enqueue_host_function(self, stream: FakeStream, function: Callable[[], None], label: str) -> None:
-        """Queue ``function`` as a kernel on ``stream``; it runs on the host when the fake device gets to it."""
-        self._enqueue(stream, Operation("kernel", label, run=function))
+    def enqueue_host_function(self, stream: FakeStream, function: Callable[[], None], label: str) -> int:
+        """Queue ``function`` as a kernel on ``stream``; it runs on the host when the fake device gets to it.
+
+        Returns the operation's sequence number (see ``is_done``).
+        """
+        operation = Operation("kernel", label, run=function)
+        self._enqueue(stream, operation)
         self.calls.append(Call("launch", stream.name, label))
+        return operation.sequence
+
+    def is_done(self, sequence: int) -> bool:
+        """Whether the operation with this sequence number has run on the fake device."""
+        return sequence in self._done
+
+    def is_capturing(self, stream: FakeStream) -> bool:
+        return stream.capture is not None
 
     def view(self, target: DeviceTensor | DeviceBuffer, shape: tuple[int, ...] | None = None, dtype=None) -> np.ndarray:
         """A host numpy view of fake device memory (what a kernel reads and writes)."""
@@ -231,23 +257,60 @@ class RecordingDevice(Device):
     def begin_capture(self, stream: FakeStream) -> None:
         if stream.capture is not None:
             raise GlsnetError(f"{stream.name} is already capturing a CUDA graph")
-        stream.capture = []
+        stream.capture, stream.capture_checks, stream.capture_invalidated = [], [], None
         self.calls.append(Call("begin_capture", stream.name))
 
-    def end_capture(self, stream: FakeStream) -> FakeGraph:
-        if stream.capture is None:
+    def add_capture_check(self, stream: FakeStream, check: Callable[[], None]) -> None:
+        """While ``stream`` captures: ``check()`` runs at every launch of the graph and raises if the replay is undefined."""
+        if stream.capture_checks is None:
             raise GlsnetError(f"{stream.name} is not capturing a CUDA graph")
-        graph = FakeGraph(tuple(stream.capture))
-        stream.capture = None
-        self.calls.append(Call("end_capture", stream.name, f"{len(graph.operations)} operations"))
+        stream.capture_checks.append(check)
+
+    def invalidate_capture(self, stream: FakeStream, why: str) -> None:
+        """Mark the running capture invalid, as CUDA does when captured work fails; end_capture then fails."""
+        if stream.capture is not None:
+            stream.capture_invalidated = why
+
+    def end_capture(self, stream: FakeStream) -> FakeGraph:
+        graph = self._finish_capture(stream)
+        if graph is None:
+            raise GlsnetError(f"cudaStreamEndCapture on {stream.name} failed with cudaErrorStreamCaptureInvalidated ({self.last_error})")
         return graph
 
+    def abort_capture(self, stream: FakeStream) -> None:
+        """End a capture that failed: tolerate the invalidated status, destroy a partial graph, clear the error."""
+        graph = self._finish_capture(stream)
+        if graph is not None:
+            self.destroy_graph(graph)
+        self.clear_error()
+        self.calls.append(Call("abort_capture", stream.name))
+
+    def clear_error(self) -> None:
+        self.last_error = None
+
+    def _finish_capture(self, stream: FakeStream) -> FakeGraph | None:
+        """End the capture (CUDA ends it even when it fails); None when it was invalidated."""
+        if stream.capture is None:
+            raise GlsnetError(f"{stream.name} is not capturing a CUDA graph")
+        operations, checks, invalid = tuple(stream.capture), tuple(stream.capture_checks or ()), stream.capture_invalidated
+        stream.capture, stream.capture_checks, stream.capture_invalidated = None, None, None
+        if invalid is not None:
+            self.last_error = f"cudaErrorStreamCaptureInvalidated: {invalid}"
+            self.calls.append(Call("end_capture", stream.name, "invalidated"))
+            return None
+        self.live_graphs += 1
+        self.calls.append(Call("end_capture", stream.name, f"{len(operations)} operations"))
+        return FakeGraph(operations, checks)
+
     def launch_graph(self, graph: FakeGraph, stream: FakeStream) -> None:
+        for check in graph.checks:
+            check()
         for operation in graph.operations:
             self._enqueue(stream, Operation(operation.kind, f"graph:{operation.label}", run=operation.run))
         self.calls.append(Call("launch_graph", stream.name, f"{len(graph.operations)} operations"))
 
     def destroy_graph(self, graph: FakeGraph) -> None:
+        self.live_graphs -= 1
         self.calls.append(Call("destroy_graph"))
 
     # -------------------------------------------------------------- the simulated device

@@ -5,12 +5,14 @@ is ignored, ``EXPLICIT_BATCH`` is gone) and removed weak typing: ``BuilderFlag.F
 ``IBuilderConfig.int8_calibrator`` no longer exist, so precision lives in the ONNX graph (fp16
 conversion, Q/DQ). It also removed ``ICudaEngine.device_memory_size`` in favour of
 ``device_memory_size_v2``. TensorRT 10 (JetPack 6 on Jetson Orin) has both ways; its DLA path uses
-implicit precision with a calibration cache. DLA is documented for 10.x, absent from 11.0 to 11.3 and
-back from 11.4 (Jetson AGX Orin on JetPack 7.2.2+). Nothing else in the toolkit looks at the version.
+implicit precision with a calibration cache. DLA is documented for TensorRT 10.0 to 10.7, for nothing
+from 10.8 to 11.4.0, and again from 11.4.1 on (Jetson AGX Orin with JetPack 7.2.2 or later). Nothing
+else in the toolkit looks at the version.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -19,8 +21,11 @@ from typing import Any
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
 from runtime.optional_import import require
 
+log = logging.getLogger(__name__)
+
 MIN_MAJOR = 10
-DLA_BACK_IN_11 = (11, 4)
+DLA_LAST_IN_10 = (10, 7)  # TensorRT 10.0 .. 10.7 document DLA
+DLA_BACK_IN_11 = (11, 4, 1)  # and 11.4.1 on, on Jetson AGX Orin with JetPack 7.2.2+
 
 
 @dataclass(frozen=True, order=True)
@@ -73,7 +78,8 @@ class TensorRTApi:
 
     @property
     def has_dla(self) -> bool:
-        return self.version.major == 10 or (self.version.major, self.version.minor) >= DLA_BACK_IN_11
+        v = self.version
+        return (v.major == 10 and v.minor <= DLA_LAST_IN_10[1]) or (v.major, v.minor, v.patch) >= DLA_BACK_IN_11
 
     # -------------------------------------------------------------- building
     def network_flags(self, strongly_typed: bool = True) -> int:
@@ -111,12 +117,30 @@ class TensorRTApi:
     def require_dla(self) -> None:
         if not self.has_dla:
             raise InputError(
-                f"TensorRT {self.version} does not support DLA (absent from 11.0 to 11.3); "
-                "build without --dla-core, or use TensorRT 10.x (JetPack 6) or 11.4+"
+                f"TensorRT {self.version} does not support DLA (documented for 10.0-10.7 and from 11.4.1 on Jetson AGX "
+                "Orin with JetPack 7.2.2+); build without --dla-core, or use TensorRT 10.3 (JetPack 6) or 11.4.1+"
             )
 
-    def use_dla(self, config: Any, core: int) -> None:
+    def check_dla_core(self, owner: Any, core: int, what: str) -> None:
+        """Refuse DLA core ``core`` unless ``owner`` (a Builder or Runtime) reports that many DLA cores."""
+        self.require_dla()
+        cores = int(getattr(owner, "num_DLA_cores", 0))
+        if not 0 <= core < cores:
+            have = "no DLA cores" if cores == 0 else f"DLA cores 0..{cores - 1}"
+            raise InputError(
+                f"DLA core {core} was requested at {what} time but this device has {have} "
+                "(Orin NX 8 GB: one core, Orin NX 16 GB and AGX Orin: two, Orin Nano: none); choose another --dla-core"
+            )
+
+    def set_dla_core(self, runtime: Any, core: int, what: str = "run") -> None:
+        """``IRuntime.DLA_core``: set before deserialising a DLA engine, which then runs on that core."""
+        self.check_dla_core(runtime, core, what)
+        runtime.DLA_core = int(core)
+
+    def use_dla(self, config: Any, core: int, builder: Any = None) -> None:
         """Run every layer DLA can run on DLA core ``core``; the rest falls back to the GPU."""
+        if builder is not None:
+            self.check_dla_core(builder, core, "build")
         self.require_dla()
         config.default_device_type = self.trt.DeviceType.DLA
         config.DLA_core = int(core)
@@ -138,7 +162,11 @@ class TensorRTApi:
     def context_device_memory(self, context: Any, engine: Any) -> int:
         """Scratch memory for the input shapes set on ``context`` now (smaller than the profile maximum)."""
         if hasattr(context, "update_device_memory_size_for_shapes"):
-            return int(context.update_device_memory_size_for_shapes())
+            size = int(context.update_device_memory_size_for_shapes())
+            if size > 0:
+                return size
+            # 0 is the documented error value, never a size: use the profile's maximum instead
+            log.debug("update_device_memory_size_for_shapes returned 0 (an error); using the engine's device_memory_size_v2")
         return self.engine_device_memory(engine)
 
     def create_context(self, engine: Any, user_managed_memory: bool) -> Any:

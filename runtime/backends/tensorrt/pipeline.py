@@ -2,13 +2,22 @@
 
 Opening checks the engines against this machine (engine_check), verifies their checksums, and wires
 context memory: the local and fusion engines share one scratch allocation (same stream, never
-concurrent); the global engine has its own (it runs concurrently with the local batches).
+concurrent), sized at open for the larger of their profiles' needs; the global engine has its own (it
+runs concurrently with the local batches). A DLA engine is deserialised by a runtime whose DLA core
+is set first.
+
+It offers the pipeline interface (runtime.pipeline: open, plan, iter_rows, close). It opens once (a
+second ``open`` warns and does nothing) and lazily on first use. One device, one pair of streams and
+one set of staging buffers serve every image, so images are segmented one at a time: a lock makes
+concurrent callers wait their turn (the Segmenter is shared between threads).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,14 +27,16 @@ import numpy as np
 
 from runtime.backends.tensorrt.api import tensorrt_api
 from runtime.backends.tensorrt.buffers import DEFAULT_LOOKAHEAD, largest_batch_within
-from runtime.backends.tensorrt.engine_check import Platform, engine_paths, select_engines
+from runtime.backends.tensorrt.engine_check import DLA_ROLE, Platform, engine_paths, select_engines
 from runtime.backends.tensorrt.runner import ContextMemory, TensorRTBackend
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
-from runtime.errors import BundleError, InputError
+from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
+from runtime.memory_budget import MemoryPlan
+from runtime.patch_schedule import RowBand
 from runtime.preprocess import normalize
-from runtime.stream_scheduler import RowBand, StreamScheduleOptions, StreamScheduler
+from runtime.stream_scheduler import StreamScheduleOptions, StreamScheduler
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ class TensorRTPipelineOptions:
     cuda_graphs: bool = False
     cuda_binding: str = "auto"  # auto, cuda-python or pycuda
     device_ordinal: int = 0
+    normalization: Normalization | None = None  # None: the bundle's (a Segmenter passes its --bands choice)
 
 
 class TensorRTPipeline:
@@ -72,11 +84,28 @@ class TensorRTPipeline:
         self.scheduler: StreamScheduler | None = None
         self.engines: dict[str, TensorRTBackend] = {}
         self.spec: EngineSpec | None = None
+        self._opened = False
+        self._open_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # one image at a time on the shared streams and staging buffers
+        self._running_thread: int | None = None
+        self._schedulers: dict[int, StreamScheduler] = {}
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> "TensorRTPipeline":
-        if self.scheduler is not None:
-            return self
+        """Deserialise the three engines and reserve their scratch memory; a second open warns and does nothing."""
+        with self._open_lock:
+            if self._opened:
+                warnings.warn(f"the TensorRT pipeline of {self.bundle_dir} is already open; open() did nothing", RuntimeWarning, stacklevel=2)
+                return self
+            self._open()
+        return self
+
+    def _ensure_open(self) -> None:
+        with self._open_lock:
+            if not self._opened:
+                self._open()
+
+    def _open(self) -> None:
         o = self.options
         api = tensorrt_api(self._trt)
         self.manifest = read_manifest(self.bundle_dir)
@@ -86,22 +115,48 @@ class TensorRTPipeline:
         self.spec = select_engines(self.manifest, self.bundle_dir, o.precision, platform, o.dla_core)
         paths = engine_paths(self.bundle_dir, self.spec)
         shared = ContextMemory(self.device)  # local and fusion: one stream, never concurrent
-        self.engines = {
-            "global": TensorRTBackend(paths["global"], self.device, role="global", trt=api.trt),
-            "local": TensorRTBackend(paths["local"], self.device, role="local", context_memory=shared, cuda_graphs=o.cuda_graphs, trt=api.trt),
-            "fusion": TensorRTBackend(paths["fusion"], self.device, role="fusion", context_memory=shared, cuda_graphs=o.cuda_graphs, trt=api.trt),
-        }
         self._shared_memory = shared
-        for role, engine in self.engines.items():
-            engine.activate()
-            self._check_io(role, engine)
-        self._batch_profile = self._profile_batches()
-        self.scheduler = None  # built per image size by _scheduler_for (the batch may depend on it)
-        self._schedulers: dict[int, StreamScheduler] = {}
-        return self
+
+        def engine(role: str, memory: ContextMemory | None, graphs: bool) -> TensorRTBackend:
+            return TensorRTBackend(
+                paths[role], self.device, role=role, context_memory=memory, cuda_graphs=graphs, dla_core=self._dla_core_of(role), trt=api.trt
+            )
+
+        self.engines = {
+            "global": engine("global", None, False),
+            "local": engine("local", shared, o.cuda_graphs),
+            "fusion": engine("fusion", shared, o.cuda_graphs),
+        }
+        try:
+            for role, backend in self.engines.items():
+                backend.activate()
+                self._check_io(role, backend)
+            # sized now for the larger profile need, so no batch frees and reallocates it (and synchronises) mid-image
+            shared.reserve(max(self.engines[r].profile_device_memory for r in ("local", "fusion")))
+            self._batch_profile = self._profile_batches()
+        except BaseException:
+            self._release()
+            raise
+        self.scheduler = None  # built per batch size by _scheduler_for (the batch may depend on the image size)
+        self._schedulers = {}
+        self._opened = True
+
+    def _dla_core_of(self, role: str) -> int | None:
+        """The DLA core ``role``'s engine was built for (the manifest stamps each engine's device), or None."""
+        spec = self.spec
+        if spec is None or spec.dla_core is None:
+            return None
+        device = spec.profiles.get(role, {}).get("device")
+        on_dla = device == "dla" if device is not None else role == DLA_ROLE
+        return spec.dla_core if on_dla else None
 
     def close(self) -> None:
-        for scheduler in getattr(self, "_schedulers", {}).values():
+        """Release engines, buffers and streams; the next use opens again. Not while another thread segments."""
+        with self._open_lock:
+            self._release()
+
+    def _release(self) -> None:
+        for scheduler in self._schedulers.values():
             scheduler.close()
         self._schedulers = {}
         for engine in self.engines.values():
@@ -110,9 +165,11 @@ class TensorRTPipeline:
         if hasattr(self, "_shared_memory"):
             self._shared_memory.release()
         self.scheduler = None
+        self._opened = False
 
     def __enter__(self) -> "TensorRTPipeline":
-        return self.open()
+        self._ensure_open()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -121,35 +178,53 @@ class TensorRTPipeline:
     def iter_rows(
         self,
         source: RowSource,
-        normalization: Normalization | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        normalization: Normalization | None = None,
     ) -> Iterator[RowBand]:
-        """Finished mask rows of ``source`` (pixels [rows, W, C] from ``read_rows``), top to bottom."""
-        self.open()
-        norm = normalization or self.manifest.normalization
-        height, width = source.height, source.width
-        scheduler = self._scheduler_for(height, width)
+        """Finished mask rows of ``source`` (pixels [rows, W, C] from ``read_rows``), top to bottom.
 
-        def write_image(target: np.ndarray) -> None:
-            for top in range(0, height, READ_ROWS):
-                bottom = min(top + READ_ROWS, height)
-                target[:, top:bottom, :width] = normalize(source.read_rows(top, bottom), norm)
+        Concurrent callers take turns (a lock); one thread cannot interleave two images on one pipeline.
+        """
+        if self._running_thread == threading.get_ident():
+            raise GlsnetError(
+                "this thread is already segmenting an image with this TensorRT pipeline; "
+                "finish (or close) that iteration before starting another"
+            )
+        with self._run_lock:
+            self._running_thread = threading.get_ident()
+            try:
+                self._ensure_open()
+                norm = normalization or self.options.normalization or self.manifest.normalization
+                height, width = source.height, source.width
+                scheduler = self._scheduler_for(height, width)
 
-        return scheduler.iter_rows(height, width, write_image, progress)
+                def write_image(target: np.ndarray) -> None:
+                    for top in range(0, height, READ_ROWS):
+                        bottom = min(top + READ_ROWS, height)
+                        target[:, top:bottom, :width] = normalize(source.read_rows(top, bottom), norm)
+
+                yield from scheduler.iter_rows(height, width, write_image, progress)
+            finally:
+                self._running_thread = None
+
+    def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
+        """The batch this pipeline uses for an image of this size (the global engine always sees the whole image)."""
+        return MemoryPlan(self.batch_size_for(height, width), None, 0, self.options.max_memory)
 
     def segment(self, pixels: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
         """uint8 image [H, W, C] (or [H, W]) -> uint8 class-index mask [H, W]."""
         source = _ArrayRows(pixels)
         mask = np.zeros((source.height, source.width), dtype=np.uint8)
         started = time.perf_counter()
-        for top, rows in self.iter_rows(source, normalization):
+        for top, rows in self.iter_rows(source, normalization=normalization):
             mask[top : top + rows.shape[0]] = rows
         self.last_seconds = time.perf_counter() - started
         return mask
 
     def batch_size_for(self, height: int, width: int) -> int:
         """The batch the pipeline uses for an image of this size (within the engines' profile)."""
-        self.open()
+        self._ensure_open()
         low, opt, high = self._batch_profile
         o = self.options
         if o.batch_size is not None:

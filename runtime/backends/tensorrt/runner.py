@@ -14,9 +14,21 @@ engines run on the same stream, one after the other, so they share one; the glob
 its own stream *concurrently* with the local batches, so it has its own. Sharing it would let two
 engines scribble over each other's activations.
 
-CUDA graphs (``cuda_graphs=True``, where the Device supports them): the first call with a given
-set of shapes and addresses runs normally and is then captured; later identical calls replay the
-graph, which saves the per-layer launch cost of fixed-shape local and fusion batches.
+Contexts that share scratch memory get it sized up front (``ContextMemory.reserve``, from each
+engine's ``device_memory_size_v2``), so no call has to free and reallocate it (and synchronise) in
+the middle of an image. ``update_device_memory_size_for_shapes`` returns 0 on error; then the
+engine's profile maximum is used, never 0.
+
+CUDA graphs (``cuda_graphs=True``, where the Device supports them). NVIDIA documents that a graph
+captured from an execution context may only be replayed while that context is still in the state
+it was captured in: changing an input shape, a tensor address or the scratch memory makes the
+replay undefined. So a backend keeps at most one graph, for the state its context is in now: a
+call in a new state reconfigures the context and drops the graph; the first call in a state runs
+uncaptured (TensorRT finishes its lazy set-up), the second is captured and launched, later ones
+replay it. Fixed-shape local and fusion batches replay; the smaller last batch and a new image
+size simply run uncaptured. A capture that fails is ended as trtexec ends it (synchronise before
+capturing; end it tolerating the invalidated status, destroy any partial graph, clear the CUDA
+error), warned about once, and that backend goes on without graphs.
 """
 
 from __future__ import annotations
@@ -35,7 +47,6 @@ from runtime.errors import BundleError, GlsnetError, InputError
 
 log = logging.getLogger(__name__)
 
-MAX_GRAPHS = 16
 ALIGNMENT = 256
 
 
@@ -56,6 +67,20 @@ class ContextMemory:
             self.buffer = self.device.alloc_device(nbytes)
         return self.buffer
 
+    def reserve(self, nbytes: int) -> DeviceBuffer:
+        """Allocate at least ``nbytes`` now, before any work is queued, so no later ``ensure`` has to grow it."""
+        nbytes = max(ALIGNMENT, -(-int(nbytes) // ALIGNMENT) * ALIGNMENT)
+        if self.buffer is None or self.buffer.nbytes < nbytes:
+            if self.buffer is not None:
+                self.device.free(self.buffer)
+            self.buffer = self.device.alloc_device(nbytes)
+        return self.buffer
+
+    @property
+    def state(self) -> tuple[int, int] | None:
+        """(pointer, size) of the buffer now: a context whose scratch changed is in another state."""
+        return None if self.buffer is None else (self.buffer.ptr, self.buffer.nbytes)
+
     def release(self) -> None:
         if self.buffer is not None:
             self.device.free(self.buffer)
@@ -73,6 +98,7 @@ class TensorRTBackend(Backend):
         role: str = "",
         context_memory: ContextMemory | None = None,
         cuda_graphs: bool = False,
+        dla_core: int | None = None,
         trt: ModuleType | None = None,
     ) -> None:
         super().__init__()
@@ -82,6 +108,7 @@ class TensorRTBackend(Backend):
         self.name = f"tensorrt:{role}" if role else "tensorrt"
         self._shared_memory = context_memory
         self.cuda_graphs = cuda_graphs
+        self.dla_core = dla_core
         self._trt = trt
         self.api: TensorRTApi | None = None
         self.device: Device | None = None
@@ -96,25 +123,29 @@ class TensorRTBackend(Backend):
         trt.init_libnvinfer_plugins(self._logger, "")
         data, where = self._read_plan()
         self._runtime = trt.Runtime(self._logger)
+        if self.dla_core is not None:
+            api.set_dla_core(self._runtime, self.dla_core, "run")  # before deserialising: the engine runs on it
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
+            on = f" for DLA core {self.dla_core}" if self.dla_core is not None else ""
             raise BundleError(
-                f"{where}: TensorRT {api.version} could not deserialize this engine (built by another TensorRT "
+                f"{where}: TensorRT {api.version} could not deserialize this engine{on} (built by another TensorRT "
                 "release or for another GPU, or the file is damaged); rebuild it on this machine with glsnet-export build"
             )
         self.context = api.create_context(self.engine, user_managed_memory=True)
         self.memory = self._shared_memory or ContextMemory(self.device)
         self._owns_memory = self._shared_memory is None
         self._inputs, self._outputs = self._read_io()
-        self._graphs: dict[tuple, Any] = {}
+        self._graph: Any = None  # captured for the context's current state, or None
+        self._state: tuple | None = None  # what the context is configured with now
+        self._runs_in_state = 0
+        self._graphs_failed = False
         self._sync_stream: Stream | None = None
         self._staging: dict[tuple, Any] = {}
 
     def _deactivate_impl(self) -> None:
         assert self.device is not None
-        for graph in self._graphs.values():
-            self.device.destroy_graph(graph)
-        self._graphs.clear()
+        self._drop_graph()
         if self._sync_stream is not None:
             self.device.synchronize(self._sync_stream)
         for memory in self._staging.values():
@@ -153,6 +184,13 @@ class TensorRTBackend(Backend):
                 outputs[name] = meta
         return inputs, outputs
 
+    @property
+    def profile_device_memory(self) -> int:
+        """Scratch memory this engine's context needs at its profile's largest shapes (device_memory_size_v2)."""
+        self._require_active()
+        assert self.api is not None
+        return self.api.engine_device_memory(self.engine)
+
     def _input_metadata_impl(self) -> dict[str, TensorMeta]:
         return dict(self._inputs)
 
@@ -173,6 +211,39 @@ class TensorRTBackend(Backend):
         assert self.device is not None and self.api is not None
         self._check_names(inputs, self._inputs, "inputs")
         self._check_names(outputs, self._outputs, "outputs")
+        handle = self.device.stream_handle(stream)
+        if self._state_of(inputs, outputs, handle) != self._state:
+            self._drop_graph()  # the context is about to change: a graph captured from it is undefined now
+            self._state = None
+            self._configure(inputs, outputs, stream)
+            self._state = self._state_of(inputs, outputs, handle)
+            self._runs_in_state = 0
+        if not (self.cuda_graphs and self.device.supports_graphs and not self._graphs_failed):
+            self._execute(handle)
+            return
+        if self._graph is None and self._runs_in_state == 0:
+            self._runs_in_state = 1
+            self._execute(handle)  # a first, uncaptured run lets TensorRT finish its lazy set-up
+            return
+        if self._graph is None:
+            self._graph = self._capture(handle, stream)
+            if self._graph is None:
+                self._execute(handle)  # the capture failed: this call still has to run
+                return
+        self.device.launch_graph(self._graph, stream)
+
+    def _state_of(self, inputs: Mapping[str, DeviceTensor], outputs: Mapping[str, DeviceTensor], handle: int) -> tuple:
+        """Everything a captured graph depends on: shapes and addresses of every tensor, scratch memory, stream."""
+        return (
+            tuple((n, tuple(t.shape), t.ptr) for n, t in sorted(inputs.items())),
+            tuple((n, tuple(t.shape), t.ptr) for n, t in sorted(outputs.items())),
+            self.memory.state,
+            handle,
+        )
+
+    def _configure(self, inputs: Mapping[str, DeviceTensor], outputs: Mapping[str, DeviceTensor], stream: Stream) -> None:
+        """Set shapes, scratch memory and addresses on the context, checking the output buffers' shapes."""
+        assert self.api is not None
         inferred = self.output_shapes({name: tensor.shape for name, tensor in inputs.items()})
         for name, tensor in outputs.items():
             if inferred[name] != tuple(tensor.shape):
@@ -184,29 +255,39 @@ class TensorRTBackend(Backend):
         for name, tensor in (*inputs.items(), *outputs.items()):
             if not self.context.set_tensor_address(name, tensor.ptr):
                 raise GlsnetError(f"{self.name}: TensorRT refused the address of tensor {name!r}")
-        handle = self.device.stream_handle(stream)
-        if not (self.cuda_graphs and self.device.supports_graphs):
-            self._execute(handle)
-            return
-        key = (
-            tuple((n, t.shape, t.ptr) for n, t in sorted(inputs.items())),
-            tuple((n, t.shape, t.ptr) for n, t in sorted(outputs.items())),
-            scratch.ptr,
-            handle,
-        )
-        graph = self._graphs.get(key)
-        if graph is not None:
-            self.device.launch_graph(graph, stream)
-            return
-        self._execute(handle)  # a first, uncaptured run lets TensorRT finish its lazy set-up
-        if len(self._graphs) >= MAX_GRAPHS:
-            self.device.destroy_graph(self._graphs.pop(next(iter(self._graphs))))
-        self.device.begin_capture(stream)
+
+    def _capture(self, handle: int, stream: Stream) -> Any:
+        """Capture one enqueue as a CUDA graph, or None (warned once; graphs off for this backend) when that fails."""
+        assert self.device is not None
+        device = self.device
+        device.synchronize(stream)  # as trtexec does: nothing of ours is in flight when the capture begins
+        device.begin_capture(stream)
         try:
-            self._execute(handle)
-        finally:
-            captured = self.device.end_capture(stream)
-        self._graphs[key] = captured
+            ok = bool(self.context.execute_async_v3(handle))
+        except BaseException:
+            device.abort_capture(stream)
+            raise
+        failure = None
+        graph = None
+        if ok:
+            try:
+                graph = device.end_capture(stream)
+            except GlsnetError as exc:
+                device.clear_error()
+                failure = str(exc)
+        else:
+            device.abort_capture(stream)
+            failure = "execute_async_v3 failed while capturing (TensorRT's log above says why)"
+        if failure is not None:
+            self._graphs_failed = True
+            log.warning("%s: CUDA graph capture failed, running without CUDA graphs: %s", self.name, failure)
+        return graph
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            assert self.device is not None
+            self.device.destroy_graph(self._graph)  # an in-flight launch still completes (cudaGraphExecDestroy)
+            self._graph = None
 
     def _execute(self, handle: int) -> None:
         if not self.context.execute_async_v3(handle):
