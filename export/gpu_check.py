@@ -208,7 +208,7 @@ def check(
     from runtime.segmenter import Segmenter
 
     references = {}
-    with Segmenter(bundle_dir, precision="fp32", device="cpu") as reference:
+    with Segmenter(bundle_dir, precision="fp32") as reference:
         for path in images:
             source = open_image(path)
             references[path.name] = reference.segment(source.read_rows(0, source.height))

@@ -14,7 +14,7 @@ from runtime.cli_errors import run_app
 from runtime.errors import InputError
 
 app = typer.Typer(
-    help="Segment ultra-high-resolution images with a GLSNet bundle on ONNX Runtime (no torch needed).",
+    help="Segment ultra-high-resolution images with a GLSNet bundle on ONNX Runtime or TensorRT (no torch needed).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,13 +34,29 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return bands
 
 
+def engine_and_provider(engine: str, provider: str | None, device: str | None) -> tuple[str, str | None]:
+    """--engine/--provider, or the deprecated --device mapped onto them with a message."""
+    from runtime.pipeline import deprecation_message, legacy_device
+
+    if device is None:
+        return engine, provider
+    if engine != "onnxruntime" or provider is not None:
+        raise InputError(f"--device {device} cannot be combined with --engine/--provider; use --engine/--provider only")
+    typer.echo(f"warning: {deprecation_message(device)}", err=True)
+    return legacy_device(device)
+
+
 @app.command()
 def run(
     images: List[Path] = typer.Argument(..., help="Input images: PNG, JPEG or (Geo)TIFF (tiled TIFFs are read window by window)."),
     bundle: Path = typer.Option(..., "--bundle", "-b", help="Bundle directory written by glsnet-export."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (created if missing)."),
     precision: str = typer.Option("fp32", help="Graph set to run: fp32, fp16 or int8."),
-    device: str = typer.Option("cpu", help="ONNX Runtime execution provider: cpu, cuda or tensorrt; or tensorrt-engine: the bundle's TensorRT engines on CUDA streams."),
+    engine: str = typer.Option("onnxruntime", "--engine", help="What runs the graphs: onnxruntime, or tensorrt (the bundle's TensorRT engines on CUDA streams)."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime execution provider: cpu (default), cuda or tensorrt."),
+    device: Optional[str] = typer.Option(None, "--device", hidden=True, help="Deprecated: cpu|cuda|tensorrt (= --provider) or tensorrt-engine (= --engine tensorrt)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="--engine tensorrt: replay fixed-shape local/fusion batches as CUDA graphs."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="--engine tensorrt: use the bundle's DLA engines built for this core (Jetson)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per batch (default: chosen by the memory plan)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB; picks batch size and global banding."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core)."),
@@ -60,9 +76,13 @@ def run(
     from runtime.segmenter import Segmenter, SegmenterOptions
 
     selected = parse_bands(bands)
+    engine, provider = engine_and_provider(engine, provider, device)
     options = SegmenterOptions(
         precision=precision,
-        device=device,
+        engine=engine,
+        provider=provider,
+        cuda_graphs=cuda_graphs,
+        dla_core=dla_core,
         batch_size=batch_size,
         max_memory=parse_memory_size(max_memory),
         threads=threads,

@@ -1,48 +1,50 @@
 """The embedding API: ``Segmenter(bundle).segment(image)`` and ``segment_file(path, out_dir)``.
 
-A Segmenter opens the bundle, verifies the graph set of one precision, creates one ONNX Runtime
-session per graph on first use (CPU, or ORT's CUDA/TensorRT providers), and reuses them for every
-image; with ``device="tensorrt-engine"`` it hands images to the bundle's own TensorRT engines
-instead. Sessions run concurrently from several threads; the Segmenter's only shared mutable
-state (lazy session creation) is locked.
+A Segmenter opens the bundle, verifies the graph set of one precision and chooses, once, the
+pipeline that runs it (runtime.pipeline): ONNX Runtime with a provider (``engine="onnxruntime"``,
+``provider="cpu" | "cuda" | "tensorrt"``), or the bundle's own TensorRT engines on CUDA streams
+(``engine="tensorrt"``). The pipeline opens on first use and is reused for every image. A Segmenter
+may be shared between threads: ONNX Runtime sessions run concurrently, the TensorRT pipeline takes
+images one at a time.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
 from runtime.memory_budget import MemoryPlan, parse_memory_size
+from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
+from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
 from runtime.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
     from runtime.backends.tensorrt.pipeline import TensorRTPipeline
 
-# --device tensorrt-engine: the bundle's own TensorRT engines (glsnet-export build --target tensorrt) on
-# CUDA streams, instead of an ONNX Runtime execution provider.
-TENSORRT_ENGINE = "tensorrt-engine"
+__all__ = ["ACTIVATION_FACTORS", "Segmenter", "SegmenterOptions", "TENSORRT_ENGINE"]
 
-# Working memory of each graph as a multiple of its input + output bytes (see OnnxRuntimeBackend.memory_estimate),
-# measured with ONNX Runtime 1.32 on the CPU for the default configuration (global 6-8x, local 5.2x,
-# fusion 9x at batch 6), rounded up.
-ACTIVATION_FACTORS = {"global": 8.5, "local": 6.0, "fusion": 10.0}
+TENSORRT_ENGINE = "tensorrt-engine"  # the deprecated --device spelling of engine="tensorrt"
 
 
 @dataclass(frozen=True)
 class SegmenterOptions:
-    """Everything a Segmenter is built with (the CLI parses its flags into this)."""
+    """Everything a Segmenter is built with (the CLI parses its flags into this).
+
+    ``device`` is the deprecated single option (cpu, cuda, tensorrt, tensorrt-engine); when given it
+    sets ``engine`` and ``provider`` and warns.
+    """
 
     precision: str = "fp32"
-    device: str = "cpu"
+    engine: str = "onnxruntime"
+    provider: str | None = None  # ONNX Runtime execution provider; None: cpu
+    device: str | None = None
     batch_size: int | None = None
     max_memory: int | None = None  # bytes; see runtime.memory_budget.parse_memory_size
     threads: int | None = None
@@ -50,6 +52,20 @@ class SegmenterOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     global_band_rows: int | None = None
     global_halo: int | None = None
+    cuda_graphs: bool = False  # TensorRT engine: replay fixed-shape local/fusion batches as CUDA graphs
+    dla_core: int | None = None  # TensorRT engine: run the bundle's DLA engine set on this core
+
+    def __post_init__(self) -> None:
+        if self.device is not None:
+            engine, provider = warn_legacy_device(self.device)
+            object.__setattr__(self, "engine", engine)
+            object.__setattr__(self, "provider", provider)
+            object.__setattr__(self, "device", None)
+        check_choice(self.engine, self.provider)
+
+    @property
+    def ort_provider(self) -> str:
+        return self.provider or "cpu"
 
     def schedule(self) -> ScheduleOptions:
         extra = {} if self.global_halo is None else {"global_halo": self.global_halo}
@@ -63,22 +79,27 @@ class SegmenterOptions:
 
 
 class Segmenter:
-    """Segments images with a bundle's graphs on ONNX Runtime (or its TensorRT engines); safe to share between threads."""
+    """Segments images with a bundle on the pipeline its options choose; safe to share between threads."""
 
     def __init__(
         self,
         bundle: str | Path | Bundle,
         precision: str = "fp32",
-        device: str = "cpu",
+        device: str | None = None,
         batch_size: int | None = None,
         max_memory: int | str | None = None,
         threads: int | None = None,
         bands: tuple[int, ...] | list[int] | None = None,
         options: SegmenterOptions | None = None,
+        *,
+        engine: str = "onnxruntime",
+        provider: str | None = None,
     ) -> None:
         if options is None:
             options = SegmenterOptions(
                 precision=precision,
+                engine=engine,
+                provider=provider,
                 device=device,
                 batch_size=batch_size,
                 max_memory=parse_memory_size(max_memory),
@@ -90,10 +111,7 @@ class Segmenter:
         self.manifest = self.bundle.manifest
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
-        self._schedule = options.schedule()
-        self._scheduler: Scheduler | None = None
-        self._lock = threading.Lock()
-        self._tensorrt: "TensorRTPipeline | None" = None
+        self.pipeline: Pipeline = make_pipeline(self.bundle, options)
 
     def __enter__(self) -> "Segmenter":
         return self
@@ -102,73 +120,42 @@ class Segmenter:
         self.close()
 
     def close(self) -> None:
-        """Release the sessions; the next call creates them again.
+        """Release the sessions or engines; the next call opens them again.
 
         Segmenting is thread-safe, closing is not: call this only when no other thread is segmenting.
         """
-        with self._lock:
-            if self._scheduler is not None:
-                for backend in (self._scheduler.global_backend, self._scheduler.local_backend, self._scheduler.fusion_backend):
-                    backend.deactivate()
-            self._scheduler = None
-            if self._tensorrt is not None:
-                self._tensorrt.close()
-            self._tensorrt = None
+        self.pipeline.close()
 
     @property
     def scheduler(self) -> Scheduler:
-        """The activated backends, created on first use."""
-        with self._lock:
-            if self._scheduler is None:
-                self._scheduler = Scheduler(self.manifest, *(self._backend(role) for role in ("global", "local", "fusion")))
-            return self._scheduler
+        """The ONNX Runtime pipeline's scheduler (activated backends), created on first use."""
+        if not isinstance(self.pipeline, OnnxRuntimePipeline):
+            raise InputError("this Segmenter runs the TensorRT engine; it has no ONNX Runtime scheduler")
+        return self.pipeline.scheduler
 
     @property
     def tensorrt_pipeline(self) -> "TensorRTPipeline":
-        """``--device tensorrt-engine``: the bundle's TensorRT engines on CUDA streams, opened on first use."""
-        from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
-
-        with self._lock:
-            if self._tensorrt is None:
-                o = self.options
-                options = TensorRTPipelineOptions(precision=o.precision, batch_size=o.batch_size, max_memory=o.max_memory)
-                self._tensorrt = TensorRTPipeline(self.bundle.directory, options).open()
-            return self._tensorrt
-
-    def _backend(self, role: str) -> OnnxRuntimeBackend:
-        o = self.options
-        ort_options = OrtOptions(
-            device=o.device,
-            threads=o.threads,
-            fp16=o.precision == "fp16",
-            tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.device == "tensorrt" else None,
-            activation_factor=ACTIVATION_FACTORS[role],
-        )
-        return OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
+        """``engine="tensorrt"``: the bundle's TensorRT engines on CUDA streams."""
+        if isinstance(self.pipeline, OnnxRuntimePipeline):
+            raise InputError("this Segmenter runs ONNX Runtime; build it with engine='tensorrt' for the TensorRT engines")
+        return self.pipeline  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ arrays
     def segment(self, image: np.ndarray) -> np.ndarray:
         """uint8 image [H, W, C] (or [H, W]) -> uint8 class-index mask [H, W]."""
-        if self.options.device == TENSORRT_ENGINE:
-            return self.tensorrt_pipeline.segment(image, normalization_for(self.manifest, self.options.bands))
-        return self.scheduler.segment(_array_source(image), self._schedule)
+        source = _array_source(image)
+        mask = np.empty((source.height, source.width), dtype=np.uint8)
+        for top, rows in self.iter_rows(source):
+            mask[top : top + len(rows)] = rows
+        return mask
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         """The batch size and global banding this Segmenter would use for an image of this size."""
-        if self.options.device == TENSORRT_ENGINE:
-            batch = self.tensorrt_pipeline.batch_size_for(height, width)
-            return MemoryPlan(batch, None, 0, self.options.max_memory)
-        scheduler = self.scheduler
-        return scheduler.plan(scheduler.grid_for(height, width), self._schedule, source_bytes)
+        return self.pipeline.plan(height, width, source_bytes)
 
     def iter_rows(self, source: ImageSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]:
-        """Finished mask rows of ``source``, top to bottom (see Scheduler.iter_rows)."""
-        if self.options.device == TENSORRT_ENGINE:
-            return self.tensorrt_pipeline.iter_rows(source, normalization_for(self.manifest, self.options.bands), progress)
-        scheduler = self.scheduler
-        source_bytes = source.array.nbytes if isinstance(source, ArraySource) else 0
-        plan = scheduler.plan(scheduler.grid_for(source.height, source.width), self._schedule, source_bytes)
-        return scheduler.iter_rows(source, self._schedule, progress, plan)
+        """Finished mask rows of ``source``, top to bottom."""
+        return self.pipeline.iter_rows(source, progress)
 
     # ------------------------------------------------------------------ files
     def segment_file(

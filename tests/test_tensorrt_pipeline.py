@@ -9,6 +9,7 @@ from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
 from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
+from runtime.image_readers import ArraySource
 from runtime.preprocess import normalize
 from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, scratch_need, write_fake_bundle
 
@@ -88,8 +89,9 @@ def test_batch_size_choice_respects_the_profile_and_a_memory_budget(built):
             too_big.segment(pixels(64, 64))
 
 
-def test_segmenter_device_tensorrt_engine_runs_the_pipeline(built, monkeypatch):
-    """glsnet run --device tensorrt-engine: the Segmenter hands images to the TensorRT pipeline."""
+@pytest.mark.parametrize("spelling", [{"engine": "tensorrt"}, {"device": "tensorrt-engine"}])
+def test_segmenter_engine_tensorrt_runs_the_pipeline(built, monkeypatch, spelling):
+    """glsnet run --engine tensorrt (or the old --device tensorrt-engine): the Segmenter's pipeline is the TensorRT one."""
     import sys
 
     import runtime.backends.tensorrt.pipeline as pipeline_module
@@ -102,10 +104,14 @@ def test_segmenter_device_tensorrt_engine_runs_the_pipeline(built, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(pipeline_module, "open_device", lambda binding, ordinal: device)
     image = pixels(150, 180, seed=3)
-    with Segmenter(root, precision="fp16", device="tensorrt-engine") as segmenter:
+    with Segmenter(root, precision="fp16", **spelling) as segmenter:
+        assert segmenter.pipeline is segmenter.tensorrt_pipeline
         mask = segmenter.segment(image)
-        assert segmenter.tensorrt_pipeline.batch_size_for(150, 180) == 3
+        assert segmenter.plan(150, 180).batch_size == 3
+        rows = np.concatenate([r for _, r in segmenter.iter_rows(ArraySource(image))])
     np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 3))
+    np.testing.assert_array_equal(rows, mask)
+    assert len([c for c in trt.calls if c[0] == "deserialize_cuda_engine"]) == 3 + 3  # build's checks + one open
     assert device.allocated_bytes == 0  # close() released the engines' memory
 
 
