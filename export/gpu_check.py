@@ -1,6 +1,15 @@
-"""``make gpu-check``: build TensorRT engines here and check them against the CPU fp32 reference on real images.
+"""``make gpu-check``: run the GPU path on this machine's GPU and check it against the CPU fp32 reference.
 
-On a machine with an NVIDIA GPU, TensorRT and cuda-python:
+Two levels; ``--level auto`` (what ``make gpu-check`` runs) takes the highest this machine allows:
+
+- ``tensorrt`` (an NVIDIA GPU, TensorRT and cuda-python), below;
+- ``cuda`` (an NVIDIA GPU, CUDA, PyTorch and cuda-python; no TensorRT): the real stream scheduler on
+  the real cuda-python Device drives the three graphs, each run by PyTorch on the scheduler's own
+  stream and buffers (export.gpu_check_cuda), against PyTorch eager on CUDA and the CPU fp32
+  reference in the same run. It needs no data ($GLSNET_DATA images when set, else a seeded scene)
+  and no demo (a seeded random-init model of --preset when no --checkpoint or demo checkpoint).
+
+The tensorrt level, on a machine with an NVIDIA GPU, TensorRT and cuda-python:
 1. builds the fp16 and int8 engines of a bundle with ``glsnet-export build BUNDLE --fp16|--int8 --target tensorrt``
    (int8 first samples calibration tiles from the images when the bundle has none);
 2. segments real images ($GLSNET_DATA) with the engines on CUDA streams (runtime TensorRTPipeline) and
@@ -9,8 +18,8 @@ On a machine with an NVIDIA GPU, TensorRT and cuda-python:
    the peak device memory (cudaMemGetInfo, sampled after opening and after every run, minus what was
    in use before) and the pixel agreement with the reference; writes the same as JSON into --out.
 
-Without a GPU, TensorRT or the data it says which is missing and exits with code 2; a precision whose
-agreement is below its threshold makes it exit with code 1.
+Where something is missing it says what, in one line, and exits with code 2; an agreement below its
+threshold makes it exit with code 1.
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ class Measurement:
     schedule_buffers_mb: float
     pixel_agreement: float
     batch_size: int
+
+
+LEVELS = ("auto", "tensorrt", "cuda")
 
 
 def missing_pieces(data: Path | None) -> list[str]:
@@ -190,12 +202,30 @@ def check(
     build: bool = typer.Option(True, "--build/--no-build", help="Build the engines first (otherwise use the bundle's)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Also put the local engine on this DLA core (Jetson)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay fixed-shape local/fusion batches as CUDA graphs."),
+    level: str = typer.Option("auto", "--level", help="auto (the highest this machine allows), tensorrt, or cuda (no TensorRT needed)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="cuda level: the torch checkpoint (default: the demo's, else a seeded random-init model)."),
+    preset: str = typer.Option("default", "--preset", help="cuda level, random-init model: default (the paper's GLSNet) or small."),
+    batch_size: int = typer.Option(6, "--batch-size", help="cuda level: patches per batch."),
 ) -> None:
-    """Build fp16/int8 TensorRT engines, run them on real images, compare with the CPU fp32 reference."""
+    """Run the GPU path here (TensorRT engines, or PyTorch engines on the stream scheduler) against the CPU fp32 reference."""
+    if level not in LEVELS:
+        raise InputError(f"--level {level!r}: choose from {', '.join(LEVELS)}")
     data = data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
-    problems = missing_pieces(data)
+    problems = missing_pieces(data) if level != "cuda" else ["skipped"]
+    if level == "cuda" or (level == "auto" and problems):
+        from export.gpu_check_cuda import cuda_level_missing
+
+        reason = cuda_level_missing()
+        if reason is None:
+            typer.echo("gpu-check: CUDA-only level (" + ("chosen with --level cuda" if level == "cuda" else "TensorRT level unavailable: " + "; ".join(problems)) + ")")
+            return check_cuda(out, bundle, checkpoint, preset, data, count, repeats, batch_size, cuda_graphs)
+        if level == "cuda":
+            raise MissingDependencyError(f"gpu-check cannot run on this machine: CUDA-only level: {reason}")
+        raise MissingDependencyError(
+            "gpu-check cannot run on this machine: TensorRT level: " + "; ".join(problems) + f" | CUDA-only level: {reason}"
+        )
     if problems:
-        raise MissingDependencyError("gpu-check cannot run on this machine:\n  - " + "\n  - ".join(problems))
+        raise MissingDependencyError("gpu-check cannot run on this machine: TensorRT level: " + "; ".join(problems))
     chosen = [p.strip() for p in precisions.split(",") if p.strip()]
     unknown = [p for p in chosen if p not in MIN_AGREEMENT]
     if unknown:
@@ -229,6 +259,100 @@ def check(
             "pixel agreement below threshold: "
             + ", ".join(f"{r.precision} {r.image} {r.pixel_agreement:.4f} < {MIN_AGREEMENT[r.precision]}" for r in failed)
         )
+
+
+def check_cuda(
+    out: Path,
+    bundle: Path | None,
+    checkpoint: Path | None,
+    preset: str,
+    data: Path | None,
+    count: int,
+    repeats: int,
+    batch_size: int,
+    cuda_graphs: bool,
+) -> None:
+    """The CUDA-only level: export (if needed), CPU reference, scheduled PyTorch engines vs eager, report, gate."""
+    from export.gpu_check_cuda import MIN_AGREEMENT as CUDA_MIN_AGREEMENT
+    from export.gpu_check_cuda import measure_cuda
+    from glsnet.checkpoint import load_model
+    from runtime.image_readers import open_image
+    from runtime.manifest import read_manifest
+    from runtime.preprocess import normalize
+    from runtime.segmenter import Segmenter
+
+    checkpoint, bundle_dir = model_and_bundle(out, bundle, checkpoint, preset)
+    model, _ = load_model(checkpoint)
+    manifest = read_manifest(bundle_dir)
+    named: list[tuple[str, np.ndarray]] = []
+    if data is not None and sorted(data.glob("*_sat.jpg")):
+        for path in sorted(data.glob("*_sat.jpg"))[:count]:
+            source = open_image(path)
+            named.append((path.name, source.read_rows(0, source.height)))
+            source.close()
+    else:
+        side = 2448 if model.config.patch_size >= 500 else 1024
+        typer.echo(f"gpu-check: no ${DATA_ENV} images; using one seeded synthetic {side} x {side} scene")
+        rng = np.random.default_rng(0)
+        coarse = rng.integers(0, 256, (side // 64 + 1, side // 64 + 1, 3), dtype=np.uint8)
+        scene = np.repeat(np.repeat(coarse, 64, 0), 64, 1)[:side, :side]
+        named.append(("synthetic", np.clip(scene.astype(np.int16) + rng.integers(-20, 21, scene.shape), 0, 255).astype(np.uint8)))
+    references = {}
+    with Segmenter(bundle_dir, precision="fp32") as reference:
+        for name, pixels in named:
+            references[name] = reference.segment(pixels)
+    images = [(name, normalize(pixels, manifest.normalization)) for name, pixels in named]
+    results = measure_cuda(model, manifest, images, references, batch_size, repeats, cuda_graphs)
+    print_cuda_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"level": "cuda", "bundle": str(bundle_dir), "checkpoint": str(checkpoint), "threshold": CUDA_MIN_AGREEMENT, "results": [asdict(r) for r in results]}
+    write_text_atomic(out / "gpu_check_cuda.json", json.dumps(report, indent=2) + "\n")
+    typer.echo(f"report: {out / 'gpu_check_cuda.json'}")
+    failed = [r for r in results if r.scheduled_vs_cpu < CUDA_MIN_AGREEMENT]
+    if failed:
+        raise AccuracyGateError(
+            "scheduled CUDA path below the pixel agreement threshold: "
+            + ", ".join(f"{r.image} {r.scheduled_vs_cpu:.5f} < {CUDA_MIN_AGREEMENT}" for r in failed)
+        )
+
+
+def model_and_bundle(out: Path, bundle: Path | None, checkpoint: Path | None, preset: str) -> tuple[Path, Path]:
+    """The torch checkpoint and the bundle exported from it (exported into --out when needed)."""
+    if preset not in ("default", "small"):
+        raise InputError(f"--preset {preset!r}: choose default or small")
+    if checkpoint is None and (out.parent / "model.safetensors").is_file():
+        checkpoint = out.parent / "model.safetensors"
+    if checkpoint is None:
+        from export.bench_reference import make_bundle
+
+        if not (out / "bundle" / "manifest.json").is_file() or not (out / "model.safetensors").is_file():
+            typer.echo(f"gpu-check: exporting a seeded random-init {preset} model into {out}")
+            make_bundle(out, preset, seed=0)
+        return out / "model.safetensors", bundle or out / "bundle"
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: checkpoint not found")
+    if bundle is None:
+        bundle = out / "bundle"
+        if not (bundle / "manifest.json").is_file():
+            glsnet_export("onnx", str(checkpoint), "-o", str(bundle), "--force")
+    return checkpoint, bundle
+
+
+def print_cuda_table(results: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Stream scheduler + cuda-python + PyTorch engines vs PyTorch eager on CUDA (fp32; agreement with the CPU fp32 reference)")
+    columns = ("image", "size", "batch", "graphs", "scheduled ms", "eager ms", "peak MB sched.", "peak MB eager", "sched. vs CPU", "eager vs CPU", "sched. vs eager")
+    for column in columns:
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.image, f"{r.height}x{r.width}", str(r.batch_size), f"{'on' if r.cuda_graphs else 'off'} ({r.graph_replays} replays)",
+            f"{r.scheduled_ms:.1f}", f"{r.eager_ms:.1f}", f"{r.scheduled_peak_device_mb:.0f}", f"{r.eager_peak_device_mb:.0f}",
+            f"{r.scheduled_vs_cpu:.5f}", f"{r.eager_vs_cpu:.5f}", f"{r.scheduled_vs_eager:.5f}",
+        )
+    Console(width=200).print(table)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def pad_to_grid(image: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(model: GLSNet, image: torch.Tensor | np.ndarray, batch_size: int = 6) -> torch.Tensor:
-    """Normalised image [C, H, W] -> blended logits [K, H, W] (float32, on the CPU)."""
+    """Normalised image [C, H, W] -> blended logits [K, H, W] (float32, on the CPU; computed where the image is)."""
     model.eval()
     image = torch.as_tensor(image, dtype=torch.float32)
     c = model.config
@@ -32,22 +32,23 @@ def predict_logits(model: GLSNet, image: torch.Tensor | np.ndarray, batch_size: 
     grid = make_grid(height, width, c.patch_size, c.min_overlap)
     padded = pad_to_grid(image, c.patch_size)
     global_features = model.global_branch(padded[None])
-    weights = torch.from_numpy(np.array(patch_weights(c.patch_size)))
-    total = torch.zeros(c.num_classes, grid.padded_height, grid.padded_width)
-    weight_sum = torch.zeros(grid.padded_height, grid.padded_width)
+    where = padded.device
+    weights = torch.from_numpy(np.array(patch_weights(c.patch_size))).to(where)
+    total = torch.zeros(c.num_classes, grid.padded_height, grid.padded_width, device=where)
+    weight_sum = torch.zeros(grid.padded_height, grid.padded_width, device=where)
     origins = grid.origins()
     p = c.patch_size
     for start in range(0, len(origins), batch_size):
         batch = origins[start : start + batch_size]
         patches = torch.stack([padded[:, y : y + p, x : x + p] for y, x in batch])
-        boxes = torch.from_numpy(grid.boxes(list(range(start, start + len(batch)))))
+        boxes = torch.from_numpy(grid.boxes(list(range(start, start + len(batch))))).to(where)
         local_features, local_skip = model.local_branch(patches)
         logits = model.fusion(local_features, local_skip, global_features, boxes)
         logits = F.interpolate(logits, size=(p, p), mode="bilinear", align_corners=False)
         for (y, x), patch_logits in zip(batch, logits):
             total[:, y : y + p, x : x + p] += patch_logits * weights
             weight_sum[y : y + p, x : x + p] += weights
-    return (total / weight_sum)[:, :height, :width]
+    return (total / weight_sum)[:, :height, :width].cpu()
 
 
 def predict_mask(model: GLSNet, image: torch.Tensor | np.ndarray, batch_size: int = 6) -> np.ndarray:

@@ -213,3 +213,18 @@ def test_threads_share_one_pipeline_safely(built):
     rows.close()
     pipeline.close()
     assert device.allocated_bytes == 0
+
+
+def test_cuda_graphs_through_the_whole_schedule_on_images_of_two_sizes(built):
+    """Defect 1 end to end: graphs on, images of two sizes in turn; the strict fake refuses any replay of a changed context."""
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin", priority=("local",))
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=2, max_batch=8), trt=trt, device=device)
+    images = [pixels(230, 310, seed=7), pixels(140, 150, seed=8)]
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", cuda_graphs=True), device=device, trt=trt) as pipeline:
+        for image in images + images:
+            mask = pipeline.segment(image)
+            np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 2))
+    assert [c.op for c in device.calls].count("launch_graph") > 0
+    assert device.live_graphs == 0 and device.allocated_bytes == 0

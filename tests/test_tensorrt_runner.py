@@ -163,21 +163,34 @@ def graph_calls(device: RecordingDevice) -> list[str]:
 
 
 def test_a_graph_is_never_replayed_after_its_context_was_reshaped(setup):
-    """Defect 1: batches 2, 2, 1 (the smaller last batch), 2, 2: the context changed in between, so the old graph is dead."""
+    """Defect 1: batches 2, 2, 2, 1 (the smaller last batch), 2, 2, 2: each state keeps its own, never changed, context."""
     _, net, device, trt, plans = setup
     stream = device.create_stream("local")
     with TensorRTBackend(plans["local"], device, role="local", cuda_graphs=True, trt=trt) as local:
         run = LocalRun(device, local, net, stream)
         for batch in (2, 2, 2, 1, 2, 2, 2):
-            run(batch)  # the strict fake raises FakeTensorRTError on a replay after the context changed
-        assert device.live_graphs == 1  # the graph of the current state; the stale one was destroyed
+            run(batch)  # the strict fake raises FakeTensorRTError on a replay after a context changed
+        assert device.live_graphs == 1 and len(local._slots) == 2  # batch 2 captured; batch 1 ran once, uncaptured
     assert device.live_graphs == 0
     assert graph_calls(device) == [
         "begin_capture", "end_capture", "launch_graph", "launch_graph",  # 2, 2, 2: run, capture, replay
-        "destroy_graph",  # 1: the context is re-shaped, its graph dropped, the batch runs uncaptured
-        "begin_capture", "end_capture", "launch_graph", "launch_graph",  # 2, 2, 2: run, capture again, replay
+        "launch_graph", "launch_graph", "launch_graph",  # (1 ran on its own context) 2, 2, 2: the graph is still valid
         "destroy_graph",  # deactivate
     ]
+    contexts = [c for c in trt.calls if c[0] == "create_execution_context"]
+    assert len(contexts) == 3  # the main context and one per state
+
+
+def test_a_ring_of_buffers_replays_one_graph_per_slot(setup):
+    """The schedule alternates ring slots: each slot's state has its own context and graph, and both replay."""
+    _, net, device, trt, plans = setup
+    stream = device.create_stream("local")
+    with TensorRTBackend(plans["local"], device, role="local", cuda_graphs=True, trt=trt) as local:
+        ring = [LocalRun(device, local, net, stream), LocalRun(device, local, net, stream)]
+        for k in range(8):
+            ring[k % 2](2)
+        assert device.live_graphs == 2
+    assert graph_calls(device).count("launch_graph") == 6 and graph_calls(device).count("begin_capture") == 2
 
 
 def test_the_fake_refuses_a_replay_after_the_context_changed(setup):
@@ -187,11 +200,11 @@ def test_the_fake_refuses_a_replay_after_the_context_changed(setup):
     with TensorRTBackend(plans["local"], device, role="local", cuda_graphs=True, trt=trt) as local:
         run = LocalRun(device, local, net, stream)
         run(2), run(2)
-        graph = local._graph
-        local.context.set_input_shape("patches", (1, 3, 64, 64))
-        local.context.set_input_shape("patches", (2, 3, 64, 64))
+        (slot,) = local._slots.values()
+        slot.context.set_input_shape("patches", (1, 3, 64, 64))
+        slot.context.set_input_shape("patches", (2, 3, 64, 64))
         with pytest.raises(FakeTensorRTError, match="replay of a CUDA graph captured from a context that has changed"):
-            device.launch_graph(graph, stream)
+            device.launch_graph(slot.graph, stream)
 
 
 @pytest.mark.parametrize("failure", ["invalidate", "report"])

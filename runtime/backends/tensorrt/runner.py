@@ -22,11 +22,12 @@ engine's profile maximum is used, never 0.
 CUDA graphs (``cuda_graphs=True``, where the Device supports them). NVIDIA documents that a graph
 captured from an execution context may only be replayed while that context is still in the state
 it was captured in: changing an input shape, a tensor address or the scratch memory makes the
-replay undefined. So a backend keeps at most one graph, for the state its context is in now: a
-call in a new state reconfigures the context and drops the graph; the first call in a state runs
-uncaptured (TensorRT finishes its lazy set-up), the second is captured and launched, later ones
-replay it. Fixed-shape local and fusion batches replay; the smaller last batch and a new image
-size simply run uncaptured. A capture that fails is ended as trtexec ends it (synchronise before
+replay undefined. So with graphs on, each state (shapes and addresses of every tensor, scratch
+memory, stream) gets its own execution context, configured once and never changed (they share the
+scratch memory: one stream), up to MAX_GRAPH_CONTEXTS; the first call in a state runs uncaptured
+(TensorRT finishes its lazy set-up), the second is captured and launched, later ones replay it.
+The schedule's ring slots and its full batches replay; states beyond the limit run uncaptured on
+the main context, which is reconfigured whenever its state changes. A capture that fails is ended as trtexec ends it (synchronise before
 capturing; end it tolerating the invalidated status, destroy any partial graph, clear the CUDA
 error), warned about once, and that backend goes on without graphs.
 """
@@ -48,6 +49,16 @@ from runtime.errors import BundleError, GlsnetError, InputError
 log = logging.getLogger(__name__)
 
 ALIGNMENT = 256
+MAX_GRAPH_CONTEXTS = 4  # states with their own context and graph (ring slots x batch sizes); others run uncaptured
+
+
+class _Slot:
+    """An execution context kept in one state (shapes, addresses, scratch) for the CUDA graph captured from it."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.graph: Any = None
+        self.runs = 0
 
 
 class ContextMemory:
@@ -136,16 +147,15 @@ class TensorRTBackend(Backend):
         self.memory = self._shared_memory or ContextMemory(self.device)
         self._owns_memory = self._shared_memory is None
         self._inputs, self._outputs = self._read_io()
-        self._graph: Any = None  # captured for the context's current state, or None
-        self._state: tuple | None = None  # what the context is configured with now
-        self._runs_in_state = 0
+        self._state: tuple | None = None  # what the main context is configured with now
+        self._slots: dict[tuple, _Slot] = {}  # CUDA graphs: one context per state, configured once, so its graph stays valid
         self._graphs_failed = False
         self._sync_stream: Stream | None = None
         self._staging: dict[tuple, Any] = {}
 
     def _deactivate_impl(self) -> None:
         assert self.device is not None
-        self._drop_graph()
+        self._drop_graphs()
         if self._sync_stream is not None:
             self.device.synchronize(self._sync_stream)
         for memory in self._staging.values():
@@ -198,12 +208,13 @@ class TensorRTBackend(Backend):
         return dict(self._outputs)
 
     # -------------------------------------------------------------- asynchronous path
-    def output_shapes(self, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        """The output shapes TensorRT infers for these input shapes (sets them on the context)."""
+    def output_shapes(self, input_shapes: Mapping[str, tuple[int, ...]], context: Any = None) -> dict[str, tuple[int, ...]]:
+        """The output shapes TensorRT infers for these input shapes (sets them on ``context``, the main one by default)."""
         self._require_active()
+        context = context if context is not None else self.context
         for name, shape in input_shapes.items():
-            self._set_input_shape(name, tuple(shape))
-        return {name: tuple(int(d) for d in self.context.get_tensor_shape(name)) for name in self._outputs}
+            self._set_input_shape(name, tuple(shape), context)
+        return {name: tuple(int(d) for d in context.get_tensor_shape(name)) for name in self._outputs}
 
     def enqueue(self, inputs: Mapping[str, DeviceTensor], outputs: Mapping[str, DeviceTensor], stream: Stream) -> None:
         """Queue one inference on ``stream``: device tensors in and out; returns before the GPU is done."""
@@ -212,25 +223,32 @@ class TensorRTBackend(Backend):
         self._check_names(inputs, self._inputs, "inputs")
         self._check_names(outputs, self._outputs, "outputs")
         handle = self.device.stream_handle(stream)
-        if self._state_of(inputs, outputs, handle) != self._state:
-            self._drop_graph()  # the context is about to change: a graph captured from it is undefined now
-            self._state = None
-            self._configure(inputs, outputs, stream)
-            self._state = self._state_of(inputs, outputs, handle)
-            self._runs_in_state = 0
-        if not (self.cuda_graphs and self.device.supports_graphs and not self._graphs_failed):
-            self._execute(handle)
+        state = self._state_of(inputs, outputs, handle)
+        graphs = self.cuda_graphs and self.device.supports_graphs and not self._graphs_failed
+        slot = self._slots.get(state) if graphs else None
+        if slot is None and graphs and len(self._slots) < MAX_GRAPH_CONTEXTS:
+            slot = _Slot(self.api.create_context(self.engine, user_managed_memory=True))
+            self._configure(slot.context, inputs, outputs, stream)
+            self._forget_stale_slots()  # growing the scratch memory invalidates the others
+            self._slots[self._state_of(inputs, outputs, handle)] = slot
+        if slot is None:  # no graphs (or no room for another context): the main context, reconfigured on change
+            if state != self._state:
+                self._state = None
+                self._configure(self.context, inputs, outputs, stream)
+                self._forget_stale_slots()
+                self._state = self._state_of(inputs, outputs, handle)
+            self._execute(handle, self.context)
             return
-        if self._graph is None and self._runs_in_state == 0:
-            self._runs_in_state = 1
-            self._execute(handle)  # a first, uncaptured run lets TensorRT finish its lazy set-up
+        if slot.graph is None and slot.runs == 0:
+            slot.runs = 1
+            self._execute(handle, slot.context)  # a first, uncaptured run lets TensorRT finish its lazy set-up
             return
-        if self._graph is None:
-            self._graph = self._capture(handle, stream)
-            if self._graph is None:
-                self._execute(handle)  # the capture failed: this call still has to run
+        if slot.graph is None:
+            slot.graph = self._capture(handle, stream, slot.context)
+            if slot.graph is None:
+                self._execute(handle, slot.context)  # the capture failed: this call still has to run
                 return
-        self.device.launch_graph(self._graph, stream)
+        self.device.launch_graph(slot.graph, stream)
 
     def _state_of(self, inputs: Mapping[str, DeviceTensor], outputs: Mapping[str, DeviceTensor], handle: int) -> tuple:
         """Everything a captured graph depends on: shapes and addresses of every tensor, scratch memory, stream."""
@@ -241,29 +259,34 @@ class TensorRTBackend(Backend):
             handle,
         )
 
-    def _configure(self, inputs: Mapping[str, DeviceTensor], outputs: Mapping[str, DeviceTensor], stream: Stream) -> None:
-        """Set shapes, scratch memory and addresses on the context, checking the output buffers' shapes."""
+    def _configure(self, context: Any, inputs: Mapping[str, DeviceTensor], outputs: Mapping[str, DeviceTensor], stream: Stream) -> None:
+        """Set shapes, scratch memory and addresses on ``context``, checking the output buffers' shapes."""
         assert self.api is not None
-        inferred = self.output_shapes({name: tensor.shape for name, tensor in inputs.items()})
+        inferred = self.output_shapes({name: tensor.shape for name, tensor in inputs.items()}, context)
         for name, tensor in outputs.items():
             if inferred[name] != tuple(tensor.shape):
                 raise GlsnetError(
                     f"{self.name}: output {name!r} will have shape {inferred[name]} but its buffer is shaped {tensor.shape}"
                 )
-        scratch = self.memory.ensure(self.api.context_device_memory(self.context, self.engine), stream)
-        self.api.set_context_memory(self.context, scratch.ptr, scratch.nbytes)
+        scratch = self.memory.ensure(self.api.context_device_memory(context, self.engine), stream)
+        self.api.set_context_memory(context, scratch.ptr, scratch.nbytes)
         for name, tensor in (*inputs.items(), *outputs.items()):
-            if not self.context.set_tensor_address(name, tensor.ptr):
+            if not context.set_tensor_address(name, tensor.ptr):
                 raise GlsnetError(f"{self.name}: TensorRT refused the address of tensor {name!r}")
 
-    def _capture(self, handle: int, stream: Stream) -> Any:
+    def _forget_stale_slots(self) -> None:
+        """Drop the graph contexts configured with scratch memory that has since been replaced."""
+        for state in [k for k in self._slots if k[2] != self.memory.state]:
+            self._drop_slot(self._slots.pop(state))
+
+    def _capture(self, handle: int, stream: Stream, context: Any) -> Any:
         """Capture one enqueue as a CUDA graph, or None (warned once; graphs off for this backend) when that fails."""
         assert self.device is not None
         device = self.device
         device.synchronize(stream)  # as trtexec does: nothing of ours is in flight when the capture begins
         device.begin_capture(stream)
         try:
-            ok = bool(self.context.execute_async_v3(handle))
+            ok = bool(context.execute_async_v3(handle))
         except BaseException:
             device.abort_capture(stream)
             raise
@@ -283,20 +306,25 @@ class TensorRTBackend(Backend):
             log.warning("%s: CUDA graph capture failed, running without CUDA graphs: %s", self.name, failure)
         return graph
 
-    def _drop_graph(self) -> None:
-        if self._graph is not None:
+    def _drop_slot(self, slot: "_Slot") -> None:
+        if slot.graph is not None:
             assert self.device is not None
-            self.device.destroy_graph(self._graph)  # an in-flight launch still completes (cudaGraphExecDestroy)
-            self._graph = None
+            self.device.destroy_graph(slot.graph)  # an in-flight launch still completes (cudaGraphExecDestroy)
+            slot.graph = None
 
-    def _execute(self, handle: int) -> None:
-        if not self.context.execute_async_v3(handle):
+    def _drop_graphs(self) -> None:
+        for slot in self._slots.values():
+            self._drop_slot(slot)
+        self._slots.clear()
+
+    def _execute(self, handle: int, context: Any = None) -> None:
+        if not (context if context is not None else self.context).execute_async_v3(handle):
             raise GlsnetError(f"{self.name}: TensorRT execute_async_v3 failed; TensorRT's log above says why")
 
-    def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+    def _set_input_shape(self, name: str, shape: tuple[int, ...], context: Any) -> None:
         if name not in self._inputs:
             raise InputError(f"{self.name}: no input named {name!r}; inputs are {sorted(self._inputs)}")
-        if not self.context.set_input_shape(name, shape):
+        if not context.set_input_shape(name, shape):
             low, _, high = self.engine.get_tensor_profile_shape(name, 0)
             raise InputError(
                 f"{self.name}: input {name!r} of shape {shape} is outside the engine's optimization profile "
