@@ -29,9 +29,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/glsnet bench --out $(DEMO_OUT)/bench
 
+# The highest level this machine allows: TensorRT engines, else the CUDA-only level (PyTorch engines
+# on the stream scheduler); exit 2 with the reason when neither can run. GPU_EXTRA: tensorrt
+# (CUDA 12 driver), tensorrt-cu13 (CUDA 13 driver), jetson or cuda; an extra that cannot be
+# installed here (no index, no wheel) is skipped and the check says what is missing.
+GPU_EXTRA ?= tensorrt
 gpu-check: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[tensorrt]'
-	$(BIN)/python -m export.gpu_check --out $(DEMO_OUT)/gpu-check
+	$(BIN)/python -m pip install -q -e '.[$(GPU_EXTRA)]' || echo "gpu-check: could not install the $(GPU_EXTRA) extra; checking with what is installed"
+	$(BIN)/python -m export.gpu_check --level auto --out $(DEMO_OUT)/gpu-check
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
