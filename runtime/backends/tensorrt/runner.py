@@ -212,6 +212,8 @@ class TensorRTBackend(Backend):
         """The output shapes TensorRT infers for these input shapes (sets them on ``context``, the main one by default)."""
         self._require_active()
         context = context if context is not None else self.context
+        if context is self.context:
+            self._state = None  # the main context's shapes may change now: the next enqueue reconfigures it
         for name, shape in input_shapes.items():
             self._set_input_shape(name, tuple(shape), context)
         return {name: tuple(int(d) for d in context.get_tensor_shape(name)) for name in self._outputs}
