@@ -131,8 +131,14 @@ def bench(
     tall_factors: str = typer.Option("2,4", help="Taller TIFFs to measure, as multiples of --size in height (e.g. 2,4)."),
     torch_reference: bool = typer.Option(True, "--torch/--no-torch", help="Also measure the PyTorch reference (needs torch)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph."),
+    batch: bool = typer.Option(False, "--batch", help="Instead: glsnet batch's scenes/min with 1 and 2 Ray workers on the same 8 scenes, and per-worker peak RSS (needs the cluster extra)."),
 ) -> None:
     """Wall time, peak RSS and patches/s of the runtime vs the PyTorch reference, and runtime peak RSS vs image height."""
+    if batch:
+        from runtime.batch_bench import BatchBenchOptions, run_batch_bench
+
+        run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
+        return
     from runtime.bench import BenchOptions, run_bench
 
     if preset not in ("default", "small"):

@@ -224,3 +224,16 @@ def test_address_of_a_cluster_that_is_not_there_fails_in_one_line(small_bundle, 
     assert lines == [lines[0]] and lines[0].startswith(f"error: --address {address}: no Ray cluster answers at"), done.stderr
     assert "ray start --head" in lines[0]
     assert seconds < 60
+
+
+def test_batch_bench_prints_scenes_per_minute_and_peak_rss_per_worker(local_ray, small_bundle, tmp_path):
+    from runtime.batch_bench import BatchBenchOptions, run_batch_bench
+
+    report = run_batch_bench(BatchBenchOptions(out=tmp_path / "bench", bundle=small_bundle, scenes=3, size=200, workers=(1, 2)))
+
+    assert [run["workers"] for run in report["runs"]] == [1, 2]
+    for run in report["runs"]:
+        assert run["scenes"] == 3 and run["scenes_per_minute"] > 0 and run["processing_seconds"] > 0
+        assert set(run["peak_rss_bytes"]) <= {"worker-1", "worker-2"} and all(v > 10_000_000 for v in run["peak_rss_bytes"].values())
+    assert len(report["runs"][0]["peak_rss_bytes"]) == 1
+    assert (tmp_path / "bench" / "batch-bench.json").is_file()
