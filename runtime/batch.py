@@ -12,6 +12,7 @@ worker (at most ``retries`` times), while Ray restarts the dead worker. Each res
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ def run_batch(options: BatchOptions, console=None, show_progress: bool = True) -
     Segmenter(options.bundle, options=options.segmenter)  # bundle, checksums, precision and bands checked here, once
     provenance = batch_provenance(options.bundle.resolve(), options.segmenter, outputs)
     paths = {scene: outputs.paths_for(scene, out) for scene in scenes}
-    todo = [scene for scene in scenes if not is_done(paths[scene], provenance)]
+    done = {scene for scene in scenes if is_done(paths[scene], provenance)}
+    todo = [scene for scene in scenes if scene not in done]
     summary = BatchSummary()
     report_path = out / REPORT_NAME
     start = time.perf_counter()
@@ -103,7 +105,7 @@ def run_batch(options: BatchOptions, console=None, show_progress: bool = True) -
             report.write(result)
 
         for scene in scenes:
-            if scene not in todo:
+            if scene in done:
                 record(SceneResult(str(scene), [str(p) for p in paths[scene].written()], SKIPPED, attempts=0))
         if not todo:
             console.print(
@@ -281,16 +283,16 @@ def _ray_errors(ray) -> _RayErrors:
 
 
 def _died_in_constructor(exc: BaseException) -> bool:
-    return "creation task" in str(exc)
+    return bool(getattr(exc, "_actor_init_failed", False)) or "creation task" in str(exc)
 
 
 def _creation_error(exc: BaseException) -> str:
-    """The worker constructor's own error message, out of Ray's wrapping."""
+    """The worker constructor's own error out of Ray's wrapping: its last line, without the class of a GlsnetError."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error: " in line:
-            return line.split("Error: ", 1)[1] if line.startswith(("runtime.", "builtins.")) or "." in line.split("Error: ", 1)[0] else line
-    return lines[0] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    match = re.match(r"runtime\.errors\.\w+: (.*)", lines[-1])
+    return match.group(1) if match else lines[-1]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
             _node_ip_address="127.0.0.1",
         )
     else:
-        _probe(address, ray)
+        _probe(address)
         init = dict(address=address)
     try:
         ray.init(log_to_driver=False, logging_level="WARNING", **init)
@@ -52,7 +52,7 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
         ray.shutdown()
 
 
-def _probe(address: str, ray: ModuleType) -> None:
+def _probe(address: str) -> None:
     """Fail within CONNECT_TIMEOUT_S when nothing listens at the head's address."""
     if address == "auto":
         target = _auto_address()

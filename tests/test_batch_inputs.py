@@ -126,3 +126,15 @@ def test_glsnet_run_works_without_ray(small_bundle, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "scene_mask.png").is_file()
     assert CliRunner().invoke(app, ["batch", "--help"]).exit_code == 0
+
+
+def test_a_worker_constructor_error_is_shown_as_its_own_message():
+    from runtime.batch import _creation_error
+
+    wrapped = (
+        "The actor died because of an error raised in its creation task, ray::SceneWorker.__init__() (pid=1, ip=10.0.0.2)\n"
+        '  File "runtime/batch_worker.py", line 50, in __init__\n'
+        "runtime.errors.BundleError: /data/bundle: no manifest.json; this is not a GLSNet bundle\n"
+    )
+    assert _creation_error(RuntimeError(wrapped)) == "/data/bundle: no manifest.json; this is not a GLSNet bundle"
+    assert _creation_error(RuntimeError("x\nOSError: disk gone")) == "OSError: disk gone"
