@@ -44,8 +44,13 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
     try:
         ray.init(log_to_driver=False, logging_level="WARNING", **init)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = "a local Ray instance" if address is None else f"the Ray cluster at --address {address}"
-        raise ClusterError(f"could not connect to {where}: {_first_line(exc)}" + ("" if address is None else f"; {START_HINT}")) from exc
+        if address is None:
+            raise ClusterError(f"could not start a local Ray instance: {_first_line(exc)}") from exc
+        raise ClusterError(
+            f"--address {address}: something answers there but Ray could not join it ({_first_line(exc)}); check that it is "
+            f"a Ray head of the same Ray version and, where the cluster uses token authentication, that this node has its "
+            f"token ($RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        ) from exc
     try:
         yield ray
     finally:
