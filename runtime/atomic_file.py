@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,10 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide, so never toggle it while threads write
 
 
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
@@ -28,7 +33,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + (target.suffix if suffix is None else suffix)
+        dir=target.parent, prefix=_temporary_prefix(target), suffix=".tmp" + (target.suffix if suffix is None else suffix)
     )
     os.close(fd)
     tmp_path = Path(tmp)
@@ -49,3 +54,18 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that a killed writer of ``target`` left beside it; returns them.
+
+    A process killed outright (SIGKILL, OOM killer, lost node) never runs atomic_path's cleanup. Call
+    this only when no live process is writing ``target`` (glsnet batch does, after a worker died).
+    """
+    target = Path(target)
+    removed = []
+    for stale in target.parent.glob(glob.escape(_temporary_prefix(target)) + "*.tmp*"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed.append(stale)
+    return removed

@@ -1,4 +1,4 @@
-"""``glsnet``: segment images with a bundle (run), describe a bundle (info), measure the runtime (bench).
+"""``glsnet``: segment images with a bundle (run, or batch on Ray), describe a bundle (info), measure the runtime (bench).
 
 Thin typer commands: flags become SegmenterOptions/OutputOptions and public functions do the work.
 """
@@ -10,7 +10,9 @@ from typing import List, Optional
 
 import typer
 
+from runtime import cli_options as opt
 from runtime.cli_errors import run_app
+from runtime.cli_options import parse_bands  # noqa: F401  (importable from here, as before)
 from runtime.errors import InputError
 
 app = typer.Typer(
@@ -21,75 +23,38 @@ app = typer.Typer(
 )
 
 
-def parse_bands(text: str | None) -> tuple[int, ...] | None:
-    """'0,1,2' -> (0, 1, 2)."""
-    if text is None or not text.strip():
-        return None
-    try:
-        bands = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise InputError(f"--bands {text!r}: expected comma-separated band indices such as 0,1,2") from None
-    if any(b < 0 for b in bands):
-        raise InputError(f"--bands {text!r}: band indices start at 0")
-    return bands
-
-
-def engine_and_provider(engine: str, provider: str | None, device: str | None) -> tuple[str, str | None]:
-    """--engine/--provider, or the deprecated --device mapped onto them with a message."""
-    from runtime.pipeline import deprecation_message, legacy_device
-
-    if device is None:
-        return engine, provider
-    if engine != "onnxruntime" or provider is not None:
-        raise InputError(f"--device {device} cannot be combined with --engine/--provider; use --engine/--provider only")
-    typer.echo(f"warning: {deprecation_message(device)}", err=True)
-    return legacy_device(device)
-
-
 @app.command()
 def run(
     images: List[Path] = typer.Argument(..., help="Input images: PNG, JPEG or (Geo)TIFF (tiled TIFFs are read window by window)."),
-    bundle: Path = typer.Option(..., "--bundle", "-b", help="Bundle directory written by glsnet-export."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder (created if missing)."),
-    precision: str = typer.Option("fp32", help="Graph set to run: fp32, fp16 or int8."),
-    engine: str = typer.Option("onnxruntime", "--engine", help="What runs the graphs: onnxruntime, or tensorrt (the bundle's TensorRT engines on CUDA streams)."),
-    provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime execution provider: cpu (default), cuda or tensorrt."),
-    device: Optional[str] = typer.Option(None, "--device", hidden=True, help="Deprecated: cpu|cuda|tensorrt (= --provider) or tensorrt-engine (= --engine tensorrt)."),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="--engine tensorrt: replay fixed-shape local/fusion batches as CUDA graphs."),
-    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="--engine tensorrt: use the bundle's DLA engines built for this core (Jetson)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per batch (default: chosen by the memory plan)."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB; picks batch size and global banding."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core)."),
-    bands: Optional[str] = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's)."),
-    fmt: str = typer.Option("png", "--format", help="Mask format: png, or tif (written strip by strip, GeoTIFF tags kept)."),
-    color: bool = typer.Option(True, "--color/--no-color", help="Also write a colour mask with the bundle's palette."),
-    overlay: bool = typer.Option(False, "--overlay", help="Also write the colour mask blended over the input."),
-    stats: bool = typer.Option(False, "--stats", help="Also write per-class pixel statistics as JSON."),
-    max_pixels: int = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels."),
+    bundle: Path = opt.BUNDLE,
+    output: Path = opt.OUTPUT,
+    precision: str = opt.PRECISION,
+    engine: str = opt.ENGINE,
+    provider: Optional[str] = opt.PROVIDER,
+    device: Optional[str] = opt.DEVICE,
+    cuda_graphs: bool = opt.CUDA_GRAPHS,
+    dla_core: Optional[int] = opt.DLA_CORE,
+    batch_size: Optional[int] = opt.BATCH_SIZE,
+    max_memory: Optional[str] = opt.MAX_MEMORY,
+    threads: Optional[int] = opt.THREADS,
+    bands: Optional[str] = opt.BANDS,
+    fmt: str = opt.FORMAT,
+    color: bool = opt.COLOR,
+    overlay: bool = opt.OVERLAY,
+    stats: bool = opt.STATS,
+    max_pixels: int = opt.MAX_PIXELS,
 ) -> None:
     """Segment IMAGES and write <stem>_mask (+ _color, _overlay, _stats.json) into the output folder."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from runtime.image_writers import OutputOptions
-    from runtime.memory_budget import parse_memory_size
-    from runtime.segmenter import Segmenter, SegmenterOptions
+    from runtime.segmenter import Segmenter
 
-    selected = parse_bands(bands)
-    engine, provider = engine_and_provider(engine, provider, device)
-    options = SegmenterOptions(
-        precision=precision,
-        engine=engine,
-        provider=provider,
-        cuda_graphs=cuda_graphs,
-        dla_core=dla_core,
-        batch_size=batch_size,
-        max_memory=parse_memory_size(max_memory),
-        threads=threads,
-        bands=selected,
-        max_pixels=max_pixels,
+    options = opt.segmenter_options(
+        precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
+        threads=threads, bands=bands, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
     )
-    outputs = OutputOptions(format=fmt, color=color, overlay=overlay, stats=stats, display_bands=selected)
+    outputs = opt.output_options(fmt, color, overlay, stats, bands)
     console = Console(stderr=True)
     segmenter = Segmenter(bundle, options=options)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("patches"), TimeElapsedColumn())
@@ -102,6 +67,62 @@ def run(
 
             paths = segmenter.segment_file(image, output, outputs, progress=advance)
             progress.console.print(f"{image} -> " + ", ".join(str(p) for p in paths.written()))
+
+
+@app.command()
+def batch(
+    inputs: List[str] = typer.Argument(..., help="Images, folders (their images), quoted globs such as 'scenes/**/*.tif', or .txt/.csv lists of paths."),
+    bundle: Path = opt.BUNDLE,
+    output: Path = opt.OUTPUT,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto (the one this node belongs to) or HOST:PORT. Default: start a local Ray instance for this run."),
+    workers: int = typer.Option(2, "--workers", "-w", help="Worker actors, each with its own Segmenter (opens the bundle once)."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="Ray CPUs reserved by each worker; also its ONNX Runtime threads unless --threads is given."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray GPUs reserved by each worker (with --device cuda, tensorrt or tensorrt-engine)."),
+    memory_per_worker: Optional[str] = typer.Option(None, "--memory-per-worker", help="Ray memory reserved by each worker, e.g. 3GB, so Ray places no more workers on a node than fit (default: --max-memory when given)."),
+    retries: int = typer.Option(2, "--retries", help="Times a scene is retried on another worker when its worker dies (killed, out of memory, node lost)."),
+    precision: str = opt.PRECISION,
+    engine: str = opt.ENGINE,
+    provider: Optional[str] = opt.PROVIDER,
+    device: Optional[str] = opt.DEVICE,
+    cuda_graphs: bool = opt.CUDA_GRAPHS,
+    dla_core: Optional[int] = opt.DLA_CORE,
+    batch_size: Optional[int] = opt.BATCH_SIZE,
+    max_memory: Optional[str] = opt.MAX_MEMORY,
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph in each worker (default: --cpus-per-worker, rounded)."),
+    bands: Optional[str] = opt.BANDS,
+    fmt: str = opt.FORMAT,
+    color: bool = opt.COLOR,
+    overlay: bool = opt.OVERLAY,
+    max_pixels: int = opt.MAX_PIXELS,
+) -> None:
+    """Segment many scenes on Ray, one Segmenter per worker; resumable, a failed scene never stops the batch.
+
+    Writes the same files as `glsnet run` (always with _stats.json, which records the bundle and
+    options), plus OUTPUT/batch-report.jsonl. A re-run skips the scenes already done with the same
+    bundle and options. Exit status 1 when any scene failed.
+    """
+    from runtime.batch import BatchOptions, run_batch
+    from runtime.memory_budget import parse_memory_size
+
+    options = BatchOptions(
+        inputs=tuple(inputs),
+        bundle=bundle,
+        output=output,
+        segmenter=opt.segmenter_options(
+        precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
+        threads=threads, bands=bands, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
+    ),
+        outputs=opt.output_options(fmt, color, overlay, True, bands),
+        address=address,
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        memory_per_worker=parse_memory_size(memory_per_worker),
+        retries=retries,
+    )
+    summary = run_batch(options)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -124,8 +145,14 @@ def bench(
     tall_factors: str = typer.Option("2,4", help="Taller TIFFs to measure, as multiples of --size in height (e.g. 2,4)."),
     torch_reference: bool = typer.Option(True, "--torch/--no-torch", help="Also measure the PyTorch reference (needs torch)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph."),
+    batch: bool = typer.Option(False, "--batch", help="Instead: glsnet batch's scenes/min with 1 and 2 Ray workers on the same 8 scenes, and per-worker peak RSS (needs the cluster extra)."),
 ) -> None:
     """Wall time, peak RSS and patches/s of the runtime vs the PyTorch reference, and runtime peak RSS vs image height."""
+    if batch:
+        from runtime.batch_bench import BatchBenchOptions, run_batch_bench
+
+        run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
+        return
     from runtime.bench import BenchOptions, run_bench
 
     if preset not in ("default", "small"):

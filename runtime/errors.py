@@ -25,3 +25,7 @@ class MissingDependencyError(GlsnetError, ImportError):
 
 class AccuracyGateError(GlsnetError):
     """A converted graph set fell below its accuracy thresholds."""
+
+
+class ClusterError(GlsnetError):
+    """A Ray cluster cannot be reached, or cannot start the workers a batch asked for."""

@@ -17,7 +17,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -217,8 +217,12 @@ def write_outputs(
     paths: OutputPaths,
     options: OutputOptions,
     manifest: Manifest,
+    provenance: Mapping[str, Any] | None = None,
 ) -> OutputPaths:
     """Consume finished mask rows and write every requested output.
+
+    ``provenance`` (what produced the mask: glsnet batch records the bundle and options there) goes
+    into the stats JSON under "provenance".
 
     Each file is written under a temporary name and renamed when all rows are in, so an error midway
     leaves no output at all; the renames themselves happen one file after another. ``rows`` is closed
@@ -262,7 +266,10 @@ def write_outputs(
         for sink in sinks.values():
             sink.close()
         if "stats" in temporary:
-            temporary["stats"].write_text(json.dumps(class_statistics(source.name, counts, manifest, height, width), indent=2) + "\n")
+            statistics = class_statistics(source.name, counts, manifest, height, width)
+            if provenance is not None:
+                statistics["provenance"] = dict(provenance)
+            temporary["stats"].write_text(json.dumps(statistics, indent=2) + "\n")
     return paths
 
 

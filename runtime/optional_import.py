@@ -20,6 +20,7 @@ EXTRAS: dict[str, str] = {
     "cuda": "tensorrt",
     "cuda.bindings": "tensorrt",
     "pycuda": "tensorrt (or the pycuda that JetPack ships)",
+    "ray": "cluster",
 }
 
 

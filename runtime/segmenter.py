@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -165,18 +165,20 @@ class Segmenter:
         outputs: OutputOptions | None = None,
         progress: Callable[[int, int], None] | None = None,
         paths: OutputPaths | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> OutputPaths:
         """Segment an image file and write its outputs (mask, colour mask, overlay, stats) atomically.
 
         With ``output_dir`` the files are named after the input (``<stem>_mask.png`` ...); or give
-        every path explicitly in ``paths``. On any error no output file is left behind.
+        every path explicitly in ``paths``. On any error no output file is left behind. ``provenance``
+        is recorded in the stats JSON (see write_outputs).
         """
         outputs = outputs or OutputOptions()
         source = open_image(input_path, self.options.max_pixels)
         try:
             if paths is None:
                 paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
-            return write_outputs(source, self.iter_rows(source, progress), paths, outputs, self.manifest)
+            return write_outputs(source, self.iter_rows(source, progress), paths, outputs, self.manifest, provenance)
         finally:
             source.close()
 

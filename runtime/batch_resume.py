@@ -1,0 +1,51 @@
+"""Resume: which scenes a batch has already done with this bundle and these options.
+
+Every scene of a batch writes its stats JSON with a "provenance" entry: the sha256 of the bundle's
+manifest (which holds the sha256 of every graph, so it names the bundle exactly) and the options
+that shape the outputs. A scene is done when all its outputs exist and its stats name the same
+bundle and options. Left out: ONNX Runtime's thread count (speed, not the mask) and the pixel limit
+(which inputs are accepted, not what is written for them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from runtime.image_writers import OutputOptions, OutputPaths
+from runtime.manifest import MANIFEST_NAME, sha256_file
+from runtime.segmenter import SegmenterOptions
+
+EXECUTION_ONLY = ("threads", "max_pixels")  # SegmenterOptions fields that do not change the outputs
+
+
+def batch_provenance(bundle: Path, options: SegmenterOptions, outputs: OutputOptions) -> dict[str, Any]:
+    """What the stats JSON of each scene records, and what a re-run compares."""
+    segmenter = {k: v for k, v in dataclasses.asdict(options).items() if k not in EXECUTION_ONLY}
+    return {
+        "producer": "glsnet batch",
+        "bundle": str(bundle),
+        "bundle_manifest_sha256": sha256_file(Path(bundle) / MANIFEST_NAME),
+        "options": _as_json({"segmenter": segmenter, "outputs": dataclasses.asdict(outputs)}),
+    }
+
+
+def is_done(paths: OutputPaths, provenance: dict[str, Any]) -> bool:
+    """True when every output exists and the stats JSON names the same bundle and options."""
+    if paths.stats is None or not all(path.is_file() for path in paths.written()):
+        return False
+    try:
+        recorded = json.loads(paths.stats.read_text(encoding="utf-8")).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (
+        recorded.get("bundle_manifest_sha256") == provenance["bundle_manifest_sha256"]
+        and recorded.get("options") == provenance["options"]
+    )
+
+
+def _as_json(value: Any) -> Any:
+    """Tuples as lists, as they come back from a JSON file, so recorded and current options compare equal."""
+    return json.loads(json.dumps(value))

@@ -1,0 +1,94 @@
+"""The options `glsnet run` and `glsnet batch` share: defined once, parsed once into SegmenterOptions/OutputOptions.
+
+Each constant is a typer option used as the default of a command parameter, so both commands show
+the same flag, default and help; ``segmenter_options`` and ``output_options`` turn the parsed
+values into the dataclasses the runtime takes.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from runtime.errors import InputError
+
+BUNDLE = typer.Option(..., "--bundle", "-b", help="Bundle directory written by glsnet-export.")
+OUTPUT = typer.Option(..., "--output", "-o", help="Output folder (created if missing).")
+PRECISION = typer.Option("fp32", help="Graph set to run: fp32, fp16 or int8.")
+ENGINE = typer.Option("onnxruntime", "--engine", help="What runs the graphs: onnxruntime, or tensorrt (the bundle's TensorRT engines on CUDA streams).")
+PROVIDER = typer.Option(None, "--provider", help="ONNX Runtime execution provider: cpu (default), cuda or tensorrt.")
+DEVICE = typer.Option(None, "--device", hidden=True, help="Deprecated: cpu|cuda|tensorrt (= --provider) or tensorrt-engine (= --engine tensorrt).")
+CUDA_GRAPHS = typer.Option(False, "--cuda-graphs", help="--engine tensorrt: replay fixed-shape local/fusion batches as CUDA graphs.")
+DLA_CORE = typer.Option(None, "--dla-core", help="--engine tensorrt: use the bundle's DLA engines built for this core (Jetson).")
+BATCH_SIZE = typer.Option(None, "--batch-size", help="Patches per batch (default: chosen by the memory plan).")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB; picks batch size and global banding.")
+THREADS = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core).")
+BANDS = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's).")
+FORMAT = typer.Option("png", "--format", help="Mask format: png, or tif (written strip by strip, GeoTIFF tags kept).")
+COLOR = typer.Option(True, "--color/--no-color", help="Also write a colour mask with the bundle's palette.")
+OVERLAY = typer.Option(False, "--overlay", help="Also write the colour mask blended over the input.")
+STATS = typer.Option(False, "--stats", help="Also write per-class pixel statistics as JSON.")
+MAX_PIXELS = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels.")
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """'0,1,2' -> (0, 1, 2)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(f"--bands {text!r}: expected comma-separated band indices such as 0,1,2") from None
+    if any(b < 0 for b in bands):
+        raise InputError(f"--bands {text!r}: band indices start at 0")
+    return bands
+
+
+def engine_and_provider(engine: str, provider: str | None, device: str | None) -> tuple[str, str | None]:
+    """--engine/--provider, or the deprecated --device mapped onto them with a message."""
+    from runtime.pipeline import deprecation_message, legacy_device
+
+    if device is None:
+        return engine, provider
+    if engine != "onnxruntime" or provider is not None:
+        raise InputError(f"--device {device} cannot be combined with --engine/--provider; use --engine/--provider only")
+    typer.echo(f"warning: {deprecation_message(device)}", err=True)
+    return legacy_device(device)
+
+
+def segmenter_options(
+    *,
+    precision: str,
+    engine: str,
+    provider: str | None,
+    device: str | None,
+    batch_size: int | None,
+    max_memory: str | None,
+    threads: int | None,
+    bands: str | None,
+    max_pixels: int,
+    cuda_graphs: bool = False,
+    dla_core: int | None = None,
+):
+    """The parsed flags as SegmenterOptions."""
+    from runtime.memory_budget import parse_memory_size
+    from runtime.segmenter import SegmenterOptions
+
+    engine, provider = engine_and_provider(engine, provider, device)
+    return SegmenterOptions(
+        precision=precision,
+        engine=engine,
+        provider=provider,
+        cuda_graphs=cuda_graphs,
+        dla_core=dla_core,
+        batch_size=batch_size,
+        max_memory=parse_memory_size(max_memory),
+        threads=threads,
+        bands=parse_bands(bands),
+        max_pixels=max_pixels,
+    )
+
+
+def output_options(fmt: str, color: bool, overlay: bool, stats: bool, bands: str | None):
+    """The parsed flags as OutputOptions (the overlay shows the bands fed to the model)."""
+    from runtime.image_writers import OutputOptions
+
+    return OutputOptions(format=fmt, color=color, overlay=overlay, stats=stats, display_bands=parse_bands(bands))

@@ -1,0 +1,140 @@
+"""glsnet batch without Ray: input expansion, resume decisions, stale temporaries, and the missing-Ray message."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from runtime.atomic_file import atomic_path, remove_stale_temporaries
+from runtime.batch_inputs import expand_inputs
+from runtime.batch_resume import batch_provenance, is_done
+from runtime.errors import InputError, MissingDependencyError
+from runtime.image_writers import OutputOptions
+from runtime.segmenter import SegmenterOptions
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_folders_globs_and_lists_expand_to_each_image_once(tmp_path, monkeypatch):
+    a = touch(tmp_path / "scenes" / "a.png")
+    b = touch(tmp_path / "scenes" / "b.tif")
+    touch(tmp_path / "scenes" / "notes.md")
+    c = touch(tmp_path / "more" / "deep" / "c.jpg")
+    out_mask = touch(tmp_path / "scenes" / "out" / "a_mask.png")
+    listed = tmp_path / "list.txt"
+    listed.write_text("# archive\n\nscenes/a.png\n" + str(c) + "\n")
+    table = tmp_path / "list.csv"
+    table.write_text("id,path\n1,scenes/b.tif\n2,more/deep/c.jpg\n")
+
+    monkeypatch.chdir(tmp_path)
+    found = expand_inputs(["scenes", "more/**/*.jpg", str(listed), str(table)], exclude=tmp_path / "scenes" / "out")
+
+    assert found == [a.resolve(), b.resolve(), c.resolve()]
+    assert out_mask.resolve() not in found
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.png", "no such file or folder"),
+        (lambda d: touch(d / "notes.md"), "not an image"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "holds no"),
+        (lambda d: d / "*.tif", "matches no"),
+    ],
+)
+def test_bad_inputs_are_named(tmp_path, make, message):
+    with pytest.raises(InputError, match=message):
+        expand_inputs([str(make(tmp_path))])
+
+
+def test_a_list_line_that_names_no_image_says_where(tmp_path):
+    listed = tmp_path / "list.txt"
+    listed.write_text("gone.png\n")
+    with pytest.raises(InputError, match=r"list.txt:1: gone.png: no such image file"):
+        expand_inputs([str(listed)])
+
+
+def test_two_scenes_with_one_stem_are_refused(tmp_path):
+    first, second = touch(tmp_path / "x" / "tile.png"), touch(tmp_path / "y" / "tile.tif")
+    with pytest.raises(InputError, match="would write the same outputs"):
+        expand_inputs([str(first), str(second)])
+
+
+def _stats(path: Path, provenance: dict) -> None:
+    path.write_text(json.dumps({"image": "x", "provenance": provenance}))
+
+
+def test_a_scene_is_done_only_with_all_outputs_and_the_same_bundle_and_options(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    outputs = OutputOptions(stats=True)
+    provenance = batch_provenance(bundle, SegmenterOptions(threads=1), outputs)
+    paths = outputs.paths_for(Path("scene.png"), tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    touch(paths.mask)
+    _stats(paths.stats, provenance)
+    assert not is_done(paths, provenance)  # the colour mask is missing
+    touch(paths.color)
+    assert is_done(paths, provenance)
+    assert is_done(paths, batch_provenance(bundle, SegmenterOptions(threads=8), outputs))  # threads change no output
+    assert not is_done(paths, batch_provenance(bundle, SegmenterOptions(precision="int8"), outputs))
+    assert not is_done(paths, batch_provenance(bundle, SegmenterOptions(), OutputOptions(stats=True, overlay=True)))
+    (bundle / "manifest.json").write_text('{"another": "bundle"}')
+    assert not is_done(paths, batch_provenance(bundle, SegmenterOptions(), outputs))
+    paths.stats.write_text("{not json")
+    assert not is_done(paths, provenance)
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    target = tmp_path / "scene_mask.png"
+    context = atomic_path(target)
+    temporary = context.__enter__()  # a writer killed here never runs its cleanup
+    temporary.write_bytes(b"half")
+    other = touch(tmp_path / "other_mask.png")
+    assert remove_stale_temporaries(target) == [temporary]
+    assert not temporary.exists() and other.exists() and not target.exists()
+
+
+def test_batch_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    from runtime.ray_cluster import ray_session
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as where it is not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'glsnet-deploy\[cluster\]'"):
+        with ray_session(None):
+            pass
+
+
+def test_glsnet_run_works_without_ray(small_bundle, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    from runtime.cli import app
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 170, 3), dtype=np.uint8)).save(image)
+    result = CliRunner().invoke(app, ["run", str(image), "--bundle", str(small_bundle), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "scene_mask.png").is_file()
+    assert CliRunner().invoke(app, ["batch", "--help"]).exit_code == 0
+
+
+def test_a_worker_constructor_error_is_shown_as_its_own_message():
+    from runtime.batch import _creation_error
+
+    wrapped = (
+        "The actor died because of an error raised in its creation task, ray::SceneWorker.__init__() (pid=1, ip=10.0.0.2)\n"
+        '  File "runtime/batch_worker.py", line 50, in __init__\n'
+        "runtime.errors.BundleError: /data/bundle: no manifest.json; this is not a GLSNet bundle\n"
+    )
+    assert _creation_error(RuntimeError(wrapped)) == "/data/bundle: no manifest.json; this is not a GLSNet bundle"
+    assert _creation_error(RuntimeError("x\nOSError: disk gone")) == "OSError: disk gone"
