@@ -49,13 +49,21 @@ def run(
     color: bool = typer.Option(True, "--color/--no-color", help="Also write a colour mask with the bundle's palette."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write the colour mask blended over the input."),
     stats: bool = typer.Option(False, "--stats", help="Also write per-class pixel statistics as JSON."),
-    max_pixels: int = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels."),
+    max_pixels: int = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels (at least 1)."),
+    input_range: Optional[str] = typer.Option(
+        None,
+        "--input-range",
+        help="Map other pixel types onto the range the bundle was trained on (see `glsnet info`): MIN,MAX for all bands "
+        "(e.g. 0,4095 for 12-bit data), MIN,MAX/MIN,MAX/... per band, or pLOW,pHIGH for a percentile stretch (e.g. p2,p98). "
+        "Without it an image of another pixel type is refused.",
+    ),
 ) -> None:
     """Segment IMAGES and write <stem>_mask (+ _color, _overlay, _stats.json) into the output folder."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from runtime.image_writers import OutputOptions
+    from runtime.input_range import parse_input_range
     from runtime.memory_budget import parse_memory_size
     from runtime.segmenter import Segmenter, SegmenterOptions
 
@@ -68,6 +76,7 @@ def run(
         threads=threads,
         bands=selected,
         max_pixels=max_pixels,
+        input_range=parse_input_range(input_range),
     )
     outputs = OutputOptions(format=fmt, color=color, overlay=overlay, stats=stats, display_bands=selected)
     console = Console(stderr=True)

@@ -21,6 +21,7 @@ from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
+from runtime.input_range import InputRange, conform_source
 from runtime.memory_budget import MemoryPlan, parse_memory_size
 from runtime.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
@@ -50,6 +51,11 @@ class SegmenterOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     global_band_rows: int | None = None
     global_halo: int | None = None
+    input_range: InputRange | None = None  # how to map other pixel types onto the trained range (input_range.py)
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise InputError(f"--max-pixels {self.max_pixels}: the pixel limit must be at least 1")
 
     def schedule(self) -> ScheduleOptions:
         extra = {} if self.global_halo is None else {"global_halo": self.global_halo}
@@ -148,10 +154,17 @@ class Segmenter:
 
     # ------------------------------------------------------------------ arrays
     def segment(self, image: np.ndarray) -> np.ndarray:
-        """uint8 image [H, W, C] (or [H, W]) -> uint8 class-index mask [H, W]."""
+        """Image [H, W, C] (or [H, W]) of the bundle's pixel type (or mapped by ``input_range``) -> uint8 class mask [H, W]."""
+        source = self._conform(_array_source(image))
         if self.options.device == TENSORRT_ENGINE:
-            return self.tensorrt_pipeline.segment(image, normalization_for(self.manifest, self.options.bands))
-        return self.scheduler.segment(_array_source(image), self._schedule)
+            pixels = source.read_rows(0, source.height)
+            return self.tensorrt_pipeline.segment(pixels, normalization_for(self.manifest, self.options.bands))
+        return self.scheduler.segment(source, self._schedule)
+
+    def _conform(self, source: ImageSource) -> ImageSource:
+        """``source`` with its bands checked and its values in the trained range (see runtime.input_range)."""
+        norm = normalization_for(self.manifest, self.options.bands)
+        return conform_source(source, self.manifest.input_pixels, norm, self.options.input_range)
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         """The batch size and global banding this Segmenter would use for an image of this size."""
@@ -187,6 +200,7 @@ class Segmenter:
         outputs = outputs or OutputOptions()
         source = open_image(input_path, self.options.max_pixels)
         try:
+            source = self._conform(source)
             if paths is None:
                 paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
             return write_outputs(source, self.iter_rows(source, progress), paths, outputs, self.manifest)
