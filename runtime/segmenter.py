@@ -19,6 +19,7 @@ import numpy as np
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
+from runtime.graph_contract import check_graph
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
 from runtime.input_range import InputRange, conform_source
@@ -100,6 +101,8 @@ class Segmenter:
         self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
         self._tensorrt: "TensorRTPipeline | None" = None
+        if options.device != TENSORRT_ENGINE:
+            _ = self.scheduler  # load the sessions now: the manifest is checked against the graphs before any work
 
     def __enter__(self) -> "Segmenter":
         return self
@@ -150,7 +153,9 @@ class Segmenter:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.device == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
-        return OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
+        backend = OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
+        check_graph(self.manifest, o.precision, role, backend.input_metadata(), backend.output_metadata(), backend.model_path)
+        return backend
 
     # ------------------------------------------------------------------ arrays
     def segment(self, image: np.ndarray) -> np.ndarray:
