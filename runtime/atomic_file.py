@@ -42,8 +42,13 @@ def create_temporary(target: str | os.PathLike, suffix: str | None = None) -> Pa
         prefix=f".{target.name}.{_HOST}.{os.getpid()}.",
         suffix=TEMP_MARK + (target.suffix if suffix is None else suffix),
     )
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
+    try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
+    except BaseException:  # a signal here must not leave the file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return Path(tmp)
 
 

@@ -86,6 +86,9 @@ class _WholeImageSink:
         self.path, self.target = path, target
         self.array = np.zeros((height, width, channels) if channels > 1 else (height, width), dtype=np.uint8)
 
+    def start(self) -> None:
+        pass
+
     def write(self, top: int, rows: np.ndarray) -> None:
         self.array[top : top + len(rows)] = rows
 
@@ -118,6 +121,9 @@ class _TiffStripSink:
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.extratags = extratags
         self.thread = threading.Thread(target=self._run, name=f"tiff-writer:{path.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the writer thread (after the caller has registered ``abort``, so a signal cannot orphan it)."""
         self.thread.start()
 
     def _strips(self) -> Iterator[bytes]:
@@ -151,7 +157,7 @@ class _TiffStripSink:
     def _send(self, item: object) -> None:
         while True:
             if self.error is not None:
-                raise InputError(f"{self.target}: the TIFF writer failed ({_reason(self.error)})") from self.error
+                raise InputError(f"{self.target}: writing the TIFF failed ({_reason(self.error)})") from self.error
             if not self.thread.is_alive():
                 if item is _END:
                     return  # tifffile took its last strip and finished on its own
@@ -247,6 +253,7 @@ def write_outputs(
             if key in temporary:
                 sink = _open_sink(temporary[key], options, height, width, channels, tags, targets[key])
                 stack.callback(sink.abort)
+                sink.start()
                 sinks[key] = sink
         written = 0
         for top, mask in rows:
@@ -319,8 +326,8 @@ def _temporary(path: Path) -> Iterator[Path]:
         tmp = create_temporary(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc}); choose a writable folder with -o") from exc
-    _sweep_once(path.parent)
     try:
+        _sweep_once(path.parent)
         yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -112,9 +112,6 @@ def test_16_bit_and_float_scenes_agree_with_the_8_bit_mask(small_bundle, segment
     sixteen = eight_bit.astype(np.uint16) * 257  # 0..255 -> 0..65535
     twelve = eight_bit.astype(np.uint16) * 16  # 12 significant bits: 0..4080
     reflectance = eight_bit.astype(np.float32) / 255.0
-    # Before the fix the runtime divided every pixel by 255 whatever its type: what that gives.
-    old_way = segmenter.scheduler.segment(ArraySource(sixteen))
-    old_agreement = _agreement(old_way, reference)
     cases = [(sixteen, "0,65535"), (twelve, "0,4080"), (reflectance, "0,1")]
     for i, (pixels, text) in enumerate(cases):
         path = tmp_path / f"scene{i}.tif"
@@ -122,6 +119,8 @@ def test_16_bit_and_float_scenes_agree_with_the_8_bit_mask(small_bundle, segment
         with pytest.raises(InputError, match=f"pixel type {pixels.dtype}"):
             segmenter.segment_file(path, tmp_path / "refused")
         assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+        # Before the fix the runtime divided every pixel by 255 whatever its type: what that gave.
+        old_agreement = _agreement(segmenter.scheduler.segment(ArraySource(pixels)), reference)
         mapped = Segmenter(small_bundle, options=SegmenterOptions(input_range=parse_input_range(text)))
         paths = mapped.segment_file(path, tmp_path / f"out{i}")
         from PIL import Image
@@ -130,4 +129,4 @@ def test_16_bit_and_float_scenes_agree_with_the_8_bit_mask(small_bundle, segment
         agreement = _agreement(mask, reference)
         print(f"{pixels.dtype} --input-range {text}: agreement with the 8-bit mask {agreement:.4f} (old behaviour: {old_agreement:.4f})")
         assert agreement >= 0.999
-    assert old_agreement < 0.99  # the silent wrong mask the issue reports
+        assert old_agreement < 0.99  # the silent wrong mask the issue reports
