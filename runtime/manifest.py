@@ -8,9 +8,11 @@ file checksums, and writes it atomically.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,6 +420,12 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     """Read and validate ``bundle_dir/manifest.json``."""
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
+    for candidate in (bundle_dir, path):
+        try:
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BundleError(f"{candidate}: a symbolic link loop (the link points, directly or not, at itself)") from exc
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir}: not a directory; pass a bundle written by glsnet-export onnx")
     if not path.is_file():
