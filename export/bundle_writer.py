@@ -20,6 +20,7 @@ from runtime.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     GraphSpec,
+    InputPixels,
     Manifest,
     PatchSpec,
     sha256_file,
@@ -28,6 +29,8 @@ from runtime.manifest import (
 from runtime.optional_import import require
 
 TOOLKIT = "glsnet-deploy"
+# The pixels every GLSNet is trained on: glsnet.data decodes 8-bit RGB JPEG/PNG tiles (uint8, 0..255).
+TRAINING_PIXELS = InputPixels(dtype="uint8", low=0.0, high=255.0)
 
 
 def is_bundle(path: Path) -> bool:
@@ -131,6 +134,7 @@ def build_manifest(stage: Path, config: Any, files: dict[str, Path], options: An
         normalization=config.normalization,
         patch=PatchSpec(size=config.patch_size, min_overlap=config.min_overlap, output_stride=4, feature_stride=32),
         graphs=graphs,
+        input_pixels=TRAINING_PIXELS,
         model=config.to_dict(),
         provenance={
             **provenance,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.atomic_file import remove_stale_temporaries
+from runtime.atomic_file import remove_temporaries_of
 from runtime.batch_inputs import expand_inputs
 from runtime.batch_report import FAILED, REPORT_NAME, SKIPPED, BatchSummary, ReportWriter, SceneResult, print_summary
 from runtime.batch_resume import batch_provenance, is_done
@@ -205,7 +205,7 @@ class _Dispatcher:
             self.idle.append(name)
         except self.errors.ray_error as exc:  # the worker process died (killed, out of memory, node lost)
             for path in self.paths[scene.input].written():
-                remove_stale_temporaries(path)
+                remove_temporaries_of(path)
             self._count_death(name)
             if scene.attempt <= self.options.retries:
                 queue.appendleft(dataclasses.replace(scene, attempt=scene.attempt + 1))
@@ -266,7 +266,7 @@ class _Dispatcher:
             self.ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=10)
             for _, scene in self.in_flight.values():
                 for path in self.paths[scene.input].written():
-                    remove_stale_temporaries(path)
+                    remove_temporaries_of(path)
 
 
 @dataclass(frozen=True)

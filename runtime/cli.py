@@ -38,6 +38,7 @@ def run(
     max_memory: Optional[str] = opt.MAX_MEMORY,
     threads: Optional[int] = opt.THREADS,
     bands: Optional[str] = opt.BANDS,
+    input_range: Optional[str] = opt.INPUT_RANGE,
     fmt: str = opt.FORMAT,
     color: bool = opt.COLOR,
     overlay: bool = opt.OVERLAY,
@@ -52,7 +53,7 @@ def run(
 
     options = opt.segmenter_options(
         precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
-        threads=threads, bands=bands, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
+        threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
     )
     outputs = opt.output_options(fmt, color, overlay, stats, bands)
     console = Console(stderr=True)
@@ -90,6 +91,7 @@ def batch(
     max_memory: Optional[str] = opt.MAX_MEMORY,
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph in each worker (default: --cpus-per-worker, rounded)."),
     bands: Optional[str] = opt.BANDS,
+    input_range: Optional[str] = opt.INPUT_RANGE,
     fmt: str = opt.FORMAT,
     color: bool = opt.COLOR,
     overlay: bool = opt.OVERLAY,
@@ -110,7 +112,7 @@ def batch(
         output=output,
         segmenter=opt.segmenter_options(
         precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
-        threads=threads, bands=bands, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
+        threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
     ),
         outputs=opt.output_options(fmt, color, overlay, True, bands),
         address=address,

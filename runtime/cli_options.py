@@ -27,7 +27,14 @@ FORMAT = typer.Option("png", "--format", help="Mask format: png, or tif (written
 COLOR = typer.Option(True, "--color/--no-color", help="Also write a colour mask with the bundle's palette.")
 OVERLAY = typer.Option(False, "--overlay", help="Also write the colour mask blended over the input.")
 STATS = typer.Option(False, "--stats", help="Also write per-class pixel statistics as JSON.")
-MAX_PIXELS = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels.")
+MAX_PIXELS = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels (at least 1).")
+INPUT_RANGE = typer.Option(
+    None,
+    "--input-range",
+    help="Map other pixel types onto the range the bundle was trained on (see `glsnet info`): MIN,MAX for all bands "
+    "(e.g. 0,4095 for 12-bit data), MIN,MAX/MIN,MAX/... per band, or pLOW,pHIGH for a percentile stretch (e.g. p2,p98). "
+    "Without it an image of another pixel type is refused.",
+)
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
     """'0,1,2' -> (0, 1, 2)."""
@@ -65,10 +72,12 @@ def segmenter_options(
     threads: int | None,
     bands: str | None,
     max_pixels: int,
+    input_range: str | None = None,
     cuda_graphs: bool = False,
     dla_core: int | None = None,
 ):
     """The parsed flags as SegmenterOptions."""
+    from runtime.input_range import parse_input_range
     from runtime.memory_budget import parse_memory_size
     from runtime.segmenter import SegmenterOptions
 
@@ -84,6 +93,7 @@ def segmenter_options(
         threads=threads,
         bands=parse_bands(bands),
         max_pixels=max_pixels,
+        input_range=parse_input_range(input_range),
     )
 
 

@@ -8,7 +8,9 @@ Every source yields [rows, width, bands] arrays; band selection happens at norma
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -219,9 +221,20 @@ def _tag_tuple(tag) -> tuple[int, str, int, Any, bool]:
     return (tag.code, dtype, len(values), values, True)
 
 
+def is_symlink_loop(path: Path) -> bool:
+    """True when resolving ``path`` runs into a cycle of symbolic links (ELOOP), which exists() reports as missing."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageSource:
     """A row-readable source for a PNG, JPEG or (Geo)TIFF file; clear errors for anything else."""
     path = Path(path)
+    if is_symlink_loop(path):
+        raise InputError(f"{path}: a symbolic link loop (the link points, directly or not, at itself); fix or remove the link")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():

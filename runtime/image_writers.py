@@ -3,8 +3,10 @@
 Rows arrive top to bottom as the stitcher finishes them. TIFF outputs are written strip by strip
 as they arrive (a writer thread feeds tifffile compressed strips), so their memory does not grow
 with image height, and they carry the input's GeoTIFF/GDAL tags. PNG outputs are assembled whole
-and saved at the end. Every file is written under a temporary name and renamed only when all of
-them are complete: on any error no output file, partial or not, is left behind.
+and saved at the end. Every file is written under a temporary name and all of them are renamed
+together only when all are complete (runtime.atomic_file.replace_all): an image gets all its
+outputs or none, and on any error (a full disk, a folder in the way, SIGTERM) no output file,
+partial or not, is left behind. Temporary files of killed runs are removed by the next run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import sys
 import threading
 import zlib
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from runtime.atomic_file import atomic_path
+from runtime.atomic_file import create_temporary, remove_stale_temporaries, replace_all
 from runtime.errors import InputError
 from runtime.image_readers import ImageSource
 from runtime.manifest import Manifest
@@ -81,9 +82,12 @@ class OutputOptions:
 class _WholeImageSink:
     """Collects rows into one array and saves it with Pillow at the end (PNG)."""
 
-    def __init__(self, path: Path, height: int, width: int, channels: int) -> None:
-        self.path = path
+    def __init__(self, path: Path, height: int, width: int, channels: int, target: Path) -> None:
+        self.path, self.target = path, target
         self.array = np.zeros((height, width, channels) if channels > 1 else (height, width), dtype=np.uint8)
+
+    def start(self) -> None:
+        pass
 
     def write(self, top: int, rows: np.ndarray) -> None:
         self.array[top : top + len(rows)] = rows
@@ -91,7 +95,10 @@ class _WholeImageSink:
     def close(self) -> None:
         from PIL import Image
 
-        Image.fromarray(self.array).save(self.path, format="PNG")
+        try:
+            Image.fromarray(self.array).save(self.path, format="PNG")
+        except OSError as exc:
+            raise InputError(f"{self.target}: writing the PNG failed ({exc.strerror or exc})") from exc
 
     def abort(self) -> None:
         pass
@@ -104,8 +111,8 @@ _ABORT = object()
 class _TiffStripSink:
     """Writes rows to a TIFF strip by strip from a writer thread, as soon as a strip is full."""
 
-    def __init__(self, path: Path, height: int, width: int, channels: int, rows_per_strip: int, extratags: list) -> None:
-        self.path = path
+    def __init__(self, path: Path, height: int, width: int, channels: int, rows_per_strip: int, extratags: list, target: Path) -> None:
+        self.path, self.target = path, target
         self.shape = (height, width, channels) if channels > 1 else (height, width)
         self.rows_per_strip = min(rows_per_strip, height)
         self.pending: list[np.ndarray] = []
@@ -114,6 +121,9 @@ class _TiffStripSink:
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.extratags = extratags
         self.thread = threading.Thread(target=self._run, name=f"tiff-writer:{path.name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the writer thread (after the caller has registered ``abort``, so a signal cannot orphan it)."""
         self.thread.start()
 
     def _strips(self) -> Iterator[bytes]:
@@ -122,7 +132,7 @@ class _TiffStripSink:
             if item is _END:
                 return
             if item is _ABORT:
-                raise InputError(f"{self.path}: writing was aborted")
+                raise InputError(f"{self.target}: writing was aborted")
             yield zlib.compress(np.ascontiguousarray(item).tobytes())
 
     def _run(self) -> None:
@@ -147,11 +157,11 @@ class _TiffStripSink:
     def _send(self, item: object) -> None:
         while True:
             if self.error is not None:
-                raise InputError(f"{self.path}: the TIFF writer failed ({self.error})") from self.error
+                raise InputError(f"{self.target}: writing the TIFF failed ({_reason(self.error)})") from self.error
             if not self.thread.is_alive():
                 if item is _END:
                     return  # tifffile took its last strip and finished on its own
-                raise InputError(f"{self.path}: the TIFF writer ended before all rows were written")
+                raise InputError(f"{self.target}: the TIFF writer ended before all rows were written")
             try:
                 self.queue.put(item, timeout=0.1)
                 return
@@ -174,7 +184,7 @@ class _TiffStripSink:
         self._send(_END)
         self.thread.join()
         if self.error is not None:
-            raise InputError(f"{self.path}: writing the TIFF failed ({self.error})") from self.error
+            raise InputError(f"{self.target}: writing the TIFF failed ({_reason(self.error)})") from self.error
 
     def abort(self) -> None:
         if self.thread.is_alive():
@@ -182,6 +192,10 @@ class _TiffStripSink:
                 _drain(self.queue)
                 self.queue.put(_ABORT, timeout=1.0)
             self.thread.join(timeout=10.0)
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def _drain(q: queue.Queue) -> None:
@@ -192,10 +206,10 @@ def _drain(q: queue.Queue) -> None:
             return
 
 
-def _open_sink(path: Path, options: OutputOptions, height: int, width: int, channels: int, extratags: list):
+def _open_sink(path: Path, options: OutputOptions, height: int, width: int, channels: int, extratags: list, target: Path):
     if options.format == "tif":
-        return _TiffStripSink(path, height, width, channels, options.rows_per_strip, extratags)
-    return _WholeImageSink(path, height, width, channels)
+        return _TiffStripSink(path, height, width, channels, options.rows_per_strip, extratags, target)
+    return _WholeImageSink(path, height, width, channels, target)
 
 
 def display_rgb(pixels: np.ndarray, bands: tuple[int, ...], scale: float) -> np.ndarray:
@@ -224,8 +238,8 @@ def write_outputs(
     ``provenance`` (what produced the mask: glsnet batch records the bundle and options there) goes
     into the stats JSON under "provenance".
 
-    Each file is written under a temporary name and renamed when all rows are in, so an error midway
-    leaves no output at all; the renames themselves happen one file after another. ``rows`` is closed
+    Each file is written under a temporary name; when all are complete they are renamed together,
+    all or none, so an error at any point leaves no output of this image. ``rows`` is closed
     on the way out, so a producer generator stops its worker threads before the source is closed.
     """
     palette = np.asarray(manifest.palette, dtype=np.uint8)
@@ -236,15 +250,14 @@ def write_outputs(
     with contextlib.ExitStack() as stack:
         if hasattr(rows, "close"):
             stack.callback(rows.close)  # registered first, so it runs last: after the sinks are aborted
-        temporary = {}
-        for key, path in (("mask", paths.mask), ("color", paths.color), ("overlay", paths.overlay), ("stats", paths.stats)):
-            if path is not None:
-                temporary[key] = stack.enter_context(_writable(path))
+        targets = {k: p for k, p in (("mask", paths.mask), ("color", paths.color), ("overlay", paths.overlay), ("stats", paths.stats)) if p is not None}
+        temporary = {key: stack.enter_context(_temporary(path)) for key, path in targets.items()}
         sinks = {}
         for key, channels in (("mask", 1), ("color", 3), ("overlay", 3)):
             if key in temporary:
-                sink = _open_sink(temporary[key], options, height, width, channels, tags)
+                sink = _open_sink(temporary[key], options, height, width, channels, tags, targets[key])
                 stack.callback(sink.abort)
+                sink.start()
                 sinks[key] = sink
         written = 0
         for top, mask in rows:
@@ -269,7 +282,18 @@ def write_outputs(
             statistics = class_statistics(source.name, counts, manifest, height, width)
             if provenance is not None:
                 statistics["provenance"] = dict(provenance)
-            temporary["stats"].write_text(json.dumps(statistics, indent=2) + "\n")
+            text = json.dumps(statistics, indent=2) + "\n"
+            try:
+                temporary["stats"].write_text(text)
+            except OSError as exc:
+                raise InputError(f"{targets['stats']}: writing the statistics failed ({exc.strerror or exc})") from exc
+        try:
+            replace_all((temporary[key], targets[key]) for key in targets)
+        except OSError as exc:
+            raise InputError(
+                f"{exc.filename or paths.mask}: cannot write an output here ({exc.strerror or exc}); "
+                "no output of this image was written"
+            ) from exc
     return paths
 
 
@@ -288,21 +312,30 @@ def class_statistics(name: str, counts: np.ndarray, manifest: Manifest, height: 
     }
 
 
+_SWEPT: set[Path] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
+def _sweep_once(directory: Path) -> None:
+    """Remove temporary files that killed runs left in ``directory`` (once per folder and process)."""
+    key = directory.resolve()
+    with _SWEPT_LOCK:
+        if key in _SWEPT:
+            return
+        _SWEPT.add(key)
+    remove_stale_temporaries(directory)
+
+
 @contextlib.contextmanager
-def _writable(path: Path) -> Iterator[Path]:
-    """atomic_path, with an unwritable destination reported as an InputError naming it."""
+def _temporary(path: Path) -> Iterator[Path]:
+    """A temporary file for output ``path``, removed on the way out unless it was renamed into place."""
     try:
-        context = atomic_path(path)
-        temporary = context.__enter__()
+        tmp = create_temporary(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc}); choose a writable folder with -o") from exc
     try:
-        yield temporary
-    except BaseException:
-        context.__exit__(*sys.exc_info())
-        raise
-    else:
-        try:
-            context.__exit__(None, None, None)
-        except OSError as exc:
-            raise InputError(f"{path}: cannot write an output here ({exc.strerror or exc})") from exc
+        _sweep_once(path.parent)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

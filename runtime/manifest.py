@@ -8,8 +8,11 @@ file checksums, and writes it atomically.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,8 @@ ROLE_TENSORS = {
     "fusion": (FUSION_INPUTS, (FUSION_OUTPUT,)),
 }
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool")
+# Pixel types an input image may have (numpy names), and so the types a model may be trained on.
+PIXEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32", "float64")
 
 Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) dimension
 
@@ -102,6 +107,20 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class InputPixels:
+    """The pixels the model was trained on: their type and the values they span (before normalisation).
+
+    An image of another type is refused unless the user maps it onto this range (``--input-range``,
+    runtime/input_range.py): dividing a 16-bit pixel by an 8-bit scale gives a silently wrong mask.
+    Manifests written before this field existed were all trained on 8-bit images, hence the default.
+    """
+
+    dtype: str = "uint8"
+    low: float = 0.0
+    high: float = 255.0
+
+
+@dataclass(frozen=True)
 class PatchSpec:
     size: int
     min_overlap: int
@@ -117,6 +136,7 @@ class Manifest:
     normalization: Normalization
     patch: PatchSpec
     graphs: dict[str, dict[str, GraphSpec]]  # precision -> role -> graph
+    input_pixels: InputPixels = InputPixels()
     model: dict[str, Any] = field(default_factory=dict)  # the training config, for provenance
     engines: tuple[EngineSpec, ...] = ()
     calibration: dict[str, Any] | None = None
@@ -170,9 +190,36 @@ def _check_keys(data: Any, cls: type, where: str) -> dict:
     return data
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(value: Any, where: str, what: str, minimum: int | None = None) -> int:
+    """An integer (a JSON true/false is not one), at least ``minimum``."""
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise BundleError(f"{where}: {what} is {value!r}; expected an integer{bound}")
+    return value
+
+
+def _finite(value: Any, where: str, what: str, positive: bool = False) -> float:
+    """A finite number (not a boolean, not NaN or infinity), > 0 when ``positive``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or (positive and value <= 0):
+        raise BundleError(f"{where}: {what} is {value!r}; expected a finite number" + (" > 0" if positive else ""))
+    return float(value)
+
+
+def _list(value: Any, where: str, what: str) -> list:
+    if not isinstance(value, list):
+        raise BundleError(f"{where}: {what} is {type(value).__name__} {value!r:.60}; expected a list")
+    return value
+
+
 def _tensor(data: Any, where: str) -> TensorSpec:
     d = _check_keys(data, TensorSpec, where)
-    shape = tuple(d["shape"])
+    if not isinstance(d["name"], str):
+        raise BundleError(f"{where}: tensor name {d['name']!r} is not a string")
+    shape = tuple(_list(d["shape"], where, f"the shape of tensor {d['name']!r}"))
     if not all((isinstance(s, int) and not isinstance(s, bool) and s > 0) or (isinstance(s, str) and s) for s in shape):
         raise BundleError(
             f"{where}: tensor {d['name']!r} has shape {list(shape)}; each dim must be a positive int or a dim name"
@@ -184,7 +231,9 @@ def _tensor(data: Any, where: str) -> TensorSpec:
 
 def _relative_file(value: Any, where: str) -> str:
     """A bundle-relative POSIX path that cannot leave the bundle."""
-    path = str(value)
+    if not isinstance(value, str):
+        raise BundleError(f"{where}: file {value!r} is not a string")
+    path = value
     parts = path.split("/")
     if not path or path.startswith("/") or "\\" in path or ":" in path or ".." in parts:
         raise BundleError(f"{where}: file {path!r} must be a relative path inside the bundle (no '..', no drive, '/' separators)")
@@ -206,7 +255,9 @@ def _graph(data: Any, where: str) -> GraphSpec:
     d = _check_keys(data, GraphSpec, where)
     if d["precision"] not in PRECISIONS:
         raise BundleError(f"{where}: precision {d['precision']!r} is not one of {PRECISIONS}")
-    sha = str(d["sha256"])
+    sha = d["sha256"]
+    if not isinstance(sha, str):
+        raise BundleError(f"{where}: sha256 {sha!r} is not a string")
     if len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
         raise BundleError(f"{where}: sha256 {sha!r} is not 64 lowercase hex digits")
     opset = d.get("opset", 17)
@@ -216,8 +267,8 @@ def _graph(data: Any, where: str) -> GraphSpec:
         file=_relative_file(d["file"], where),
         precision=d["precision"],
         sha256=sha,
-        inputs=tuple(_tensor(t, where) for t in d["inputs"]),
-        outputs=tuple(_tensor(t, where) for t in d["outputs"]),
+        inputs=tuple(_tensor(t, where) for t in _list(d["inputs"], where, "inputs")),
+        outputs=tuple(_tensor(t, where) for t in _list(d["outputs"], where, "outputs")),
         opset=opset,
     )
 
@@ -237,16 +288,24 @@ def _manifest_from_dict(data: Any, where: str) -> Manifest:
             f"{where}: schema_version {d['schema_version']!r} is not supported by this runtime "
             f"(it reads schema {SCHEMA_VERSION}); re-export the bundle with this toolkit's glsnet-export"
         )
-    classes = tuple(str(c) for c in d["classes"])
-    palette = tuple(tuple(int(v) for v in rgb) for rgb in d["palette"])
+    classes = tuple(_list(d["classes"], where, "classes"))
+    if not all(isinstance(c, str) and c for c in classes):
+        raise BundleError(f"{where}: classes must be a list of non-empty class names (strings), got {list(classes)!r:.120}")
     if not classes:
         raise BundleError(f"{where}: classes is empty; a bundle segments into at least one class")
-    if len(palette) != len(classes) or any(len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) for rgb in palette):
-        raise BundleError(f"{where}: palette needs one RGB triple (0..255) per class ({len(classes)} classes)")
+    if len(classes) > 256:
+        raise BundleError(f"{where}: {len(classes)} classes; masks are 8-bit, so a bundle has at most 256 classes")
+    palette = tuple(tuple(_list(rgb, where, "a palette entry")) for rgb in _list(d["palette"], where, "palette"))
+    if len(palette) != len(classes) or any(len(rgb) != 3 or not all(_is_int(v) and 0 <= v <= 255 for v in rgb) for rgb in palette):
+        raise BundleError(f"{where}: palette needs one RGB triple of integers 0..255 per class ({len(classes)} classes)")
     graphs: dict[str, dict[str, GraphSpec]] = {}
+    if not isinstance(d["graphs"], dict):
+        raise BundleError(f"{where}: graphs must be an object precision -> role -> graph")
     for precision, roles in d["graphs"].items():
         if precision not in PRECISIONS:
             raise BundleError(f"{where}: graphs has unknown precision {precision!r}; known: {PRECISIONS}")
+        if not isinstance(roles, dict):
+            raise BundleError(f"{where}: graphs.{precision} must be an object role -> graph")
         missing = [r for r in GRAPH_ROLES if r not in roles]
         if missing or set(roles) - set(GRAPH_ROLES):
             raise BundleError(f"{where}: {precision} graphs must be exactly {GRAPH_ROLES}, got {sorted(roles)}")
@@ -257,47 +316,100 @@ def _manifest_from_dict(data: Any, where: str) -> Manifest:
                 raise BundleError(f"{where} graphs.{precision}.{role}: precision field says {spec.precision!r}")
     if "fp32" not in graphs:
         raise BundleError(f"{where}: the fp32 graphs are missing")
-    norm = _check_keys(d["normalization"], Normalization, f"{where} normalization")
-    bands = norm.get("bands", (0, 1, 2))
-    if not len(norm["mean"]) == len(norm["std"]) == len(bands) or not all(float(v) > 0 for v in norm["std"]):
-        raise BundleError(f"{where} normalization: mean, std and bands need one entry per band, and std > 0")
-    patch = _check_keys(d["patch"], PatchSpec, f"{where} patch")
-    size, overlap, stride = patch["size"], patch["min_overlap"], patch.get("output_stride", 4)
-    if stride != PatchSpec.output_stride or patch.get("feature_stride", 32) != PatchSpec.feature_stride:
-        raise BundleError(
-            f"{where} patch: output_stride {stride!r} / feature_stride {patch.get('feature_stride')!r} differ from the "
-            f"{PatchSpec.output_stride} / {PatchSpec.feature_stride} this runtime's graphs and stitching are built for"
-        )
-    if not (isinstance(size, int) and isinstance(overlap, int) and size > 0 and 0 <= overlap < size and size % stride == 0):
-        raise BundleError(
-            f"{where} patch: size {size!r} and min_overlap {overlap!r} are not a valid geometry "
-            f"(need 0 <= min_overlap < size, size a multiple of {stride})"
-        )
+    normalization = _normalization(d["normalization"], f"{where} normalization")
+    patch = _patch(d["patch"], f"{where} patch")
+    input_pixels = _input_pixels(d.get("input_pixels", dataclasses.asdict(InputPixels())), f"{where} input_pixels")
+    for precision, roles in graphs.items():
+        check_declared_shapes(roles, len(classes), patch, len(normalization.bands), f"{where} graphs.{precision}")
     engines = []
-    for i, e in enumerate(d.get("engines", [])):
+    for i, e in enumerate(_list(d.get("engines", []), where, "engines")):
         e = _check_keys(e, EngineSpec, f"{where} engines[{i}]")
         _relative_file(e["directory"], f"{where} engines[{i}]")
+        if not isinstance(e["files"], dict):
+            raise BundleError(f"{where} engines[{i}]: files must be an object role -> {{file, sha256}}")
         for entry in e["files"].values():
-            _relative_file(entry["file"], f"{where} engines[{i}]")
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise BundleError(f"{where} engines[{i}]: each files entry must be {{'file': ..., 'sha256': ...}}, got {entry!r:.80}")
+            _relative_file(entry.get("file"), f"{where} engines[{i}]")
+        if e.get("dla_core") is not None:
+            _int(e["dla_core"], f"{where} engines[{i}]", "dla_core", minimum=0)
         engines.append(EngineSpec(**e))
     return Manifest(
         schema_version=d["schema_version"],
         classes=classes,
         palette=palette,  # type: ignore[arg-type]
-        normalization=Normalization(
-            mean=tuple(float(v) for v in norm["mean"]),
-            std=tuple(float(v) for v in norm["std"]),
-            scale=float(norm.get("scale", 255.0)),
-            bands=tuple(int(b) for b in norm.get("bands", (0, 1, 2))),
-        ),
-        patch=PatchSpec(**patch),
+        normalization=normalization,
+        patch=patch,
         graphs=graphs,
+        input_pixels=input_pixels,
         model=dict(d.get("model", {})),
         engines=tuple(engines),
         calibration=d.get("calibration"),
         accuracy=dict(d.get("accuracy", {})),
         provenance=dict(d.get("provenance", {})),
     )
+
+
+def _normalization(data: Any, where: str) -> Normalization:
+    norm = _check_keys(data, Normalization, where)
+    mean = tuple(_finite(v, where, "a mean") for v in _list(norm["mean"], where, "mean"))
+    std = tuple(_finite(v, where, "a std", positive=True) for v in _list(norm["std"], where, "std"))
+    scale = _finite(norm.get("scale", 255.0), where, "scale", positive=True)
+    bands = tuple(_int(b, where, "a band index", minimum=0) for b in _list(norm.get("bands", [0, 1, 2]), where, "bands"))
+    if not bands or not len(mean) == len(std) == len(bands):
+        raise BundleError(f"{where}: mean, std and bands need one entry per band (got {len(mean)}, {len(std)}, {len(bands)})")
+    return Normalization(mean=mean, std=std, scale=scale, bands=bands)
+
+
+def _patch(data: Any, where: str) -> PatchSpec:
+    patch = _check_keys(data, PatchSpec, where)
+    size = _int(patch["size"], where, "size", minimum=1)
+    overlap = _int(patch["min_overlap"], where, "min_overlap", minimum=0)
+    stride, feature = patch.get("output_stride", 4), patch.get("feature_stride", 32)
+    if not (_is_int(stride) and _is_int(feature)) or stride != PatchSpec.output_stride or feature != PatchSpec.feature_stride:
+        raise BundleError(
+            f"{where}: output_stride {stride!r} / feature_stride {feature!r} differ from the "
+            f"{PatchSpec.output_stride} / {PatchSpec.feature_stride} this runtime's graphs and stitching are built for"
+        )
+    if not (overlap < size and size % stride == 0):
+        raise BundleError(
+            f"{where}: size {size!r} and min_overlap {overlap!r} are not a valid geometry "
+            f"(need 0 <= min_overlap < size, size a multiple of {stride})"
+        )
+    return PatchSpec(size=size, min_overlap=overlap, output_stride=stride, feature_stride=feature)
+
+
+def _input_pixels(data: Any, where: str) -> InputPixels:
+    pixels = _check_keys(data, InputPixels, where)
+    dtype = pixels.get("dtype", InputPixels.dtype)
+    if dtype not in PIXEL_DTYPES:
+        raise BundleError(f"{where}: dtype {dtype!r} is not a pixel type; known: {', '.join(PIXEL_DTYPES)}")
+    low = _finite(pixels.get("low", InputPixels.low), where, "low")
+    high = _finite(pixels.get("high", InputPixels.high), where, "high")
+    if not low < high:
+        raise BundleError(f"{where}: the value range [{low:g}, {high:g}] is empty; need low < high")
+    return InputPixels(dtype=dtype, low=low, high=high)
+
+
+def check_declared_shapes(roles: dict[str, GraphSpec], num_classes: int, patch: PatchSpec, bands: int, where: str) -> None:
+    """The tensors a manifest declares agree with its classes, patch size and band count (fixed dims only)."""
+    expectations = (
+        ("local", LOCAL_INPUT, True, 1, bands, "input bands (normalization.bands)"),
+        ("local", LOCAL_INPUT, True, 2, patch.size, "patch.size"),
+        ("local", LOCAL_INPUT, True, 3, patch.size, "patch.size"),
+        ("global", GLOBAL_INPUT, True, 1, bands, "input bands (normalization.bands)"),
+        ("fusion", FUSION_OUTPUT, False, 1, num_classes, "the number of classes"),
+    )
+    for role, tensor, is_input, axis, want, what in expectations:
+        spec = roles[role].input(tensor) if is_input else roles[role].output(tensor)
+        if len(spec.shape) != 4:
+            raise BundleError(f"{where}.{role}: tensor {tensor!r} has shape {list(spec.shape)}; expected 4 dims")
+        got = spec.shape[axis]
+        if isinstance(got, int) and got != want:
+            raise BundleError(
+                f"{where}.{role}: tensor {tensor!r} has {got} on axis {axis} but the manifest's {what} is {want}; "
+                "the manifest does not describe these graphs: re-export the bundle"
+            )
 
 
 def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
@@ -308,6 +420,12 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     """Read and validate ``bundle_dir/manifest.json``."""
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
+    for candidate in (bundle_dir, path):
+        try:
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BundleError(f"{candidate}: a symbolic link loop (the link points, directly or not, at itself)") from exc
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir}: not a directory; pass a bundle written by glsnet-export onnx")
     if not path.is_file():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle import Bundle
+from runtime.graph_contract import check_graph
 from runtime.image_readers import ArraySource, ImageSource
 from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import ROLES, RowBand
@@ -73,7 +74,9 @@ class OnnxRuntimePipeline:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
-        return OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
+        backend = OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
+        check_graph(self.manifest, o.precision, role, backend.input_metadata(), backend.output_metadata(), backend.model_path)
+        return backend
 
     # -------------------------------------------------------------- images
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:

@@ -1,4 +1,8 @@
-"""Pixels to network input: band selection and normalisation, identical for training, export and runtime."""
+"""Pixels to network input: band selection and normalisation, identical for training, export and runtime.
+
+The normalisation always comes from the caller (the bundle's manifest or the training config):
+there is no default, so no code path can silently feed a model statistics it was not trained with.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,37 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.manifest import Normalization
 
+# The ImageNet statistics the backbones were pretrained with: the training config's default
+# (glsnet.config), recorded in every bundle's manifest from there.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET = Normalization(mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=255.0, bands=(0, 1, 2))
 
 
-def normalize(pixels: np.ndarray, norm: Normalization = IMAGENET) -> np.ndarray:
+def check_bands(band_count: int, norm: Normalization, name: str = "the image") -> None:
+    """Refuse an image that lacks a band the model reads, with a hint only when one can help."""
+    if max(norm.bands) < band_count:
+        return
+    needed = len(norm.bands)
+    if band_count < needed:
+        raise InputError(
+            f"{name}: the image has {band_count} band(s) but the model reads {needed} ({list(norm.bands)}); "
+            f"it needs an image with at least {needed} bands"
+        )
+    raise InputError(
+        f"{name}: the image has {band_count} band(s) but the model reads bands {list(norm.bands)}; "
+        f"choose {needed} bands that exist, e.g. --bands {','.join(str(i) for i in range(needed))}"
+    )
+
+
+def normalize(pixels: np.ndarray, norm: Normalization) -> np.ndarray:
     """[H, W, C] image (any integer or float dtype) -> float32 [len(bands), H, W] network input."""
+    if not isinstance(norm, Normalization):
+        raise TypeError(f"normalize() needs the model's Normalization, got {type(norm).__name__}")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3:
         raise InputError(f"expected an image of shape [H, W, C], got shape {pixels.shape}")
-    if max(norm.bands) >= pixels.shape[2]:
-        raise InputError(
-            f"the image has {pixels.shape[2]} band(s) but the model reads bands {list(norm.bands)}; "
-            "choose bands that exist (e.g. --bands 0,1,2)"
-        )
+    check_bands(pixels.shape[2], norm)
     selected = pixels[:, :, list(norm.bands)]
     mean = np.asarray(norm.mean, dtype=np.float32) * norm.scale
     inv_std = 1.0 / (np.asarray(norm.std, dtype=np.float32) * norm.scale)

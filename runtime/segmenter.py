@@ -20,6 +20,7 @@ from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
+from runtime.input_range import InputRange, conform_source
 from runtime.memory_budget import MemoryPlan, parse_memory_size
 from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
 from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
@@ -54,6 +55,7 @@ class SegmenterOptions:
     global_halo: int | None = None
     cuda_graphs: bool = False  # TensorRT engine: replay fixed-shape local/fusion batches as CUDA graphs
     dla_core: int | None = None  # TensorRT engine: run the bundle's DLA engine set on this core
+    input_range: InputRange | None = None  # how to map other pixel types onto the trained range (input_range.py)
 
     def __post_init__(self) -> None:
         if self.device is not None:
@@ -62,6 +64,8 @@ class SegmenterOptions:
             object.__setattr__(self, "provider", provider)
             object.__setattr__(self, "device", None)
         check_choice(self.engine, self.provider)
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise InputError(f"--max-pixels {self.max_pixels}: the pixel limit must be at least 1")
 
     @property
     def ort_provider(self) -> str:
@@ -112,6 +116,8 @@ class Segmenter:
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
         self.pipeline: Pipeline = make_pipeline(self.bundle, options)
+        if isinstance(self.pipeline, OnnxRuntimePipeline):
+            self.pipeline.open()  # load the sessions now: the manifest is checked against the graphs before any work
 
     def __enter__(self) -> "Segmenter":
         return self
@@ -142,20 +148,25 @@ class Segmenter:
 
     # ------------------------------------------------------------------ arrays
     def segment(self, image: np.ndarray) -> np.ndarray:
-        """uint8 image [H, W, C] (or [H, W]) -> uint8 class-index mask [H, W]."""
+        """Image [H, W, C] (or [H, W]) of the bundle's pixel type (or mapped by ``input_range``) -> uint8 class mask [H, W]."""
         source = _array_source(image)
         mask = np.empty((source.height, source.width), dtype=np.uint8)
         for top, rows in self.iter_rows(source):
             mask[top : top + len(rows)] = rows
         return mask
 
+    def _conform(self, source: ImageSource) -> ImageSource:
+        """``source`` with its bands checked and its values in the trained range (see runtime.input_range)."""
+        norm = normalization_for(self.manifest, self.options.bands)
+        return conform_source(source, self.manifest.input_pixels, norm, self.options.input_range)
+
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         """The batch size and global banding this Segmenter would use for an image of this size."""
         return self.pipeline.plan(height, width, source_bytes)
 
     def iter_rows(self, source: ImageSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]:
-        """Finished mask rows of ``source``, top to bottom."""
-        return self.pipeline.iter_rows(source, progress)
+        """Finished mask rows of ``source`` (its values brought to the trained range first), top to bottom."""
+        return self.pipeline.iter_rows(self._conform(source), progress)
 
     # ------------------------------------------------------------------ files
     def segment_file(
@@ -176,9 +187,10 @@ class Segmenter:
         outputs = outputs or OutputOptions()
         source = open_image(input_path, self.options.max_pixels)
         try:
+            source = self._conform(source)
             if paths is None:
                 paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
-            return write_outputs(source, self.iter_rows(source, progress), paths, outputs, self.manifest, provenance)
+            return write_outputs(source, self.pipeline.iter_rows(source, progress), paths, outputs, self.manifest, provenance)
         finally:
             source.close()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runtime.atomic_file import atomic_path, remove_stale_temporaries
+from runtime.atomic_file import atomic_path, remove_temporaries_of
 from runtime.batch_inputs import expand_inputs
 from runtime.batch_resume import batch_provenance, is_done
 from runtime.errors import InputError, MissingDependencyError
@@ -100,7 +100,7 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
     temporary = context.__enter__()  # a writer killed here never runs its cleanup
     temporary.write_bytes(b"half")
     other = touch(tmp_path / "other_mask.png")
-    assert remove_stale_temporaries(target) == [temporary]
+    assert remove_temporaries_of(target) == [temporary]
     assert not temporary.exists() and other.exists() and not target.exists()
 
 

@@ -31,7 +31,7 @@ def reference_mask(model, image: np.ndarray) -> np.ndarray:
     from glsnet.inference import predict_mask
     from runtime.preprocess import normalize
 
-    return predict_mask(model, normalize(image))
+    return predict_mask(model, normalize(image, model.config.normalization))
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,14 @@ def test_band_selection_reads_the_chosen_bands(small_bundle, segmenter):
 
 
 def test_wrong_band_count_is_a_clear_error(small_bundle, segmenter):
-    with pytest.raises(InputError, match="2 band.*--bands"):
-        segmenter.segment(np.zeros((50, 60, 2), np.uint8))
+    # too few bands: no --bands hint, since no choice of bands can help (issue 13)
+    for bands in (1, 2):
+        with pytest.raises(InputError, match=f"{bands} band.*needs an image with at least 3 bands") as caught:
+            segmenter.segment(np.zeros((50, 60, bands), np.uint8))
+        assert "--bands" not in str(caught.value)
+    # enough bands, but a selected one is missing: the hint names bands that exist
+    with pytest.raises(InputError, match=r"reads bands \[0, 1, 5\].*--bands 0,1,2"):
+        Segmenter(small_bundle, bands=(0, 1, 5)).segment(np.zeros((50, 60, 4), np.uint8))
     with pytest.raises(InputError, match="selects 2 band"):
         Segmenter(small_bundle, bands=(0, 1))
 
