@@ -22,12 +22,13 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.errors import InputError
-from runtime.global_features import DEFAULT_HALO, FEATURE_STRIDE, global_features
+from runtime.global_features import DEFAULT_HALO, FEATURE_STRIDE, GlobalStage, global_features, stage_band_rows, staged_global_features
 from runtime.image_readers import ImageSource
 from runtime.manifest import FUSION_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
-from runtime.memory_budget import MemoryModel, MemoryPlan, plan_memory
+from runtime.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.patch_grid import PatchGrid, make_grid
 from runtime.preprocess import normalize
+from runtime.rss_timeline import phase
 from runtime.stitching import Stitcher, upsample_logits
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features
@@ -80,11 +81,19 @@ class _Failed:
 class Scheduler:
     """Runs the global, local and fusion backends over images; one Scheduler may serve many threads."""
 
-    def __init__(self, manifest: Manifest, global_backend: Backend, local_backend: Backend, fusion_backend: Backend) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        global_backend: Backend,
+        local_backend: Backend,
+        fusion_backend: Backend,
+        global_stages: tuple[GlobalStage, ...] = (),
+    ) -> None:
         self.manifest = manifest
         self.global_backend = global_backend
         self.local_backend = local_backend
         self.fusion_backend = fusion_backend
+        self.global_stages = global_stages  # when given, the global branch runs stage by stage (exact, in bands)
 
     # ------------------------------------------------------------------ planning
     def grid_for(self, height: int, width: int) -> PatchGrid:
@@ -113,22 +122,70 @@ class Scheduler:
             return _estimate(self.global_backend, {"image": (1, channels, rows, wp)}, {"global_features": out}) + 2 * 4 * width * hg * wg
 
         weights = sum(_weight_bytes(b) for b in (self.global_backend, self.local_backend, self.fusion_backend))
+        weights += sum(_weight_bytes(stage.backend) for stage in self.global_stages)
         band_buffers = (classes + 1) * p * wp * 4 + 2 * channels * p * wp * 4
+        staged = bool(self.global_stages)
         return MemoryModel(
             fixed_bytes=weights + band_buffers + source_bytes,
             batch_bytes=batch_bytes,
-            global_bytes=global_bytes,
+            global_bytes=(lambda rows: self._staged_global_bytes(grid, rows)) if staged else global_bytes,
             padded_height=grid.padded_height,
             padded_width=wp,
             patches=len(grid),
             halo=options.global_halo,
+            staged=staged,
+            global_cost=(lambda rows: self._staged_global_cost(grid, rows)) if staged else None,
         )
+
+    def _staged_global_bytes(self, grid: PatchGrid, band_rows: int | None) -> int:
+        """Stage-wise global branch: the largest stage band's working memory plus every stage's held rows."""
+        stages = self.global_stages
+        bands = stage_band_rows(stages, band_rows or grid.padded_height)
+        height, width = grid.padded_height, grid.padded_width
+        working = held = 0
+        for k, stage in enumerate(stages):
+            c_in, c_out = _channels(stage.backend)
+            s = stage.stride
+            out_height, out_width = math.ceil(height / s), math.ceil(width / s)
+            band_in = min(bands[k], out_height * s)
+            rows_in = min(height, band_in + 2 * stage.halo)
+            shapes_in = {"stage_input": (1, c_in, rows_in, width)}
+            working = max(working, _estimate(stage.backend, shapes_in, {"stage_output": (1, c_out, math.ceil(rows_in / s), out_width)}))
+            wanted = out_height if k + 1 == len(stages) else bands[k + 1] + 2 * stages[k + 1].halo + band_in // s
+            held += 4 * c_out * out_width * min(out_height, wanted)
+            height, width = out_height, out_width
+        return working + held + 4 * c_out * height * width  # + the features' copy as they are assembled
+
+    def _staged_global_cost(self, grid: PatchGrid, band_rows: int | None) -> float:
+        """Work of the stage-wise global branch in patch units: the whole-image work times the rows
+        recomputed in halos (stages weighted equally: ResNet stages are built to cost about the same)."""
+        stages = self.global_stages
+        bands = stage_band_rows(stages, band_rows or grid.padded_height)
+        height, overheads = grid.padded_height, []
+        for stage, band_in in zip(stages, bands):
+            computed = 0
+            for top in range(0, height, band_in):
+                computed += min(height, top + band_in + stage.halo) - max(0, top - stage.halo)
+            overheads.append(computed / height)
+            height = math.ceil(height / stage.stride)
+        return self._global_work(grid) * sum(overheads) / len(overheads)
+
+    def _global_work(self, grid: PatchGrid) -> float:
+        """The global branch on the whole padded image, in patch units (from the bundle's FLOPs when recorded)."""
+        flops = self.manifest.provenance.get("flops") or {}
+        try:
+            per_pixel = flops["global"] / (flops["height"] * flops["width"])
+            per_patch = (flops["local"] + flops["fusion"]) / flops["batch"]
+            patches_per_pixel = per_pixel / per_patch
+        except (KeyError, TypeError, ZeroDivisionError):
+            patches_per_pixel = DEFAULT_GLOBAL_PATCHES_PER_PIXEL
+        return grid.padded_height * grid.padded_width * patches_per_pixel
 
     def plan(self, grid: PatchGrid, options: ScheduleOptions, source_bytes: int = 0) -> MemoryPlan:
         plan = plan_memory(self.memory_model(grid, options, source_bytes), options.max_memory, options.batch_size)
         if options.global_band_rows is not None:
             rows = None if options.global_band_rows >= grid.padded_height else options.global_band_rows
-            plan = MemoryPlan(plan.batch_size, rows, plan.estimate_bytes, plan.budget_bytes)
+            plan = MemoryPlan(plan.batch_size, rows, plan.estimate_bytes, plan.budget_bytes, plan.staged, plan.time_estimate)
         return plan
 
     def _feature_widths(self) -> tuple[int, int]:
@@ -166,9 +223,7 @@ class Scheduler:
         batches = [range(s, min(s + plan.batch_size, len(grid))) for s in range(0, len(grid), plan.batch_size)]
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glsnet-branch")
         try:
-            global_future: Future = executor.submit(
-                global_features, self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo
-            )
+            global_future: Future = executor.submit(self._global_features, reader, grid, plan, options)
             executor.submit(self._produce_local, reader, batches, local_queue, stop)
             features = None
             done = 0
@@ -182,8 +237,14 @@ class Scheduler:
                 if features is None:
                     features = global_future.result()
                 feed = {**local, "global_features": features, "boxes": grid.boxes(list(batch))}
-                logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
-                yield from stitcher.add(upsample_logits(logits, grid.patch_size))
+                del local, item  # the fusion graph holds what it needs; the queue slot is free again
+                with phase("fusion"):
+                    logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
+                del feed
+                with phase("stitching"):
+                    finished = stitcher.add(upsample_logits(logits, grid.patch_size))
+                del logits
+                yield from finished
                 done += len(batch)
                 if progress is not None:
                     progress(done, len(grid))
@@ -200,13 +261,21 @@ class Scheduler:
             for batch in batches:
                 if stop.is_set():
                     return
-                patches = reader.patches(batch)
-                local = self.local_backend.infer({LOCAL_INPUT: patches})
+                with phase("local batch"):
+                    patches = reader.patches(batch)
+                    local = self.local_backend.infer({LOCAL_INPUT: patches})
+                del patches
                 if not _put(out, (batch, {name: local[name] for name in LOCAL_OUTPUTS}), stop):
                     return
             _put(out, None, stop)
         except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
             _put(out, _Failed(exc), stop)
+
+    def _global_features(self, reader: "PaddedReader", grid: PatchGrid, plan: MemoryPlan, options: ScheduleOptions) -> np.ndarray:
+        with phase("global"):
+            if self.global_stages:
+                return staged_global_features(self.global_stages, reader.rows, grid.padded_height, plan.global_band_rows)
+            return global_features(self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo)
 
     def segment(self, source: ImageSource, options: ScheduleOptions = ScheduleOptions()) -> np.ndarray:
         """The whole uint8 class mask [H, W] of ``source``."""
@@ -247,6 +316,12 @@ def _estimate(backend: Backend, inputs: dict, outputs: dict) -> int:
     if estimate is None:  # a backend that reports nothing: count its tensors once
         return sum(math.prod(s) * 4 for s in (*inputs.values(), *outputs.values()))
     return int(estimate(inputs, outputs))
+
+
+def _channels(backend: Backend) -> tuple[int, int]:
+    """(input, output) channels of a one-input, one-output graph, from its metadata."""
+    (meta_in,), (meta_out,) = backend.input_metadata().values(), backend.output_metadata().values()
+    return int(meta_in.shape[1]), int(meta_out.shape[1])
 
 
 def _weight_bytes(backend: Backend) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
+from runtime.global_features import GlobalStage
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
 from runtime.memory_budget import MemoryPlan, parse_memory_size
@@ -108,8 +109,11 @@ class Segmenter:
         """
         with self._lock:
             if self._scheduler is not None:
-                for backend in (self._scheduler.global_backend, self._scheduler.local_backend, self._scheduler.fusion_backend):
+                scheduler = self._scheduler
+                for backend in (scheduler.global_backend, scheduler.local_backend, scheduler.fusion_backend):
                     backend.deactivate()
+                for stage in scheduler.global_stages:
+                    stage.backend.deactivate()
             self._scheduler = None
             if self._tensorrt is not None:
                 self._tensorrt.close()
@@ -120,7 +124,9 @@ class Segmenter:
         """The activated backends, created on first use."""
         with self._lock:
             if self._scheduler is None:
-                self._scheduler = Scheduler(self.manifest, *(self._backend(role) for role in ("global", "local", "fusion")))
+                stages = tuple(GlobalStage(self._backend("global", g.path), g.stride, g.halo) for g in self.graphs.global_stages)
+                backends = (self._backend(role, self.graphs.path(role)) for role in ("global", "local", "fusion"))
+                self._scheduler = Scheduler(self.manifest, *backends, global_stages=stages)
             return self._scheduler
 
     @property
@@ -135,7 +141,7 @@ class Segmenter:
                 self._tensorrt = TensorRTPipeline(self.bundle.directory, options).open()
             return self._tensorrt
 
-    def _backend(self, role: str) -> OnnxRuntimeBackend:
+    def _backend(self, role: str, path: Path) -> OnnxRuntimeBackend:
         o = self.options
         ort_options = OrtOptions(
             device=o.device,
@@ -144,7 +150,7 @@ class Segmenter:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.device == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
-        return OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
+        return OnnxRuntimeBackend(path, ort_options).activate()
 
     # ------------------------------------------------------------------ arrays
     def segment(self, image: np.ndarray) -> np.ndarray:
