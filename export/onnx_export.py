@@ -280,6 +280,16 @@ def check_graph(proto: Any, role: str) -> None:
 # ---------------------------------------------------------------- the bundle
 
 
+def bundle_flops(files: dict[str, Path]) -> dict[str, int]:
+    """FLOPs of each graph at inspect's example size (a 2448 x 2448 image, batch 6), recorded in the manifest
+    so the torch-free runtime can weigh its plans and the bench can say how close it runs to the machine."""
+    from export.inspect_graphs import ExampleSize, summarize_graph
+
+    example = ExampleSize()
+    flops = {role: summarize_graph(path, role, "fp32", example).flops for role, path in files.items()}
+    return {"height": example.height, "width": example.width, "batch": example.batch, **flops}
+
+
 def export_bundle(checkpoint_or_model: Any, out_dir: str | Path, options: ExportOptions | None = None) -> Manifest:
     """Export the three graphs (and the global branch's stage graphs) and write a bundle at ``out_dir``.
 
@@ -310,6 +320,7 @@ def export_bundle(checkpoint_or_model: Any, out_dir: str | Path, options: Export
                 report = check_graph_file(path, role=role) if names is None else check_graph_file(path, role=role, dim_names=names)
                 if not report:
                     raise ExportError(f"{role} graph is not TensorRT-compatible:\n" + "\n".join(report.lines()))
+        provenance = {**provenance, "flops": bundle_flops(files)}
         manifest = build_manifest(stage, model.config, files, options, provenance, tuple(spec for _, spec in stages))
     log.info("bundle written in %.1f s -> %s", time.perf_counter() - start, out_dir)
     return manifest

@@ -1,4 +1,4 @@
-"""Chaining the three graphs over one image on the CPU, with the global and local branches overlapped.
+"""Chaining the three graphs over one image on the CPU, one graph at a time, with patch reading overlapped.
 
 The order of work matches glsnet.inference (the reference): pad bottom/right with zeros in
 normalised space up to one patch; the global graph once per image (whole, or in bands when the
@@ -6,17 +6,22 @@ memory plan says so); per batch of patches in row-major order, the local graph, 
 graph with the global features and the patch boxes; bilinear upsampling of the stride-4 logits;
 pyramid-weighted blending; argmax. Threads stand in for CUDA streams: one runs the global graph,
 one runs local batches into a bounded queue without waiting for it, and the caller's thread runs
-fusion as soon as the global features exist, stitching and handing out finished rows.
+fusion as soon as the global features exist, stitching and handing out finished rows. On the CPU
+(``serialize_graphs``) the threads take turns to run a graph: each graph already uses every core,
+and two working sets at once were the peak (measured: local batch + fusion, 1.46 GB on the default
+bundle at 2448 x 2448). Each batch's buffers are dropped as soon as the next step has what it
+needs, and freed heap is handed back (runtime.heap_release) after the global branch and each batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -28,6 +33,7 @@ from runtime.manifest import FUSION_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
 from runtime.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.patch_grid import PatchGrid, make_grid
 from runtime.preprocess import normalize
+from runtime.heap_release import release_free_heap
 from runtime.rss_timeline import phase
 from runtime.stitching import Stitcher, upsample_logits
 
@@ -45,6 +51,10 @@ class ScheduleOptions:
     global_band_rows: int | None = None  # force banded global features (multiple of 32)
     global_halo: int = DEFAULT_HALO
     queue_depth: int = DEFAULT_QUEUE_DEPTH
+    # One graph at a time (the global, local and fusion graphs never run at once): on the CPU every graph
+    # already uses every core, so overlap buys no speed, and it stacks two working sets into the peak.
+    # Off for GPU providers, where the branches overlap on streams.
+    serialize_graphs: bool = True
     bands: tuple[int, ...] | None = None  # input bands to feed, overriding the bundle's normalisation
 
     def __post_init__(self) -> None:
@@ -94,6 +104,7 @@ class Scheduler:
         self.local_backend = local_backend
         self.fusion_backend = fusion_backend
         self.global_stages = global_stages  # when given, the global branch runs stage by stage (exact, in bands)
+        self._activation_lock = threading.Lock()
 
     # ------------------------------------------------------------------ planning
     def grid_for(self, height: int, width: int) -> PatchGrid:
@@ -115,13 +126,15 @@ class Scheduler:
             fusion = _estimate(self.fusion_backend, fusion_in, {FUSION_OUTPUT: (batch, classes, fine, fine)})
             queued = (options.queue_depth + 2) * batch * 4 * (width * tokens * tokens + skip * fine * fine)
             upsampled = 2 * batch * classes * p * p * 4
-            return local + fusion + queued + upsampled
+            working = max(local, fusion) if options.serialize_graphs else local + fusion
+            return working + queued + upsampled
 
         def global_bytes(rows: int) -> int:
             out = (1, width, math.ceil(rows / FEATURE_STRIDE), wg)
             return _estimate(self.global_backend, {"image": (1, channels, rows, wp)}, {"global_features": out}) + 2 * 4 * width * hg * wg
 
-        weights = sum(_weight_bytes(b) for b in (self.global_backend, self.local_backend, self.fusion_backend))
+        whole_global = () if self.global_stages else (self.global_backend,)
+        weights = sum(_weight_bytes(b) for b in (*whole_global, self.local_backend, self.fusion_backend))
         weights += sum(_weight_bytes(stage.backend) for stage in self.global_stages)
         band_buffers = (classes + 1) * p * wp * 4 + 2 * channels * p * wp * 4
         staged = bool(self.global_stages)
@@ -129,6 +142,7 @@ class Scheduler:
             fixed_bytes=weights + band_buffers + source_bytes,
             batch_bytes=batch_bytes,
             global_bytes=(lambda rows: self._staged_global_bytes(grid, rows)) if staged else global_bytes,
+            # serialized, the global working set never meets a batch's; the model still adds them (an upper bound)
             padded_height=grid.padded_height,
             padded_width=wp,
             patches=len(grid),
@@ -223,8 +237,9 @@ class Scheduler:
         batches = [range(s, min(s + plan.batch_size, len(grid))) for s in range(0, len(grid), plan.batch_size)]
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glsnet-branch")
         try:
-            global_future: Future = executor.submit(self._global_features, reader, grid, plan, options)
-            executor.submit(self._produce_local, reader, batches, local_queue, stop)
+            slot = threading.Lock() if options.serialize_graphs else contextlib.nullcontext()
+            global_future: Future = executor.submit(self._global_features, reader, grid, plan, options, slot)
+            executor.submit(self._produce_local, reader, batches, local_queue, stop, slot)
             features = None
             done = 0
             while True:
@@ -238,12 +253,13 @@ class Scheduler:
                     features = global_future.result()
                 feed = {**local, "global_features": features, "boxes": grid.boxes(list(batch))}
                 del local, item  # the fusion graph holds what it needs; the queue slot is free again
-                with phase("fusion"):
+                with slot, phase("fusion"):
                     logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
                 del feed
                 with phase("stitching"):
                     finished = stitcher.add(upsample_logits(logits, grid.patch_size))
                 del logits
+                release_free_heap()  # the batch's activations are freed: give them back before the next
                 yield from finished
                 done += len(batch)
                 if progress is not None:
@@ -256,13 +272,15 @@ class Scheduler:
             executor.shutdown(wait=True, cancel_futures=True)
             _drain(local_queue)
 
-    def _produce_local(self, reader: "PaddedReader", batches: list[range], out: queue.Queue, stop: threading.Event) -> None:
+    def _produce_local(
+        self, reader: "PaddedReader", batches: list[range], out: queue.Queue, stop: threading.Event, slot: ContextManager
+    ) -> None:
         try:
             for batch in batches:
                 if stop.is_set():
                     return
-                with phase("local batch"):
-                    patches = reader.patches(batch)
+                patches = reader.patches(batch)
+                with slot, phase("local batch"):
                     local = self.local_backend.infer({LOCAL_INPUT: patches})
                 del patches
                 if not _put(out, (batch, {name: local[name] for name in LOCAL_OUTPUTS}), stop):
@@ -271,11 +289,19 @@ class Scheduler:
         except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
             _put(out, _Failed(exc), stop)
 
-    def _global_features(self, reader: "PaddedReader", grid: PatchGrid, plan: MemoryPlan, options: ScheduleOptions) -> np.ndarray:
-        with phase("global"):
+    def _global_features(
+        self, reader: "PaddedReader", grid: PatchGrid, plan: MemoryPlan, options: ScheduleOptions, slot: ContextManager
+    ) -> np.ndarray:
+        """The global branch, taking the graph slot for all its bands: fusion needs all of it before any batch."""
+        with slot, phase("global"):
             if self.global_stages:
-                return staged_global_features(self.global_stages, reader.rows, grid.padded_height, plan.global_band_rows)
-            return global_features(self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo)
+                features = staged_global_features(self.global_stages, reader.rows, grid.padded_height, plan.global_band_rows)
+            else:
+                with self._activation_lock:
+                    self.global_backend.activate()  # not loaded up front when the bundle has stage graphs
+                features = global_features(self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo)
+            release_free_heap()
+        return features
 
     def segment(self, source: ImageSource, options: ScheduleOptions = ScheduleOptions()) -> np.ndarray:
         """The whole uint8 class mask [H, W] of ``source``."""

@@ -20,9 +20,11 @@ from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
 from runtime.global_features import GlobalStage
+from runtime.heap_release import fixed_mmap_threshold, release_free_heap
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
-from runtime.memory_budget import MemoryPlan, parse_memory_size
+from runtime.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
+from runtime.rss_timeline import phase
 from runtime.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ class SegmenterOptions:
             max_memory=self.max_memory,
             global_band_rows=self.global_band_rows,
             bands=self.bands,
+            serialize_graphs=self.device == "cpu",  # GPU providers overlap the branches on streams
             **extra,
         )
 
@@ -87,6 +90,7 @@ class Segmenter:
                 bands=tuple(bands) if bands is not None else None,
             )
         self.options = options
+        fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
         self.bundle = open_bundle(bundle)
         self.manifest = self.bundle.manifest
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
@@ -125,8 +129,12 @@ class Segmenter:
         with self._lock:
             if self._scheduler is None:
                 stages = tuple(GlobalStage(self._backend("global", g.path), g.stride, g.halo) for g in self.graphs.global_stages)
-                backends = (self._backend(role, self.graphs.path(role)) for role in ("global", "local", "fusion"))
-                self._scheduler = Scheduler(self.manifest, *backends, global_stages=stages)
+                # with stage graphs the single global graph is loaded only if something asks for it (its weights
+                # would be a second resident copy of ResNet18's)
+                whole = self._backend("global", self.graphs.path("global"), activate=not stages)
+                local, fusion = (self._backend(role, self.graphs.path(role)) for role in ("local", "fusion"))
+                self._scheduler = Scheduler(self.manifest, whole, local, fusion, global_stages=stages)
+                release_free_heap()  # the parsed graphs and load-time copies: about 170 MB on the default bundle
             return self._scheduler
 
     @property
@@ -141,7 +149,7 @@ class Segmenter:
                 self._tensorrt = TensorRTPipeline(self.bundle.directory, options).open()
             return self._tensorrt
 
-    def _backend(self, role: str, path: Path) -> OnnxRuntimeBackend:
+    def _backend(self, role: str, path: Path, activate: bool = True) -> OnnxRuntimeBackend:
         o = self.options
         ort_options = OrtOptions(
             device=o.device,
@@ -150,7 +158,8 @@ class Segmenter:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.device == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
-        return OnnxRuntimeBackend(path, ort_options).activate()
+        backend = OnnxRuntimeBackend(path, ort_options)
+        return backend.activate() if activate else backend
 
     # ------------------------------------------------------------------ arrays
     def segment(self, image: np.ndarray) -> np.ndarray:
@@ -166,6 +175,12 @@ class Segmenter:
             return MemoryPlan(batch, None, 0, self.options.max_memory)
         scheduler = self.scheduler
         return scheduler.plan(scheduler.grid_for(height, width), self._schedule, source_bytes)
+
+    def lowest_budget(self, height: int, width: int) -> int:
+        """The smallest --max-memory this Segmenter accepts for an image of this size (an estimate)."""
+        scheduler = self.scheduler
+        grid = scheduler.grid_for(height, width)
+        return lowest_budget(scheduler.memory_model(grid, self._schedule), self._schedule.batch_size)
 
     def iter_rows(self, source: ImageSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]:
         """Finished mask rows of ``source``, top to bottom (see Scheduler.iter_rows)."""
@@ -195,7 +210,7 @@ class Segmenter:
         try:
             if paths is None:
                 paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
-            return write_outputs(source, self.iter_rows(source, progress), paths, outputs, self.manifest)
+            return write_outputs(source, _marked_writing(self.iter_rows(source, progress)), paths, outputs, self.manifest)
         finally:
             source.close()
 
@@ -204,3 +219,10 @@ def _array_source(image: np.ndarray) -> ArraySource:
     if not isinstance(image, np.ndarray):
         raise InputError(f"segment() takes a numpy array [H, W, C], got {type(image).__name__}")
     return ArraySource(image, name=f"array of shape {image.shape}")
+
+
+def _marked_writing(rows: Iterator[RowBand]) -> Iterator[RowBand]:
+    """The rows, with the "writing" phase marked while the writer holds each band (see runtime.rss_timeline)."""
+    for band in rows:
+        with phase("writing"):
+            yield band
