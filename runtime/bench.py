@@ -103,7 +103,10 @@ def torch_available() -> bool:
     """Whether the build side (torch) is installed: the reference half and the random-init bundle need it."""
     import importlib.util
 
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a half-removed install
+        return False
 
 
 def _bundle_and_checkpoint(options: BenchOptions) -> tuple[Path, Path | None]:

@@ -38,6 +38,8 @@ from runtime.rss_timeline import phase
 from runtime.stitching import Stitcher, upsample_logits
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features
+# The interpreter, numpy and ONNX Runtime's libraries before any session: measured 35-60 MB.
+PROCESS_BASE_BYTES = 60_000_000
 
 RowBand = tuple[int, np.ndarray]  # (first image row, uint8 class indices [rows, width])
 
@@ -122,8 +124,10 @@ class Scheduler:
         def batch_bytes(batch: int) -> int:
             local_out = {"local_features": (batch, width, tokens, tokens), "local_skip": (batch, skip, fine, fine)}
             local = _estimate(self.local_backend, {LOCAL_INPUT: (batch, channels, p, p)}, local_out)
-            fusion_in = {**local_out, "global_features": (1, width, hg, wg), "boxes": (batch, 4)}
-            fusion = _estimate(self.fusion_backend, fusion_in, {FUSION_OUTPUT: (batch, classes, fine, fine)})
+            # the fusion graph crops each patch's footprint out of the global map (separable matmuls): its working
+            # set scales with the batch, the map itself is read in place (counted once)
+            fusion_in = {**local_out, "boxes": (batch, 4)}
+            fusion = _estimate(self.fusion_backend, fusion_in, {FUSION_OUTPUT: (batch, classes, fine, fine)}) + 4 * width * hg * wg
             queued = (options.queue_depth + 2) * batch * 4 * (width * tokens * tokens + skip * fine * fine)
             upsampled = 2 * batch * classes * p * p * 4
             working = max(local, fusion) if options.serialize_graphs else local + fusion
@@ -139,7 +143,7 @@ class Scheduler:
         band_buffers = (classes + 1) * p * wp * 4 + 2 * channels * p * wp * 4
         staged = bool(self.global_stages)
         return MemoryModel(
-            fixed_bytes=weights + band_buffers + source_bytes,
+            fixed_bytes=PROCESS_BASE_BYTES + weights + band_buffers + source_bytes,
             batch_bytes=batch_bytes,
             global_bytes=(lambda rows: self._staged_global_bytes(grid, rows)) if staged else global_bytes,
             # serialized, the global working set never meets a batch's; the model still adds them (an upper bound)

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 TENSORRT_ENGINE = "tensorrt-engine"
 
 # Working memory of each graph as a multiple of its input + output bytes (see OnnxRuntimeBackend.memory_estimate),
-# measured with ONNX Runtime 1.32 on the CPU for the default configuration (global 6-8x, local 5.2x,
-# fusion 9x at batch 6), rounded up.
-ACTIVATION_FACTORS = {"global": 8.5, "local": 6.0, "fusion": 10.0}
+# measured with ONNX Runtime 1.32 on the CPU for the default configuration (peak RSS of one run minus RSS
+# before it, glibc's mmap threshold fixed): single global graph 6-8x, global stages 1.3-2.8x (stage 0 on
+# 560 x 2448 rows: 2.84x), local 5.6x, fusion 4.0x at batch 1 to 8.1x at batch 6; rounded up.
+ACTIVATION_FACTORS = {"global": 8.5, "global stage": 3.0, "local": 6.0, "fusion": 8.5}
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Segmenter:
         """The activated backends, created on first use."""
         with self._lock:
             if self._scheduler is None:
-                stages = tuple(GlobalStage(self._backend("global", g.path), g.stride, g.halo) for g in self.graphs.global_stages)
+                stages = tuple(GlobalStage(self._backend("global stage", g.path), g.stride, g.halo) for g in self.graphs.global_stages)
                 # with stage graphs the single global graph is loaded only if something asks for it (its weights
                 # would be a second resident copy of ResNet18's)
                 whole = self._backend("global", self.graphs.path("global"), activate=not stages)
