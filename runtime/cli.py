@@ -42,7 +42,7 @@ def run(
     precision: str = typer.Option("fp32", help="Graph set to run: fp32, fp16 or int8."),
     device: str = typer.Option("cpu", help="ONNX Runtime execution provider: cpu, cuda or tensorrt; or tensorrt-engine: the bundle's TensorRT engines on CUDA streams."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per batch (default: chosen by the memory plan)."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB; picks batch size and global banding."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 900MB: the quickest batch size and global banding that fit (glsnet bench --budgets shows the cost)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core)."),
     bands: Optional[str] = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's)."),
     fmt: str = typer.Option("png", "--format", help="Mask format: png, or tif (written strip by strip, GeoTIFF tags kept)."),

@@ -28,12 +28,12 @@ import numpy as np
 from runtime.backends.base import Backend
 from runtime.errors import InputError
 from runtime.global_features import DEFAULT_HALO, FEATURE_STRIDE, GlobalStage, global_features, stage_band_rows, staged_global_features
+from runtime.heap_release import release_free_heap
 from runtime.image_readers import ImageSource
-from runtime.manifest import FUSION_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
+from runtime.manifest import FUSION_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
 from runtime.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.patch_grid import PatchGrid, make_grid
 from runtime.preprocess import normalize
-from runtime.heap_release import release_free_heap
 from runtime.rss_timeline import phase
 from runtime.stitching import Stitcher, upsample_logits
 
@@ -145,8 +145,8 @@ class Scheduler:
         return MemoryModel(
             fixed_bytes=PROCESS_BASE_BYTES + weights + band_buffers + source_bytes,
             batch_bytes=batch_bytes,
-            global_bytes=(lambda rows: self._staged_global_bytes(grid, rows)) if staged else global_bytes,
             # serialized, the global working set never meets a batch's; the model still adds them (an upper bound)
+            global_bytes=(lambda rows: self._staged_global_bytes(grid, rows)) if staged else global_bytes,
             padded_height=grid.padded_height,
             padded_width=wp,
             patches=len(grid),
@@ -167,8 +167,9 @@ class Scheduler:
             out_height, out_width = math.ceil(height / s), math.ceil(width / s)
             band_in = min(bands[k], out_height * s)
             rows_in = min(height, band_in + 2 * stage.halo)
-            shapes_in = {"stage_input": (1, c_in, rows_in, width)}
-            working = max(working, _estimate(stage.backend, shapes_in, {"stage_output": (1, c_out, math.ceil(rows_in / s), out_width)}))
+            shapes_in = {GLOBAL_STAGE_INPUT: (1, c_in, rows_in, width)}
+            shapes_out = {GLOBAL_STAGE_OUTPUT: (1, c_out, math.ceil(rows_in / s), out_width)}
+            working = max(working, _estimate(stage.backend, shapes_in, shapes_out))
             wanted = out_height if k + 1 == len(stages) else bands[k + 1] + 2 * stages[k + 1].halo + band_in // s
             held += 4 * c_out * out_width * min(out_height, wanted)
             height, width = out_height, out_width
