@@ -45,7 +45,7 @@ def run_reference(checkpoint: Path, image: Path, mask_out: Path, batch_size: int
     pixels = source.read_rows(0, source.height)
     source.close()
     loaded = time.perf_counter()
-    mask = predict_mask(model, normalize(pixels, model.config.normalization), batch_size=batch_size)
+    mask = predict_mask(model, normalize(pixels, model.config.normalization), batch_size=batch_size)  # the model's own, as the bundle's
     done = time.perf_counter()
     np.save(mask_out, mask)
     return {

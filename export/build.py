@@ -129,12 +129,14 @@ def _describe(bundle_dir: Path, relative: str, fp32: GraphSpec, precision: str) 
 
 @contextlib.contextmanager
 def staging_bundle(bundle_dir: Path, manifest: Manifest, precision: str):
-    """A throw-away bundle beside the real one: the fp32 graphs (hard links) and room for candidates."""
+    """A throw-away bundle beside the real one: the fp32 graphs and global stage graphs (hard links) and room for candidates."""
     stage = bundle_dir / f"{STAGING_PREFIX}{precision}-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
-        for role in GRAPH_ROLES:
-            spec = manifest.graph(role, "fp32")
+        specs = [manifest.graph(role, "fp32") for role in GRAPH_ROLES]
+        specs += [s.graph for s in manifest.global_stages.get("fp32", ())]
+        for spec in specs:
+            (stage / spec.file).parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(graph_path(bundle_dir, spec), stage / spec.file)
         yield stage
     finally:

@@ -19,6 +19,7 @@ from runtime.errors import InputError
 from runtime.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
+    GlobalStageSpec,
     GraphSpec,
     InputPixels,
     Manifest,
@@ -124,8 +125,10 @@ def provenance_versions() -> dict[str, str]:
     return {"toolkit_version": toolkit, "torch": torch.__version__, "onnx": onnx.__version__, "onnxslim": onnxslim.__version__}
 
 
-def build_manifest(stage: Path, config: Any, files: dict[str, Path], options: Any, provenance: dict[str, Any]) -> Manifest:
-    """Assemble and write ``manifest.json`` for the fp32 graphs in ``stage``."""
+def build_manifest(
+    stage: Path, config: Any, files: dict[str, Path], options: Any, provenance: dict[str, Any], global_stages: tuple[GlobalStageSpec, ...] = ()
+) -> Manifest:
+    """Assemble and write ``manifest.json`` for the fp32 graphs (and global stage graphs) in ``stage``."""
     graphs = {"fp32": {role: describe_graph(stage, path, role, config, options.opset) for role, path in files.items()}}
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -144,6 +147,7 @@ def build_manifest(stage: Path, config: Any, files: dict[str, Path], options: An
             "opset": options.opset,
             "simplified": options.simplify,
         },
+        global_stages={"fp32": global_stages} if global_stages else {},
     )
     write_manifest(stage, manifest)
     return manifest

@@ -280,14 +280,25 @@ def check_graph(proto: Any, role: str) -> None:
 # ---------------------------------------------------------------- the bundle
 
 
+def bundle_flops(files: dict[str, Path]) -> dict[str, int]:
+    """FLOPs of each graph at inspect's example size (a 2448 x 2448 image, batch 6), recorded in the manifest
+    so the torch-free runtime can weigh its plans and the bench can say how close it runs to the machine."""
+    from export.inspect_graphs import ExampleSize, summarize_graph
+
+    example = ExampleSize()
+    flops = {role: summarize_graph(path, role, "fp32", example).flops for role, path in files.items()}
+    return {"height": example.height, "width": example.width, "batch": example.batch, **flops}
+
+
 def export_bundle(checkpoint_or_model: Any, out_dir: str | Path, options: ExportOptions | None = None) -> Manifest:
-    """Export the three graphs and write a bundle at ``out_dir``; returns its manifest.
+    """Export the three graphs (and the global branch's stage graphs) and write a bundle at ``out_dir``.
 
     The bundle is written into a temporary sibling directory and renamed into place, so ``out_dir``
     is either the old bundle or the complete new one. An existing directory that is not a bundle is
     refused; an existing bundle is replaced only with ``options.force``.
     """
     from export.bundle_writer import build_manifest, check_target, staged_bundle
+    from export.global_stages import STAGE_DIM_NAMES, export_global_stages
 
     options = options or ExportOptions()
     out_dir = Path(out_dir)
@@ -299,13 +310,17 @@ def export_bundle(checkpoint_or_model: Any, out_dir: str | Path, options: Export
         files = {}
         for role in GRAPH_ROLES:
             files[role] = export_graph(model, role, stage / f"{role}.onnx", options, args[role])
+        stages = export_global_stages(model, stage, options, args["global"][0])
         if options.check_tensorrt:
             from export.tensorrt_compat import check_graph_file
 
-            for role, path in files.items():
-                report = check_graph_file(path, role=role)
+            checks = [(role, path, None) for role, path in files.items()]
+            checks += [(f"global stage {i}", path, STAGE_DIM_NAMES) for i, (path, _) in enumerate(stages)]
+            for role, path, names in checks:
+                report = check_graph_file(path, role=role) if names is None else check_graph_file(path, role=role, dim_names=names)
                 if not report:
                     raise ExportError(f"{role} graph is not TensorRT-compatible:\n" + "\n".join(report.lines()))
-        manifest = build_manifest(stage, model.config, files, options, provenance)
+        provenance = {**provenance, "flops": bundle_flops(files)}
+        manifest = build_manifest(stage, model.config, files, options, provenance, tuple(spec for _, spec in stages))
     log.info("bundle written in %.1f s -> %s", time.perf_counter() - start, out_dir)
     return manifest

@@ -518,13 +518,14 @@ def check_graph_file(
 
 
 def check_bundle(bundle_dir: str | Path, precision: str = "fp32", parsers: Iterable[str] = ("10", "11")) -> list[CompatReport]:
-    """Check the three graphs of one precision in a bundle (checksums verified first)."""
+    """Check the three graphs of one precision in a bundle, and its global stage graphs if any (checksums verified first)."""
     from runtime.manifest import GRAPH_ROLES, graph_path, read_manifest
 
     manifest = read_manifest(bundle_dir)
+    specs = [(role, manifest.graph(role, precision)) for role in GRAPH_ROLES]
+    specs += [(f"global stage {i}", stage.graph) for i, stage in enumerate(manifest.global_stages.get(precision, ()))]
     reports = []
-    for role in GRAPH_ROLES:
-        spec = manifest.graph(role, precision)
+    for role, spec in specs:
         names = {d for t in spec.inputs for d in t.shape if isinstance(d, str)}
         reports.append(check_graph_file(graph_path(bundle_dir, spec), role=f"{precision}/{role}", parsers=parsers, dim_names=names))
     return reports

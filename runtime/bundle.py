@@ -19,6 +19,15 @@ TENSORRT_EP_CACHE = Path("engines") / "ort-tensorrt-cache"
 
 
 @dataclass(frozen=True)
+class StageGraph:
+    """One verified stage graph of the global branch (see manifest.GlobalStageSpec)."""
+
+    path: Path
+    stride: int
+    halo: int
+
+
+@dataclass(frozen=True)
 class GraphSet:
     """The three graph files of one precision, verified, and where they came from."""
 
@@ -27,6 +36,7 @@ class GraphSet:
     local_graph: Path
     fusion_graph: Path
     source: str  # "graphs" or "onnxruntime engine in <dir>"
+    global_stages: tuple[StageGraph, ...] = ()  # empty: the global branch runs as its single graph
 
     def path(self, role: str) -> Path:
         return {"global": self.global_graph, "local": self.local_graph, "fusion": self.fusion_graph}[role]
@@ -75,10 +85,14 @@ class Bundle:
                 )
             paths = {role: self._engine_file(engine, role) for role in GRAPH_ROLES}
             source = f"onnxruntime engine in {engine.directory}"
+            stages: tuple[StageGraph, ...] = ()  # the optimized build's global graph is not split in stages
         else:
             paths = {role: graph_path(self.directory, self.manifest.graph(role, precision)) for role in GRAPH_ROLES}
             source = "graphs"
-        return GraphSet(precision, paths["global"], paths["local"], paths["fusion"], source)
+            stages = tuple(
+                StageGraph(graph_path(self.directory, s.graph), s.stride, s.halo) for s in self.manifest.global_stages.get(precision, ())
+            )
+        return GraphSet(precision, paths["global"], paths["local"], paths["fusion"], source, stages)
 
     def _engine_file(self, engine: EngineSpec, role: str) -> Path:
         entry = engine.files[role]

@@ -148,18 +148,31 @@ def bench(
     torch_reference: bool = typer.Option(True, "--torch/--no-torch", help="Also measure the PyTorch reference (needs torch)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph."),
     batch: bool = typer.Option(False, "--batch", help="Instead: glsnet batch's scenes/min with 1 and 2 Ray workers on the same 8 scenes, and per-worker peak RSS (needs the cluster extra)."),
+    budgets: str = typer.Option("700MB,900MB,1.2GB", "--budgets", help="--max-memory values to measure at --size (comma-separated; '' for none)."),
 ) -> None:
-    """Wall time, peak RSS and patches/s of the runtime vs the PyTorch reference, and runtime peak RSS vs image height."""
+    """Wall time, peak RSS (with an RSS timeline by phase) and patches/s of the runtime vs the PyTorch reference,
+    runtime peak RSS vs image height, memory budgets, and the runtime's fraction of the machine's sgemm rate.
+
+    With --batch: glsnet batch's scenes/min with 1 and 2 Ray workers instead."""
     if batch:
         from runtime.batch_bench import BatchBenchOptions, run_batch_bench
 
         run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
         return
     from runtime.bench import BenchOptions, run_bench
+    from runtime.memory_budget import parse_memory_size
 
     if preset not in ("default", "small"):
         raise InputError(f"--preset {preset!r}: choose default or small")
-    run_bench(BenchOptions(out=out, bundle=bundle, checkpoint=checkpoint, preset=preset, size=size, tall_factors=_factors(tall_factors), torch_reference=torch_reference, threads=threads))
+    chosen = tuple(b.strip() for b in budgets.split(",") if b.strip())
+    for text in chosen:
+        parse_memory_size(text)  # a bad size fails here, before any measuring
+    run_bench(
+        BenchOptions(
+            out=out, bundle=bundle, checkpoint=checkpoint, preset=preset, size=size, tall_factors=_factors(tall_factors),
+            torch_reference=torch_reference, threads=threads, budgets=chosen,
+        )
+    )
 
 
 def _factors(text: str) -> tuple[int, ...]:

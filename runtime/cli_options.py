@@ -20,7 +20,7 @@ DEVICE = typer.Option(None, "--device", hidden=True, help="Deprecated: cpu|cuda|
 CUDA_GRAPHS = typer.Option(False, "--cuda-graphs", help="--engine tensorrt: replay fixed-shape local/fusion batches as CUDA graphs.")
 DLA_CORE = typer.Option(None, "--dla-core", help="--engine tensorrt: use the bundle's DLA engines built for this core (Jetson).")
 BATCH_SIZE = typer.Option(None, "--batch-size", help="Patches per batch (default: chosen by the memory plan).")
-MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB; picks batch size and global banding.")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget, e.g. 900MB: the quickest batch size and global banding that fit (glsnet bench --budgets shows the cost).")
 THREADS = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core).")
 BANDS = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's).")
 FORMAT = typer.Option("png", "--format", help="Mask format: png, or tif (written strip by strip, GeoTIFF tags kept).")

@@ -1,4 +1,4 @@
-"""The global branch on the whole image, or in horizontal bands with a halo when the image is too large.
+"""The global branch on the whole image, in horizontal bands with a halo, or stage by stage in bands.
 
 The global graph is the one part whose memory grows with the image. Its output is small
 (d x H/32 x W/32 floats), so for a tall image it runs on bands of rows whose edges sit on the
@@ -20,10 +20,13 @@ from typing import Callable
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.manifest import GLOBAL_INPUT, GLOBAL_OUTPUT
+from runtime.manifest import GLOBAL_INPUT, GLOBAL_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT
 
 FEATURE_STRIDE = 32
 DEFAULT_HALO = 256  # pixels of context above and below each band; a multiple of the stride
+# A stage's band is at least this many times its halo (in its input rows), so recomputed halo rows
+# cost at most 2/8 = 25% of that stage; with bands of 512 image rows, ~18% of the whole branch.
+MIN_BAND_OVER_HALO = 8
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,78 @@ def global_features(
         count = math.ceil(band.bottom / FEATURE_STRIDE) - band.top // FEATURE_STRIDE
         pieces.append(features[:, :, first : first + count])
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=2)
+
+
+@dataclass(frozen=True)
+class GlobalStage:
+    """One stage graph of the global branch: ``stride`` rows in per row out, ``halo`` input rows of context."""
+
+    backend: Backend
+    stride: int
+    halo: int
+
+
+def stage_band_rows(stages: list[GlobalStage] | tuple[GlobalStage, ...], band_rows: int) -> list[int]:
+    """Each stage's band height in its own input rows, for bands of about ``band_rows`` image rows."""
+    out, stride = [], 1
+    for stage in stages:
+        rows = max(band_rows // stride, MIN_BAND_OVER_HALO * stage.halo, stage.stride)
+        out.append(-(-rows // stage.stride) * stage.stride)
+        stride *= stage.stride
+    return out
+
+
+class _StageRows:
+    """Output rows of one stage, computed band by band on demand, each dropped once no later band needs it."""
+
+    def __init__(self, stage: GlobalStage, read_input: Callable[[int, int], np.ndarray], in_height: int, band_in: int) -> None:
+        self.stage, self.read_input, self.in_height = stage, read_input, in_height
+        self.height = math.ceil(in_height / stage.stride)
+        self.band_out = band_in // stage.stride
+        self.computed = 0
+        self.chunks: list[tuple[int, np.ndarray]] = []  # (first row, [C, rows, W]) in row order
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        """[C, bottom - top, W] of this stage's output; rows before ``top`` are released."""
+        while self.computed < bottom:
+            self._compute_next()
+        self.chunks = [(start, chunk) for start, chunk in self.chunks if start + chunk.shape[1] > top]
+        parts = [chunk[:, max(0, top - start) : bottom - start] for start, chunk in self.chunks if start < bottom]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def all_rows(self) -> np.ndarray:
+        return self.rows(0, self.height)
+
+    def _compute_next(self) -> None:
+        s, halo = self.stage.stride, self.stage.halo
+        first_out = self.computed
+        last_out = min(self.height, first_out + self.band_out)
+        top, bottom = first_out * s, min(self.in_height, last_out * s)
+        read_top, read_bottom = max(0, top - halo), min(self.in_height, bottom + halo)
+        out = self.stage.backend.infer({GLOBAL_STAGE_INPUT: np.ascontiguousarray(self.read_input(read_top, read_bottom))[None]})
+        features = out[GLOBAL_STAGE_OUTPUT][0]
+        skip = (top - read_top) // s
+        if features.shape[1] < skip + last_out - first_out:
+            raise RuntimeError(f"global stage gave {features.shape[1]} rows for input rows {read_top}..{read_bottom}; expected ceil(rows / {s})")
+        self.chunks.append((first_out, features[:, skip : skip + last_out - first_out].copy()))
+        self.computed = last_out
+
+
+def staged_global_features(
+    stages: list[GlobalStage] | tuple[GlobalStage, ...],
+    read_rows: Callable[[int, int], np.ndarray],
+    padded_height: int,
+    band_rows: int | None = None,
+) -> np.ndarray:
+    """[1, d, ceil(Hp/32), ceil(Wp/32)] global features, exactly as the single global graph gives them.
+
+    ``band_rows`` (image rows; None: whole image) sets each stage's band (``stage_band_rows``).
+    """
+    bands = stage_band_rows(stages, band_rows if band_rows is not None else padded_height)
+    reader, height = read_rows, padded_height
+    stream = None
+    for stage, band_in in zip(stages, bands):
+        stream = _StageRows(stage, reader, height, min(band_in, -(-height // stage.stride) * stage.stride))
+        reader, height = stream.rows, stream.height
+    assert stream is not None, "a staged global branch has at least one stage"
+    return stream.all_rows()[None]

@@ -32,6 +32,10 @@ LOCAL_INPUT = "patches"
 LOCAL_OUTPUTS = ("local_features", "local_skip")
 FUSION_INPUTS = ("local_features", "local_skip", "global_features", "boxes")
 FUSION_OUTPUT = "logits"
+# The global branch stage by stage (optional, beside the single global graph): each stage graph maps
+# [1, C_in, h, w] to [1, C_out, ceil(h/stride), ceil(w/stride)]; the strides multiply to the feature stride.
+GLOBAL_STAGE_INPUT = "stage_input"
+GLOBAL_STAGE_OUTPUT = "stage_output"
 
 # Tensor names of each graph role, in order: (inputs, outputs).
 ROLE_TENSORS = {
@@ -97,6 +101,20 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class GlobalStageSpec:
+    """One stage of the global branch as its own graph, so the branch can run in bands stage by stage.
+
+    ``halo``: rows of context (in this stage's input rows, a multiple of ``stride``) above and below a
+    band that make the band's kept output rows exactly the whole-image ones (at least the stage's
+    receptive-field radius).
+    """
+
+    graph: GraphSpec
+    stride: int
+    halo: int
+
+
+@dataclass(frozen=True)
 class Normalization:
     """pixel_float = (pixel / scale - mean) / std, per band, after selecting ``bands``."""
 
@@ -142,6 +160,8 @@ class Manifest:
     calibration: dict[str, Any] | None = None
     accuracy: dict[str, Any] = field(default_factory=dict)  # precision -> gate report
     provenance: dict[str, Any] = field(default_factory=dict)
+    # precision -> the global branch's stage graphs in order (absent: the single global graph only)
+    global_stages: dict[str, tuple[GlobalStageSpec, ...]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -273,6 +293,45 @@ def _graph(data: Any, where: str) -> GraphSpec:
     )
 
 
+def _global_stages(data: Any, graphs: dict[str, dict[str, GraphSpec]], where: str) -> dict[str, tuple[GlobalStageSpec, ...]]:
+    """Stage graphs per precision, checked to chain from the image to the global features at the feature stride."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: global_stages must map a precision to a list of stages")
+    out = {}
+    for precision, stages in data.items():
+        at = f"{where} global_stages.{precision}"
+        if precision not in graphs:
+            raise BundleError(f"{at}: the bundle has no {precision} graphs for these stages to belong to")
+        if not isinstance(stages, list) or not stages:
+            raise BundleError(f"{at}: expected a non-empty list of stages")
+        specs = []
+        for i, stage in enumerate(stages):
+            d = _check_keys(stage, GlobalStageSpec, f"{at}[{i}]")
+            graph = _graph(d["graph"], f"{at}[{i}]")
+            stride, halo = d["stride"], d["halo"]
+            if type(stride) is not int or stride < 1 or type(halo) is not int or halo < 0 or halo % stride:
+                raise BundleError(f"{at}[{i}]: stride {stride!r} must be >= 1 and halo {halo!r} a non-negative multiple of it")
+            if tuple(t.name for t in graph.inputs) != (GLOBAL_STAGE_INPUT,) or tuple(t.name for t in graph.outputs) != (GLOBAL_STAGE_OUTPUT,):
+                raise BundleError(f"{at}[{i}]: a stage graph must have input {GLOBAL_STAGE_INPUT!r} and output {GLOBAL_STAGE_OUTPUT!r}")
+            if graph.precision != precision:
+                raise BundleError(f"{at}[{i}]: precision field says {graph.precision!r}")
+            specs.append(GlobalStageSpec(graph=graph, stride=stride, halo=halo))
+        whole = graphs[precision]["global"]
+        channels = [whole.inputs[0].shape[1]] + [s.graph.outputs[0].shape[1] for s in specs]
+        for i, s in enumerate(specs):
+            if s.graph.inputs[0].shape[1] != channels[i]:
+                raise BundleError(f"{at}[{i}]: takes {s.graph.inputs[0].shape[1]} channels but receives {channels[i]}")
+        if channels[-1] != whole.outputs[0].shape[1]:
+            raise BundleError(f"{at}: the last stage gives {channels[-1]} channels, the global features have {whole.outputs[0].shape[1]}")
+        stride = 1
+        for s in specs:
+            stride *= s.stride
+        if stride != PatchSpec.feature_stride:
+            raise BundleError(f"{at}: the stage strides multiply to {stride}, not the feature stride {PatchSpec.feature_stride}")
+        out[precision] = tuple(specs)
+    return out
+
+
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate a parsed manifest; every problem names ``where`` and the key at fault."""
     try:
@@ -347,6 +406,7 @@ def _manifest_from_dict(data: Any, where: str) -> Manifest:
         calibration=d.get("calibration"),
         accuracy=dict(d.get("accuracy", {})),
         provenance=dict(d.get("provenance", {})),
+        global_stages=_global_stages(d.get("global_stages", {}), graphs, where),
     )
 
 

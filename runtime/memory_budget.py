@@ -1,9 +1,13 @@
-"""A memory budget turned into a batch size and, for images too large for it, a global band height.
+"""A memory budget turned into a batch size and a global band height: the quickest plan that fits.
 
 The local and fusion graphs cost the same per batch whatever the image; the global graph is the
-one part whose memory grows with the image, so when the whole image does not fit, the global
-branch runs in horizontal bands (runtime.global_features). The estimates come from the backends
-(``memory_estimate``) and are estimates: the bench measures the real peak.
+one part whose memory grows with the image, so it runs in horizontal bands (runtime.global_features):
+stage by stage when the bundle has stage graphs (small halos, cheap bands, so by default too, which
+keeps memory flat in image height), else as its single graph with a large halo per band. Under a
+budget every (batch, band) pair that fits is priced by a time model (work in patch units: patches,
+a per-run overhead, the global branch's work times its halo recomputation) and the cheapest wins.
+The byte estimates come from the backends (``memory_estimate``) and are estimates: the bench
+measures the real peak.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ MIN_GLOBAL_BAND_ROWS = 128
 # pixels, so the runtime's peak memory stops growing with image size: about 2550 x 2550, so that a
 # 2448 x 2448 scene runs whole and anything larger runs in bands no larger than it.
 DEFAULT_WHOLE_IMAGE_PIXELS = 6_000_000
+# Stage-wise bands cost ~2% of the run's time (runtime.global_features), so a bundle with stage graphs
+# always bands its global branch, in bands of this many image rows: memory stays flat in image height.
+DEFAULT_STAGED_BAND_ROWS = 512
+# The time model, in units of one patch through the local and fusion graphs: a graph run costs this
+# much besides its patches; the global branch costs this much per padded pixel (the default config's
+# FLOPs: ResNet18 on the image vs ResNet50 + fusion per 508 px patch) unless the model says otherwise.
+RUN_OVERHEAD_PATCHES = 0.1
+DEFAULT_GLOBAL_PATCHES_PER_PIXEL = 1.0 / 600_000
 
 
 def parse_memory_size(text: str | int | None) -> int | None:
@@ -70,11 +82,14 @@ class MemoryPlan:
     global_band_rows: int | None  # None: the global graph sees the whole image at once
     estimate_bytes: int
     budget_bytes: int | None
+    staged: bool = False  # the global branch runs stage by stage
+    time_estimate: float | None = None  # relative (patch units), from MemoryModel.time_estimate
 
     def describe(self) -> str:
         bands = "whole image" if self.global_band_rows is None else f"bands of {self.global_band_rows} rows"
+        how = " stage by stage" if self.staged else ""
         budget = "no budget" if self.budget_bytes is None else f"budget {format_bytes(self.budget_bytes)}"
-        return f"batch {self.batch_size}, global branch on {bands}, estimate {format_bytes(self.estimate_bytes)} ({budget})"
+        return f"batch {self.batch_size}, global branch{how} on {bands}, estimate {format_bytes(self.estimate_bytes)} ({budget})"
 
 
 @dataclass(frozen=True)
@@ -87,11 +102,29 @@ class MemoryModel:
     padded_height: int
     padded_width: int
     patches: int
-    halo: int
+    halo: int  # the single global graph's halo per band; unused when ``staged``
+    staged: bool = False  # the global branch runs stage by stage; global_bytes/global_cost take band rows
+    # relative work of the global branch for a band height (None: whole image), in patch units
+    global_cost: Callable[[int | None], float] | None = None
+
+    def band_input_rows(self, band_rows: int | None) -> int:
+        """Rows the single global graph sees per band (halo included)."""
+        return self.padded_height if band_rows is None else min(self.padded_height, band_rows + 2 * self.halo)
+
+    def time_estimate(self, batch: int, band_rows: int | None) -> float:
+        """Relative time of a plan, in patch units (see the module docstring)."""
+        runs = -(-self.patches // batch)
+        if self.global_cost is not None:
+            global_work = self.global_cost(band_rows)
+        else:
+            whole = self.padded_height * self.padded_width * DEFAULT_GLOBAL_PATCHES_PER_PIXEL
+            bands = 1 if band_rows is None else -(-self.padded_height // band_rows)
+            global_work = whole * min(bands * self.band_input_rows(band_rows), bands * self.padded_height) / self.padded_height
+        return self.patches + RUN_OVERHEAD_PATCHES * 2 * runs + global_work
 
 
 def plan_memory(model: MemoryModel, budget_bytes: int | None = None, batch_size: int | None = None) -> MemoryPlan:
-    """Choose the batch size and the global band height that fit ``budget_bytes`` (None: defaults)."""
+    """The plan with the least estimated time that fits ``budget_bytes`` (None: the defaults)."""
     largest_batch = max(1, min(MAX_BATCH_SIZE, model.patches))
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -99,23 +132,22 @@ def plan_memory(model: MemoryModel, budget_bytes: int | None = None, batch_size:
     if budget_bytes is None:
         batch = min(batch_size or DEFAULT_BATCH_SIZE, largest_batch)
         rows = None
-        if model.padded_height * model.padded_width > DEFAULT_WHOLE_IMAGE_PIXELS:
+        if model.staged:
+            rows = DEFAULT_STAGED_BAND_ROWS if whole_rows > DEFAULT_STAGED_BAND_ROWS else None
+        elif model.padded_height * model.padded_width > DEFAULT_WHOLE_IMAGE_PIXELS:
             rows = _align(max(MIN_GLOBAL_BAND_ROWS, DEFAULT_WHOLE_IMAGE_PIXELS // model.padded_width - 2 * model.halo))
             rows = None if rows >= whole_rows else rows
-        return MemoryPlan(batch, rows, _total(model, batch, rows), None)
+        return _plan(model, batch, rows, None)
 
-    batches = [min(batch_size, largest_batch)] if batch_size else list(range(min(DEFAULT_BATCH_SIZE, largest_batch), 0, -1))
+    batches = [min(batch_size, largest_batch)] if batch_size else list(range(largest_batch, 0, -1))
     band_choices: list[int | None] = [None] + [
         r for r in range(_align(whole_rows) - GLOBAL_ROW_ALIGN, MIN_GLOBAL_BAND_ROWS - 1, -GLOBAL_ROW_ALIGN)
     ]
-    for batch in batches:
-        for rows in band_choices:
-            total = _total(model, batch, rows)
-            if total <= budget_bytes:
-                if rows is None and batch_size is None:
-                    batch = _grow_batch(model, batch, budget_bytes, largest_batch)
-                    total = _total(model, batch, rows)
-                return MemoryPlan(batch, rows, total, budget_bytes)
+    fitting = [(batch, rows) for batch in batches for rows in band_choices if _total(model, batch, rows) <= budget_bytes]
+    if fitting:
+        # least time; among equals the larger batch and band (fewer, bigger runs)
+        batch, rows = min(fitting, key=lambda c: (model.time_estimate(*c), -c[0], -(c[1] or whole_rows)))
+        return _plan(model, batch, rows, budget_bytes)
     smallest = _total(model, batches[-1], MIN_GLOBAL_BAND_ROWS)
     raise InputError(
         f"a memory budget of {format_bytes(budget_bytes)} is too small for this bundle: even batch {batches[-1]} with "
@@ -124,11 +156,14 @@ def plan_memory(model: MemoryModel, budget_bytes: int | None = None, batch_size:
     )
 
 
-def _grow_batch(model: MemoryModel, batch: int, budget: int, largest: int) -> int:
-    """Past the default batch, grow while the whole budget still holds (more patches per run)."""
-    while batch < largest and _total(model, batch + 1, None) <= budget:
-        batch += 1
-    return batch
+def lowest_budget(model: MemoryModel, batch_size: int | None = None) -> int:
+    """The smallest budget any plan fits (estimated): a budget under it is refused."""
+    batches = [batch_size] if batch_size else [1]
+    return min(_total(model, b, rows) for b in batches for rows in (None, MIN_GLOBAL_BAND_ROWS))
+
+
+def _plan(model: MemoryModel, batch: int, rows: int | None, budget: int | None) -> MemoryPlan:
+    return MemoryPlan(batch, rows, _total(model, batch, rows), budget, model.staged, model.time_estimate(batch, rows))
 
 
 def _align(rows: int) -> int:
@@ -136,5 +171,5 @@ def _align(rows: int) -> int:
 
 
 def _total(model: MemoryModel, batch: int, band_rows: int | None) -> int:
-    rows = model.padded_height if band_rows is None else min(model.padded_height, band_rows + 2 * model.halo)
+    rows = band_rows if model.staged else model.band_input_rows(band_rows)
     return model.fixed_bytes + model.batch_bytes(batch) + model.global_bytes(rows)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import threading
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle import Bundle
 from runtime.graph_contract import check_graph
+from runtime.global_features import GlobalStage
+from runtime.heap_release import release_free_heap
 from runtime.image_readers import ArraySource, ImageSource
 from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import ROLES, RowBand
@@ -23,9 +26,10 @@ if TYPE_CHECKING:
     from runtime.segmenter import SegmenterOptions
 
 # Working memory of each graph as a multiple of its input + output bytes (see OnnxRuntimeBackend.memory_estimate),
-# measured with ONNX Runtime 1.32 on the CPU for the default configuration (global 6-8x, local 5.2x,
-# fusion 9x at batch 6), rounded up.
-ACTIVATION_FACTORS = {"global": 8.5, "local": 6.0, "fusion": 10.0}
+# measured with ONNX Runtime 1.32 on the CPU for the default configuration (peak RSS of one run minus RSS
+# before it, glibc's mmap threshold fixed): single global graph 6-8x, global stages 1.3-2.8x (stage 0 on
+# 560 x 2448 rows: 2.84x), local 5.6x, fusion 4.0x at batch 1 to 8.1x at batch 6; rounded up.
+ACTIVATION_FACTORS = {"global": 8.5, "global stage": 3.0, "local": 6.0, "fusion": 8.5}
 
 
 class OnnxRuntimePipeline:
@@ -47,7 +51,7 @@ class OnnxRuntimePipeline:
             if self._scheduler is not None:
                 warnings.warn("the ONNX Runtime pipeline is already open; open() did nothing", RuntimeWarning, stacklevel=2)
                 return self
-            self._scheduler = Scheduler(self.manifest, *(self._backend(role) for role in ROLES))
+            self._scheduler = self._make_scheduler()
         return self
 
     @property
@@ -55,17 +59,31 @@ class OnnxRuntimePipeline:
         """The activated backends' scheduler, opened on first use."""
         with self._lock:
             if self._scheduler is None:
-                self._scheduler = Scheduler(self.manifest, *(self._backend(role) for role in ROLES))
+                self._scheduler = self._make_scheduler()
             return self._scheduler
 
     def close(self) -> None:
         with self._lock:
             if self._scheduler is not None:
-                for backend in (self._scheduler.global_backend, self._scheduler.local_backend, self._scheduler.fusion_backend):
+                scheduler = self._scheduler
+                for backend in (scheduler.global_backend, scheduler.local_backend, scheduler.fusion_backend):
                     backend.deactivate()
+                for stage in scheduler.global_stages:
+                    stage.backend.deactivate()
             self._scheduler = None
 
-    def _backend(self, role: str) -> OnnxRuntimeBackend:
+    def _make_scheduler(self) -> Scheduler:
+        stages = tuple(GlobalStage(self._backend("global stage", g.path), g.stride, g.halo) for g in self.graphs.global_stages)
+        # with stage graphs the single global graph is loaded only if something asks for it (its weights
+        # would be a second resident copy of ResNet18's)
+        whole = self._backend("global", activate=not stages)
+        local, fusion = (self._backend(role) for role in ("local", "fusion"))
+        scheduler = Scheduler(self.manifest, whole, local, fusion, global_stages=stages)
+        release_free_heap()  # the parsed graphs and load-time copies: about 170 MB on the default bundle
+        return scheduler
+
+    def _backend(self, role: str, path: Path | None = None, activate: bool = True) -> OnnxRuntimeBackend:
+        """The session of ``role``'s graph (or of the stage graph at ``path``), checked against the manifest once active."""
         o = self.options
         ort_options = OrtOptions(
             device=o.ort_provider,
@@ -74,8 +92,12 @@ class OnnxRuntimePipeline:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
-        backend = OnnxRuntimeBackend(self.graphs.path(role), ort_options).activate()
-        check_graph(self.manifest, o.precision, role, backend.input_metadata(), backend.output_metadata(), backend.model_path)
+        backend = OnnxRuntimeBackend(path or self.graphs.path(role), ort_options)
+        if not activate:
+            return backend
+        backend.activate()
+        if role in ROLES:
+            check_graph(self.manifest, o.precision, role, backend.input_metadata(), backend.output_metadata(), backend.model_path)
         return backend
 
     # -------------------------------------------------------------- images

@@ -1,4 +1,4 @@
-"""Chaining the three graphs over one image on the CPU, with the global and local branches overlapped.
+"""Chaining the three graphs over one image on the CPU, one graph at a time, with patch reading overlapped.
 
 The order of work matches glsnet.inference (the reference): pad bottom/right with zeros in
 normalised space up to one patch; the global graph once per image (whole, or in bands when the
@@ -6,32 +6,41 @@ memory plan says so); per batch of patches in row-major order, the local graph, 
 graph with the global features and the patch boxes; bilinear upsampling of the stride-4 logits;
 pyramid-weighted blending; argmax. Threads stand in for CUDA streams: one runs the global graph,
 one runs local batches into a bounded queue without waiting for it, and the caller's thread runs
-fusion as soon as the global features exist, stitching and handing out finished rows.
+fusion as soon as the global features exist, stitching and handing out finished rows. On the CPU
+(``serialize_graphs``) the threads take turns to run a graph: each graph already uses every core,
+and two working sets at once were the peak (measured: local batch + fusion, 1.46 GB on the default
+bundle at 2448 x 2448). Each batch's buffers are dropped as soon as the next step has what it
+needs, and freed heap is handed back (runtime.heap_release) after the global branch and each batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.errors import InputError
-from runtime.global_features import DEFAULT_HALO, FEATURE_STRIDE, global_features
+from runtime.global_features import DEFAULT_HALO, FEATURE_STRIDE, GlobalStage, global_features, stage_band_rows, staged_global_features
+from runtime.heap_release import release_free_heap
 from runtime.image_readers import ImageSource
-from runtime.manifest import FUSION_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
-from runtime.memory_budget import MemoryModel, MemoryPlan, plan_memory
+from runtime.manifest import FUSION_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
+from runtime.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.patch_grid import PatchGrid
 from runtime.patch_schedule import RowBand, batches, grid_for
 from runtime.preprocess import normalize
+from runtime.rss_timeline import phase
 from runtime.stitching import Stitcher, upsample_logits
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features
+# The interpreter, numpy and ONNX Runtime's libraries before any session: measured 35-60 MB.
+PROCESS_BASE_BYTES = 60_000_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ class ScheduleOptions:
     global_band_rows: int | None = None  # force banded global features (multiple of 32)
     global_halo: int = DEFAULT_HALO
     queue_depth: int = DEFAULT_QUEUE_DEPTH
+    # One graph at a time (the global, local and fusion graphs never run at once): on the CPU every graph
+    # already uses every core, so overlap buys no speed, and it stacks two working sets into the peak.
+    # Off for GPU providers, where the branches overlap on streams.
+    serialize_graphs: bool = True
     bands: tuple[int, ...] | None = None  # input bands to feed, overriding the bundle's normalisation
 
     def __post_init__(self) -> None:
@@ -79,11 +92,20 @@ class _Failed:
 class Scheduler:
     """Runs the global, local and fusion backends over images; one Scheduler may serve many threads."""
 
-    def __init__(self, manifest: Manifest, global_backend: Backend, local_backend: Backend, fusion_backend: Backend) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        global_backend: Backend,
+        local_backend: Backend,
+        fusion_backend: Backend,
+        global_stages: tuple[GlobalStage, ...] = (),
+    ) -> None:
         self.manifest = manifest
         self.global_backend = global_backend
         self.local_backend = local_backend
         self.fusion_backend = fusion_backend
+        self.global_stages = global_stages  # when given, the global branch runs stage by stage (exact, in bands)
+        self._activation_lock = threading.Lock()
 
     # ------------------------------------------------------------------ planning
     def grid_for(self, height: int, width: int) -> PatchGrid:
@@ -101,33 +123,87 @@ class Scheduler:
         def batch_bytes(batch: int) -> int:
             local_out = {"local_features": (batch, width, tokens, tokens), "local_skip": (batch, skip, fine, fine)}
             local = _estimate(self.local_backend, {LOCAL_INPUT: (batch, channels, p, p)}, local_out)
-            fusion_in = {**local_out, "global_features": (1, width, hg, wg), "boxes": (batch, 4)}
-            fusion = _estimate(self.fusion_backend, fusion_in, {FUSION_OUTPUT: (batch, classes, fine, fine)})
+            # the fusion graph crops each patch's footprint out of the global map (separable matmuls): its working
+            # set scales with the batch, the map itself is read in place (counted once)
+            fusion_in = {**local_out, "boxes": (batch, 4)}
+            fusion = _estimate(self.fusion_backend, fusion_in, {FUSION_OUTPUT: (batch, classes, fine, fine)}) + 4 * width * hg * wg
             queued = (options.queue_depth + 2) * batch * 4 * (width * tokens * tokens + skip * fine * fine)
             upsampled = 2 * batch * classes * p * p * 4
-            return local + fusion + queued + upsampled
+            working = max(local, fusion) if options.serialize_graphs else local + fusion
+            return working + queued + upsampled
 
         def global_bytes(rows: int) -> int:
             out = (1, width, math.ceil(rows / FEATURE_STRIDE), wg)
             return _estimate(self.global_backend, {"image": (1, channels, rows, wp)}, {"global_features": out}) + 2 * 4 * width * hg * wg
 
-        weights = sum(_weight_bytes(b) for b in (self.global_backend, self.local_backend, self.fusion_backend))
+        whole_global = () if self.global_stages else (self.global_backend,)
+        weights = sum(_weight_bytes(b) for b in (*whole_global, self.local_backend, self.fusion_backend))
+        weights += sum(_weight_bytes(stage.backend) for stage in self.global_stages)
         band_buffers = (classes + 1) * p * wp * 4 + 2 * channels * p * wp * 4
+        staged = bool(self.global_stages)
         return MemoryModel(
-            fixed_bytes=weights + band_buffers + source_bytes,
+            fixed_bytes=PROCESS_BASE_BYTES + weights + band_buffers + source_bytes,
             batch_bytes=batch_bytes,
-            global_bytes=global_bytes,
+            # serialized, the global working set never meets a batch's; the model still adds them (an upper bound)
+            global_bytes=(lambda rows: self._staged_global_bytes(grid, rows)) if staged else global_bytes,
             padded_height=grid.padded_height,
             padded_width=wp,
             patches=len(grid),
             halo=options.global_halo,
+            staged=staged,
+            global_cost=(lambda rows: self._staged_global_cost(grid, rows)) if staged else None,
         )
+
+    def _staged_global_bytes(self, grid: PatchGrid, band_rows: int | None) -> int:
+        """Stage-wise global branch: the largest stage band's working memory plus every stage's held rows."""
+        stages = self.global_stages
+        bands = stage_band_rows(stages, band_rows or grid.padded_height)
+        height, width = grid.padded_height, grid.padded_width
+        working = held = 0
+        for k, stage in enumerate(stages):
+            c_in, c_out = _channels(stage.backend)
+            s = stage.stride
+            out_height, out_width = math.ceil(height / s), math.ceil(width / s)
+            band_in = min(bands[k], out_height * s)
+            rows_in = min(height, band_in + 2 * stage.halo)
+            shapes_in = {GLOBAL_STAGE_INPUT: (1, c_in, rows_in, width)}
+            shapes_out = {GLOBAL_STAGE_OUTPUT: (1, c_out, math.ceil(rows_in / s), out_width)}
+            working = max(working, _estimate(stage.backend, shapes_in, shapes_out))
+            wanted = out_height if k + 1 == len(stages) else bands[k + 1] + 2 * stages[k + 1].halo + band_in // s
+            held += 4 * c_out * out_width * min(out_height, wanted)
+            height, width = out_height, out_width
+        return working + held + 4 * c_out * height * width  # + the features' copy as they are assembled
+
+    def _staged_global_cost(self, grid: PatchGrid, band_rows: int | None) -> float:
+        """Work of the stage-wise global branch in patch units: the whole-image work times the rows
+        recomputed in halos (stages weighted equally: ResNet stages are built to cost about the same)."""
+        stages = self.global_stages
+        bands = stage_band_rows(stages, band_rows or grid.padded_height)
+        height, overheads = grid.padded_height, []
+        for stage, band_in in zip(stages, bands):
+            computed = 0
+            for top in range(0, height, band_in):
+                computed += min(height, top + band_in + stage.halo) - max(0, top - stage.halo)
+            overheads.append(computed / height)
+            height = math.ceil(height / stage.stride)
+        return self._global_work(grid) * sum(overheads) / len(overheads)
+
+    def _global_work(self, grid: PatchGrid) -> float:
+        """The global branch on the whole padded image, in patch units (from the bundle's FLOPs when recorded)."""
+        flops = self.manifest.provenance.get("flops") or {}
+        try:
+            per_pixel = flops["global"] / (flops["height"] * flops["width"])
+            per_patch = (flops["local"] + flops["fusion"]) / flops["batch"]
+            patches_per_pixel = per_pixel / per_patch
+        except (KeyError, TypeError, ZeroDivisionError):
+            patches_per_pixel = DEFAULT_GLOBAL_PATCHES_PER_PIXEL
+        return grid.padded_height * grid.padded_width * patches_per_pixel
 
     def plan(self, grid: PatchGrid, options: ScheduleOptions, source_bytes: int = 0) -> MemoryPlan:
         plan = plan_memory(self.memory_model(grid, options, source_bytes), options.max_memory, options.batch_size)
         if options.global_band_rows is not None:
             rows = None if options.global_band_rows >= grid.padded_height else options.global_band_rows
-            plan = MemoryPlan(plan.batch_size, rows, plan.estimate_bytes, plan.budget_bytes)
+            plan = MemoryPlan(plan.batch_size, rows, plan.estimate_bytes, plan.budget_bytes, plan.staged, plan.time_estimate)
         return plan
 
     def _feature_widths(self) -> tuple[int, int]:
@@ -165,10 +241,9 @@ class Scheduler:
         batch_ranges = batches(len(grid), plan.batch_size)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glsnet-branch")
         try:
-            global_future: Future = executor.submit(
-                global_features, self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo
-            )
-            executor.submit(self._produce_local, reader, batch_ranges, local_queue, stop)
+            slot = threading.Lock() if options.serialize_graphs else contextlib.nullcontext()
+            global_future: Future = executor.submit(self._global_features, reader, grid, plan, options, slot)
+            executor.submit(self._produce_local, reader, batch_ranges, local_queue, stop, slot)
             features = None
             done = 0
             while True:
@@ -181,8 +256,15 @@ class Scheduler:
                 if features is None:
                     features = global_future.result()
                 feed = {**local, "global_features": features, "boxes": grid.boxes(list(batch))}
-                logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
-                yield from stitcher.add(upsample_logits(logits, grid.patch_size))
+                del local, item  # the fusion graph holds what it needs; the queue slot is free again
+                with slot, phase("fusion"):
+                    logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
+                del feed
+                with phase("stitching"):
+                    finished = stitcher.add(upsample_logits(logits, grid.patch_size))
+                del logits
+                release_free_heap()  # the batch's activations are freed: give them back before the next
+                yield from finished
                 done += len(batch)
                 if progress is not None:
                     progress(done, len(grid))
@@ -194,18 +276,36 @@ class Scheduler:
             executor.shutdown(wait=True, cancel_futures=True)
             _drain(local_queue)
 
-    def _produce_local(self, reader: "PaddedReader", batches: list[range], out: queue.Queue, stop: threading.Event) -> None:
+    def _produce_local(
+        self, reader: "PaddedReader", batches: list[range], out: queue.Queue, stop: threading.Event, slot: ContextManager
+    ) -> None:
         try:
             for batch in batches:
                 if stop.is_set():
                     return
                 patches = reader.patches(batch)
-                local = self.local_backend.infer({LOCAL_INPUT: patches})
+                with slot, phase("local batch"):
+                    local = self.local_backend.infer({LOCAL_INPUT: patches})
+                del patches
                 if not _put(out, (batch, {name: local[name] for name in LOCAL_OUTPUTS}), stop):
                     return
             _put(out, None, stop)
         except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
             _put(out, _Failed(exc), stop)
+
+    def _global_features(
+        self, reader: "PaddedReader", grid: PatchGrid, plan: MemoryPlan, options: ScheduleOptions, slot: ContextManager
+    ) -> np.ndarray:
+        """The global branch, taking the graph slot for all its bands: fusion needs all of it before any batch."""
+        with slot, phase("global"):
+            if self.global_stages:
+                features = staged_global_features(self.global_stages, reader.rows, grid.padded_height, plan.global_band_rows)
+            else:
+                with self._activation_lock:
+                    self.global_backend.activate()  # not loaded up front when the bundle has stage graphs
+                features = global_features(self.global_backend, reader.rows, grid.padded_height, plan.global_band_rows, options.global_halo)
+            release_free_heap()
+        return features
 
     def segment(self, source: ImageSource, options: ScheduleOptions = ScheduleOptions()) -> np.ndarray:
         """The whole uint8 class mask [H, W] of ``source``."""
@@ -246,6 +346,12 @@ def _estimate(backend: Backend, inputs: dict, outputs: dict) -> int:
     if estimate is None:  # a backend that reports nothing: count its tensors once
         return sum(math.prod(s) * 4 for s in (*inputs.values(), *outputs.values()))
     return int(estimate(inputs, outputs))
+
+
+def _channels(backend: Backend) -> tuple[int, int]:
+    """(input, output) channels of a one-input, one-output graph, from its metadata."""
+    (meta_in,), (meta_out,) = backend.input_metadata().values(), backend.output_metadata().values()
+    return int(meta_in.shape[1]), int(meta_out.shape[1])
 
 
 def _weight_bytes(backend: Backend) -> int:

@@ -18,12 +18,14 @@ import numpy as np
 
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import InputError
+from runtime.heap_release import fixed_mmap_threshold
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
 from runtime.input_range import InputRange, conform_source
-from runtime.memory_budget import MemoryPlan, parse_memory_size
+from runtime.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
 from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
 from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
+from runtime.rss_timeline import phase
 from runtime.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class SegmenterOptions:
             max_memory=self.max_memory,
             global_band_rows=self.global_band_rows,
             bands=self.bands,
+            serialize_graphs=self.engine == "onnxruntime" and self.ort_provider == "cpu",  # GPU providers overlap the branches on streams
             **extra,
         )
 
@@ -111,10 +114,12 @@ class Segmenter:
                 bands=tuple(bands) if bands is not None else None,
             )
         self.options = options
+        fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
         self.bundle = open_bundle(bundle)
         self.manifest = self.bundle.manifest
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
+        fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
         self.pipeline: Pipeline = make_pipeline(self.bundle, options)
         if isinstance(self.pipeline, OnnxRuntimePipeline):
             self.pipeline.open()  # load the sessions now: the manifest is checked against the graphs before any work
@@ -164,6 +169,12 @@ class Segmenter:
         """The batch size and global banding this Segmenter would use for an image of this size."""
         return self.pipeline.plan(height, width, source_bytes)
 
+    def lowest_budget(self, height: int, width: int) -> int:
+        """The smallest --max-memory this Segmenter accepts for an image of this size (an estimate)."""
+        scheduler = self.scheduler
+        grid = scheduler.grid_for(height, width)
+        return lowest_budget(scheduler.memory_model(grid, self._schedule), self._schedule.batch_size)
+
     def iter_rows(self, source: ImageSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]:
         """Finished mask rows of ``source`` (its values brought to the trained range first), top to bottom."""
         return self.pipeline.iter_rows(self._conform(source), progress)
@@ -190,7 +201,7 @@ class Segmenter:
             source = self._conform(source)
             if paths is None:
                 paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
-            return write_outputs(source, self.pipeline.iter_rows(source, progress), paths, outputs, self.manifest, provenance)
+            return write_outputs(source, _marked_writing(self.pipeline.iter_rows(source, progress)), paths, outputs, self.manifest, provenance)
         finally:
             source.close()
 
@@ -199,3 +210,10 @@ def _array_source(image: np.ndarray) -> ArraySource:
     if not isinstance(image, np.ndarray):
         raise InputError(f"segment() takes a numpy array [H, W, C], got {type(image).__name__}")
     return ArraySource(image, name=f"array of shape {image.shape}")
+
+
+def _marked_writing(rows: Iterator[RowBand]) -> Iterator[RowBand]:
+    """The rows, with the "writing" phase marked while the writer holds each band (see runtime.rss_timeline)."""
+    for band in rows:
+        with phase("writing"):
+            yield band

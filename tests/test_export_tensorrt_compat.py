@@ -28,7 +28,8 @@ def _relu_model(input_shape):
 
 def test_the_exported_graphs_pass_both_parsers(small_bundle):
     reports = check_bundle(small_bundle)
-    assert [r.graph for r in reports] == ["fp32/global", "fp32/local", "fp32/fusion"]
+    stages = [f"fp32/global stage {i}" for i in range(4)]
+    assert [r.graph for r in reports] == ["fp32/global", "fp32/local", "fp32/fusion", *stages]
     for report in reports:
         assert report, report.lines()
         assert report.parsers == (TENSORRT_10.name, TENSORRT_11.name)

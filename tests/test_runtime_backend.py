@@ -9,7 +9,9 @@ import pytest
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions, providers_for
 from runtime.errors import BundleError, GlsnetError, InputError, MissingDependencyError
+from runtime.global_features import GlobalStage
 from runtime.image_readers import ArraySource
+from runtime.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter
 
 
@@ -75,7 +77,11 @@ class _Exploding:
 def test_a_failing_branch_surfaces_in_the_caller_and_stops_the_threads(small_bundle, branch):
     segmenter = Segmenter(small_bundle, batch_size=2)
     scheduler = segmenter.scheduler
-    setattr(scheduler, branch, _Exploding(getattr(scheduler, branch), after=0 if branch == "global_backend" else 1))
+    if branch == "global_backend" and scheduler.global_stages:  # the stage graphs run instead of the single graph
+        first, *rest = scheduler.global_stages
+        scheduler.global_stages = (GlobalStage(_Exploding(first.backend, after=0), first.stride, first.halo), *rest)
+    else:
+        setattr(scheduler, branch, _Exploding(getattr(scheduler, branch), after=0 if branch == "global_backend" else 1))
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="device lost"):
         scheduler.segment(ArraySource(np.zeros((400, 300, 3), np.uint8)))
@@ -95,8 +101,8 @@ class _Wrapped:
 
 
 def test_local_batches_run_while_the_global_branch_is_still_busy(small_bundle):
-    """The global graph blocks until a local batch has started: a scheduler that made local wait
-    for global would never get there (the gate gives up after 30 s and the run fails)."""
+    """Unserialized (GPU providers): the global graph blocks until a local batch has started; a scheduler
+    that made local wait for global would never get there (the gate gives up after 30 s and the run fails)."""
     scheduler = Segmenter(small_bundle).scheduler
     local_started = threading.Event()
 
@@ -104,7 +110,35 @@ def test_local_batches_run_while_the_global_branch_is_still_busy(small_bundle):
         if not local_started.wait(timeout=30):
             raise AssertionError("no local batch started while the global branch was running")
 
-    scheduler.global_backend = _Wrapped(scheduler.global_backend, gate)
+    first, *rest = scheduler.global_stages
+    scheduler.global_stages = (GlobalStage(_Wrapped(first.backend, gate), first.stride, first.halo), *rest)
     scheduler.local_backend = _Wrapped(scheduler.local_backend, local_started.set)
-    mask = scheduler.segment(ArraySource(np.zeros((300, 260, 3), np.uint8)))
+    mask = scheduler.segment(ArraySource(np.zeros((300, 260, 3), np.uint8)), ScheduleOptions(serialize_graphs=False))
     assert mask.shape == (300, 260) and local_started.is_set()
+
+
+def test_on_the_cpu_one_graph_runs_at_a_time(small_bundle):
+    """Serialized (the CPU default): no two graphs run at once, so their working sets never add up."""
+    segmenter = Segmenter(small_bundle, batch_size=2)
+    scheduler = segmenter.scheduler
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class Counting(_Wrapped):
+        def infer(self, feed):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                return self.real.infer(feed)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    scheduler.global_stages = tuple(GlobalStage(Counting(s.backend, None), s.stride, s.halo) for s in scheduler.global_stages)
+    scheduler.local_backend = Counting(scheduler.local_backend, None)
+    scheduler.fusion_backend = Counting(scheduler.fusion_backend, None)
+    image = np.random.default_rng(2).integers(0, 256, (400, 300, 3), dtype=np.uint8)
+    mask = scheduler.segment(ArraySource(image), segmenter._schedule)
+    assert most[0] == 1
+    np.testing.assert_array_equal(mask, scheduler.segment(ArraySource(image), ScheduleOptions(serialize_graphs=False)))

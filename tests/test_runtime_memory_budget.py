@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import InputError
-from runtime.memory_budget import DEFAULT_BATCH_SIZE, MemoryModel, parse_memory_size, plan_memory
+from runtime.memory_budget import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_STAGED_BAND_ROWS,
+    MemoryModel,
+    lowest_budget,
+    parse_memory_size,
+    plan_memory,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,15 +61,60 @@ def test_a_generous_budget_grows_the_batch():
     assert plan.estimate_bytes <= 10**10
 
 
-def test_a_tight_budget_bands_the_global_branch_first_then_shrinks_the_batch():
+def test_a_tight_budget_picks_the_least_time_plan_that_fits():
     whole = 200_000_000 + 6_000_000 + 2448 * 2448 * 100
     plan = plan_memory(model(), budget_bytes=whole - 1)
-    assert plan.batch_size == DEFAULT_BATCH_SIZE and plan.global_band_rows is not None
+    # banding the single global graph recomputes a 256 px halo per band: one patch less per batch is cheaper
+    assert plan.batch_size == DEFAULT_BATCH_SIZE - 1 and plan.global_band_rows is None
     assert plan.estimate_bytes <= whole - 1
-    assert "bands of" in plan.describe()
     smallest_band = 200_000_000 + (128 + 512) * 2448 * 100
     tight = plan_memory(model(), budget_bytes=smallest_band + 2_500_000)
-    assert tight.batch_size == 2 and tight.global_band_rows == 128
+    assert tight.batch_size == 2 and tight.global_band_rows == 128 and "bands of 128 rows" in tight.describe()
+
+
+@pytest.mark.parametrize("budget_mb", [300, 450, 600, 800, 1000])
+def test_the_chosen_plan_has_the_least_time_of_all_that_fit(budget_mb):
+    m = staged_model()
+    budget = budget_mb * 1_000_000
+    plan = plan_memory(m, budget_bytes=budget)
+    assert plan.estimate_bytes <= budget and plan.staged
+    rows = [None] + list(range(2432, 127, -32))
+    for batch in range(1, 17):
+        for r in rows:
+            total = m.fixed_bytes + m.batch_bytes(batch) + m.global_bytes(r)
+            if total <= budget:
+                assert m.time_estimate(batch, r) >= plan.time_estimate - 1e-9, (batch, r, plan)
+
+
+def staged_model(height: int = 2448) -> MemoryModel:
+    """Stage-wise global branch: 40 bytes per pixel of band, 5% recomputed per band, 20 MB per patch in a batch."""
+    whole_work = 10.0
+    return MemoryModel(
+        fixed_bytes=200_000_000,
+        batch_bytes=lambda b: b * 20_000_000,
+        global_bytes=lambda rows: (height if rows is None else rows) * 2448 * 40,
+        padded_height=height,
+        padded_width=2448,
+        patches=36,
+        halo=256,
+        staged=True,
+        global_cost=lambda rows: whole_work * (1.0 if rows is None else 1 + 0.05 * -(-height // rows)),
+    )
+
+
+def test_a_staged_global_branch_is_banded_by_default_so_memory_is_flat_in_height():
+    square, tall = plan_memory(staged_model()), plan_memory(staged_model(9792))
+    assert square.global_band_rows == tall.global_band_rows == DEFAULT_STAGED_BAND_ROWS
+    assert square.estimate_bytes == tall.estimate_bytes
+    assert "stage by stage" in square.describe()
+
+
+def test_the_lowest_budget_is_accepted_and_anything_below_refused():
+    m = staged_model()
+    low = lowest_budget(m)
+    assert plan_memory(m, budget_bytes=low).estimate_bytes <= low
+    with pytest.raises(InputError, match="too small"):
+        plan_memory(m, budget_bytes=low - 1)
 
 
 def test_a_budget_that_nothing_fits_is_a_clear_error():

@@ -72,6 +72,7 @@ def test_real_deepglobe_image_matches_the_reference(segmenter, small_model, deep
 
 def test_banded_global_features_equal_whole_image_ones_with_a_wide_halo(segmenter):
     scheduler = segmenter.scheduler
+    scheduler.global_backend.activate()  # with stage graphs in the bundle the single global graph loads on demand
     image = scene(700, 300, 11)
     grid = scheduler.grid_for(700, 300)
     reader = PaddedReader(_array(image), normalization_for(segmenter.manifest, None), grid)

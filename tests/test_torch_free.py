@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,17 @@ def test_glsnet_run_works_without_torch(blocked_env, small_bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["scene_color.png", "scene_mask.png", "scene_stats.json"]
     assert np.asarray(Image.open(out / "scene_mask.png")).shape == (60, 150)
+
+
+def test_glsnet_bench_no_torch_runs_on_a_runtime_only_install(blocked_env, small_bundle, tmp_path):
+    out = tmp_path / "bench"
+    args = [sys.executable, "-m", "runtime.cli", "bench", "--bundle", str(small_bundle), "--out", str(out), "--size", "256"]
+    result = subprocess.run([*args, "--no-torch", "--tall-factors", "2", "--budgets", "2GB"], env=blocked_env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads((out / "bench.json").read_text())
+    assert "torch" not in report and report["runtime"]["peak_rss_bytes"] > 0
+    assert report["budgets"][0]["accepted"] and report["machine"]["sgemm_flops_per_s"] > 0
+    assert report["rss_timelines"]["runtime 256x256"]["peak"]["rss_bytes"] > 0
+    assert report["banded_global"]["staged_max_abs"] == 0.0  # the stage-wise global branch is exact
+    refused = subprocess.run(args, env=blocked_env, capture_output=True, text=True)  # the torch half asked for
+    assert refused.returncode != 0 and "--no-torch" in refused.stderr + refused.stdout
