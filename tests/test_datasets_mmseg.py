@@ -134,9 +134,10 @@ def test_means_are_over_the_chosen_subset_and_say_so():
     assert no_car.mean_note(DATASETS["vaihingen"].classes).endswith("left out: clutter (excluded), car (no pixels)")
 
 
-def test_print_scores_shows_the_classes_of_the_means(capsys):
+def test_print_scores_shows_the_classes_of_the_means(capsys, monkeypatch):
     from glsnet.evaluation import print_scores
 
+    monkeypatch.setenv("COLUMNS", "200")
     target = np.array([0, 1, 2, 3, 4, 5])
     scores = ConfusionMatrix(6).update(target, target).scores(exclude=(5,))
     print_scores(scores, DATASETS["vaihingen"].classes, title="t")
