@@ -8,6 +8,16 @@ import numpy as np
 
 from runtime.errors import InputError
 
+# Class names the papers leave out of their means: DeepGlobe's "unknown" (GLNet, MagNet, GLSNet report six
+# classes) and ISPRS's "clutter" (GLSNet's Table 2 reports five Vaihingen classes). glsnet.data.datasets
+# lists the convention per dataset; this rule by name gives the same subsets where only names are known.
+DEFAULT_MEAN_EXCLUDED = ("unknown", "clutter")
+
+
+def default_mean_exclusions(class_names: tuple[str, ...]) -> tuple[int, ...]:
+    """Indices of the classes the papers leave out of the means (by name: unknown, clutter)."""
+    return tuple(i for i, name in enumerate(class_names) if name.lower() in DEFAULT_MEAN_EXCLUDED)
+
 
 @dataclass(frozen=True)
 class Scores:

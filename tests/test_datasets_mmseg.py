@@ -12,7 +12,7 @@ from glsnet.config import SMALL, with_bands
 from glsnet.data.datasets import DATASETS, LOVEDA_CLASSES, mean_exclusions, parse_class_names
 from glsnet.data.layouts import Layout, open_scenes
 from runtime.errors import InputError
-from runtime.metrics import ConfusionMatrix
+from runtime.metrics import ConfusionMatrix, default_mean_exclusions
 
 
 def write_mmseg_folder(root: Path, num_classes: int, bands: int = 3, size: int = 64, per_split: int = 2, seed: int = 0) -> Path:
@@ -117,6 +117,9 @@ def test_the_papers_class_subsets_are_the_defaults_and_can_be_changed():
     assert mean_exclusions(vaihingen, parse_class_names("none")) == ()
     with pytest.raises(InputError, match="not among the model's classes"):
         mean_exclusions(vaihingen, ("unknown",))
+    # the runtime's rule by class name (used where only a manifest's names are known) agrees with every dataset
+    for dataset in DATASETS.values():
+        assert default_mean_exclusions(dataset.classes) == mean_exclusions(dataset.classes)
 
 
 def test_means_are_over_the_chosen_subset_and_say_so():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from glsnet.config import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, GLSNetConfig
 from glsnet.data.palette import Palette
 from runtime.errors import InputError
+from runtime.metrics import default_mean_exclusions
 
 ISPRS_CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
 ISPRS_PALETTE: Palette = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
@@ -53,7 +54,9 @@ def mean_exclusions(classes: tuple[str, ...], override: tuple[str, ...] | None =
     """Indices of the classes left out of the means: ``override`` names if given, else the dataset's default."""
     if override is None:
         dataset = dataset_for_classes(classes)
-        names = dataset.mean_excluded if dataset else tuple(n for n in classes if n == "unknown")
+        if dataset is None:
+            return default_mean_exclusions(tuple(classes))
+        names = dataset.mean_excluded
     else:
         names = override
     unknown = [n for n in names if n not in classes]
