@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the C++ runtime: ORT headers (fetch_ort_headers.sh), then CMake against the venv's onnxruntime wheel.
 # Usage: build.sh [--sanitize] BUILD_DIR PYTHON     (PYTHON: the venv's interpreter, to find onnxruntime)
+# GLSNET_BUILD_TARGET=NAME builds one target only (the sanitizer build needs only glsnet-c-api-test).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 sanitize=OFF
@@ -16,4 +17,4 @@ headers="${GLSNET_ORT_HEADERS_DIR:-$build}"
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGLSNET_SANITIZE="$sanitize" \
   -DORT_INCLUDE_DIR="$headers/ort/include" -DORT_LIBRARY="$library" > "$build/configure.log" \
   || { cat "$build/configure.log" >&2; exit 1; }
-cmake --build "$build" -j "$jobs"
+cmake --build "$build" -j "$jobs" ${GLSNET_BUILD_TARGET:+--target "$GLSNET_BUILD_TARGET"}
