@@ -306,3 +306,36 @@ def test_cli_parity_on_real_deepglobe_images(cpp_build, small_bundle, deepglobe_
         a, b = open_image(tmp_path / "cpp" / name), open_image(tmp_path / "py" / name)
         assert (a.height, a.width) == (2448, 2448)
         assert np.array_equal(a.read_rows(0, a.height), b.read_rows(0, b.height)), name
+
+
+@pytest.fixture(scope="session")
+def fp16_bundle(small_bundle, tmp_path_factory) -> Path:
+    """A copy of the small bundle with fp16 graphs (calibration.fp16) named in its manifest."""
+    import dataclasses
+
+    from calibration.fp16 import convert_graph_to_fp16
+    from runtime.manifest import read_manifest, sha256_file, write_manifest
+
+    bundle = tmp_path_factory.mktemp("fp16") / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    manifest = read_manifest(bundle)
+    fp16 = {}
+    for role, spec in manifest.graphs["fp32"].items():
+        target = bundle / "fp16" / f"{role}.onnx"
+        target.parent.mkdir(exist_ok=True)
+        convert_graph_to_fp16(bundle / spec.file, target)
+        fp16[role] = dataclasses.replace(spec, file=f"fp16/{role}.onnx", precision="fp16", sha256=sha256_file(target))
+    write_manifest(bundle, manifest.replace(graphs={**manifest.graphs, "fp16": fp16}))
+    return bundle
+
+
+def test_fp16_masks_agree_with_the_python_runtime(capi, fp16_bundle):
+    handle = capi.open(fp16_bundle, precision="fp16")
+    try:
+        with Segmenter(fp16_bundle, precision="fp16") as segmenter:
+            for height, width in ((100, 90), (300, 415)):
+                image = _scene(height, width, seed=height + 1)
+                agreement = float(np.mean(capi.segment(handle, image) == segmenter.segment(image)))
+                assert agreement >= 0.9999, f"{height} x {width}: fp16 masks agree on {agreement:.6%} of pixels"
+    finally:
+        capi.lib.glsnet_close(handle)
