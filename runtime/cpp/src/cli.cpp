@@ -1,4 +1,6 @@
 // glsnet-cpp: `glsnet-cpp run IMAGE... --bundle DIR -o OUT/`, the C++ twin of `glsnet run` (same output files).
+#include <malloc.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -67,7 +69,16 @@ int exit_code(glsnet_status status) {
 
 }  // namespace
 
+// glibc keeps freed blocks in per-thread arenas and raises its mmap threshold after large frees, so
+// ONNX Runtime's big activations (arena off) stay resident: measured at 9792 x 2448 (default config),
+// peak RSS 1546 MB with glibc's defaults, 978 MB with two arenas and a fixed 1 MiB mmap threshold.
+static void bound_malloc_retention() {
+  mallopt(M_ARENA_MAX, 2);
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+}
+
 int main(int argc, char** argv) {
+  bound_malloc_retention();
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
