@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 export GLSNET_DATA ?= $(if $(wildcard ../shared/data/deepglobe/*_sat.jpg),$(abspath ../shared/data/deepglobe),)
 
-.PHONY: venv test test-fast demo bench gpu-check clean
+.PHONY: venv test test-fast demo bench gpu-check clean cpp
 
 venv: $(STAMP)
 
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[cpu,train,dev,cluster]'
 	touch $(STAMP)
 
-test: $(STAMP)
+CPP_BUILD ?= build/cpp
+
+# The C++ runtime (runtime/cpp): ORT headers from Debian trixie into the build folder, the venv's ORT library.
+cpp: $(STAMP)
+	bash runtime/cpp/build.sh $(CPP_BUILD) $(BIN)/python
+
+test: $(STAMP) cpp
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -26,8 +32,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO_OUT)
 
-bench: $(STAMP)
+bench: $(STAMP) cpp
 	$(BIN)/glsnet bench --out $(DEMO_OUT)/bench
+	$(BIN)/python scripts/bench_cpp.py --cpp $(CPP_BUILD)/glsnet-cpp --out $(DEMO_OUT)/bench-cpp
 
 # The highest level this machine allows: TensorRT engines, else the CUDA-only level (PyTorch engines
 # on the stream scheduler); exit 2 with the reason when neither can run. GPU_EXTRA: tensorrt
@@ -39,4 +46,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m export.gpu_check --level auto --out $(DEMO_OUT)/gpu-check
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build/cpp build/cpp-asan

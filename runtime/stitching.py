@@ -47,11 +47,33 @@ def upsample_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
+@functools.lru_cache(maxsize=8)
+def upsample_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, w0, w1) of 1-D bilinear resampling: out[i] = w0[i] * in[lower[i]] + w1[i] * in[upper[i]].
+
+    The same source coordinates as ``upsample_matrix``; w1 = frac and w0 = 1 - frac in float32.
+    """
+    scale = in_size / out_size
+    source = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    lower = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    frac = (source - lower).astype(np.float32)
+    return lower, upper, np.float32(1.0) - frac, frac
+
+
 def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
-    """[B, K, h, w] logits -> [B, K, size, size] by separable bilinear resampling (align_corners=False)."""
-    rows = upsample_matrix(logits.shape[-2], size)
-    cols = upsample_matrix(logits.shape[-1], size)
-    return np.matmul(rows, np.matmul(logits.astype(np.float32, copy=False), cols.T))
+    """[B, K, h, w] logits -> [B, K, size, size] by separable bilinear resampling (align_corners=False).
+
+    Two taps per output, first along the width, then along the height, each as float32
+    ``w0 * a + w1 * b`` (two roundings for the products, one for the sum). This order is the
+    runtime algorithm (docs/runtime-algorithm.md): a matrix product would leave the rounding to the
+    BLAS kernel, which differs between machines, and another runtime could not match it bit for bit.
+    """
+    logits = logits.astype(np.float32, copy=False)
+    lo, up, w0, w1 = upsample_taps(logits.shape[-1], size)
+    wide = logits[..., lo] * w0 + logits[..., up] * w1
+    lo, up, w0, w1 = upsample_taps(logits.shape[-2], size)
+    return wide[..., lo, :] * w0[:, None] + wide[..., up, :] * w1[:, None]
 
 
 class Stitcher:

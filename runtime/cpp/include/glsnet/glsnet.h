@@ -1,0 +1,115 @@
+/* glsnet: run a GLSNet bundle (glsnet-export) from C or C++, with no Python.
+ *
+ * A stable C ABI: an opaque handle, status codes (never exceptions), and for every failing call a
+ * one-line message from glsnet_last_error() on the calling thread. Null pointers and buffers of the
+ * wrong size are errors, not crashes. One handle may be used from several threads at once; only
+ * glsnet_close must not race with other calls on the same handle.
+ *
+ * The algorithm (patch grid, normalisation, banding, batching, stitching, argmax) is the Python
+ * runtime's, written down in docs/runtime-algorithm.md: masks are byte-identical to `glsnet run`.
+ */
+#ifndef GLSNET_H
+#define GLSNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(GLSNET_BUILDING)
+#define GLSNET_API __attribute__((visibility("default")))
+#else
+#define GLSNET_API
+#endif
+
+#define GLSNET_ABI_VERSION 1
+
+typedef enum glsnet_status {
+  GLSNET_OK = 0,
+  GLSNET_ERROR_INVALID_ARGUMENT = 1, /* null pointer, wrong buffer size, bad option value */
+  GLSNET_ERROR_BUNDLE = 2,           /* missing, incomplete, tampered or other-schema bundle */
+  GLSNET_ERROR_INPUT = 3,            /* unreadable or unusable image */
+  GLSNET_ERROR_OUTPUT = 4,           /* an output file cannot be written (nothing partial is left) */
+  GLSNET_ERROR_MEMORY = 5,           /* the memory budget is too small, or allocation failed */
+  GLSNET_ERROR_RUNTIME = 6,          /* ONNX Runtime failed, or a provider is unavailable */
+  GLSNET_ERROR_CANCELLED = 7         /* a row callback asked to stop */
+} glsnet_status;
+
+typedef struct glsnet_handle glsnet_handle;
+
+/* Options of glsnet_open. Fill with glsnet_options_init, then change what you need. */
+typedef struct glsnet_options {
+  uint32_t struct_size;      /* sizeof(glsnet_options): lets later versions add fields */
+  const char* precision;     /* "fp32" (NULL: fp32), "fp16" or "int8" */
+  const char* device;        /* "cpu" (NULL: cpu), "cuda" or "tensorrt" (ONNX Runtime execution providers) */
+  int32_t threads;           /* ONNX Runtime intra-op threads per graph; 0: one per core */
+  int32_t batch_size;        /* patches per batch; 0: chosen by the memory plan */
+  uint64_t max_memory;       /* memory budget in bytes; 0: none (default banding rule) */
+  int32_t global_band_rows;  /* force the global branch into bands of this many rows (multiple of 32); 0: plan */
+  int32_t global_halo;       /* rows of context above and below each global band (multiple of 32); -1: 256 */
+  int32_t cpu_arena;         /* 1: ONNX Runtime's CPU memory arena on (default 0: off, lower peak memory) */
+  int64_t max_pixels;        /* largest PNG/JPEG (decoded whole) accepted by glsnet_segment_file; 0: 500e6 */
+} glsnet_options;
+
+/* The batch size and global banding an image of a given size runs with. */
+typedef struct glsnet_plan_info {
+  uint32_t struct_size;      /* set to sizeof(glsnet_plan_info) before the call */
+  int32_t batch_size;
+  int32_t global_band_rows;  /* 0: the global graph sees the whole (padded) image at once */
+  int32_t patches;
+  int32_t grid_rows;
+  int32_t grid_cols;
+  uint64_t estimate_bytes;
+  uint64_t budget_bytes;     /* 0: no budget */
+} glsnet_plan_info;
+
+/* Receives finished mask rows, top to bottom: `rows` rows of `width` class indices starting at image
+ * row `top`. The memory is valid during the call only. Return 0 to go on, anything else to stop
+ * (the segment call then returns GLSNET_ERROR_CANCELLED). */
+typedef int (*glsnet_row_callback)(void* user_data, int64_t top, int64_t rows, int64_t width,
+                                   const uint8_t* mask_rows);
+
+GLSNET_API void glsnet_options_init(glsnet_options* options);
+
+/* Open a bundle directory: validates manifest.json (schema, keys, paths), verifies the graphs'
+ * sha256 and creates the three ONNX Runtime sessions. `options` may be NULL (defaults). */
+GLSNET_API glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options, glsnet_handle** out_handle);
+
+/* Segment uint8 pixels [height, width, channels] (row-major, interleaved) into out_mask [height, width].
+ * pixels_size and out_mask_size are the buffers' sizes in bytes, checked. */
+GLSNET_API glsnet_status glsnet_segment(glsnet_handle* handle, const uint8_t* pixels, size_t pixels_size,
+                                        int64_t height, int64_t width, int32_t channels,
+                                        uint8_t* out_mask, size_t out_mask_size);
+
+/* Like glsnet_segment, but hands finished rows to `callback` as soon as no later patch touches them. */
+GLSNET_API glsnet_status glsnet_segment_rows(glsnet_handle* handle, const uint8_t* pixels, size_t pixels_size,
+                                             int64_t height, int64_t width, int32_t channels,
+                                             glsnet_row_callback callback, void* user_data);
+
+/* Segment an image file (PNG, JPEG, TIFF) and write <stem>_mask.<format> (and <stem>_color.<format>
+ * when `color` is non-zero) into output_dir (created if missing). format: "png" or "tif" (NULL: png).
+ * Files are written under temporary names and renamed at the end: on error no output is left. */
+GLSNET_API glsnet_status glsnet_segment_file(glsnet_handle* handle, const char* image_path, const char* output_dir,
+                                             const char* format, int color);
+
+/* The plan (batch size, banding, estimate) for an image of height x width. */
+GLSNET_API glsnet_status glsnet_plan(glsnet_handle* handle, int64_t height, int64_t width, glsnet_plan_info* out_plan);
+
+/* Number of classes (mask values are 0 .. n-1) and the input bands the model reads. */
+GLSNET_API glsnet_status glsnet_num_classes(glsnet_handle* handle, int32_t* out_classes);
+GLSNET_API glsnet_status glsnet_input_bands(glsnet_handle* handle, int32_t* out_bands);
+
+/* Release the handle (NULL is accepted). No other call may use it concurrently or afterwards. */
+GLSNET_API void glsnet_close(glsnet_handle* handle);
+
+/* The message of the last failing call made on this thread ("" if none); valid until the next call. */
+GLSNET_API const char* glsnet_last_error(void);
+GLSNET_API const char* glsnet_status_string(glsnet_status status);
+GLSNET_API int glsnet_abi_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GLSNET_H */

@@ -1,0 +1,528 @@
+#include "image_io.hpp"
+
+#include <errno.h>
+#include <jpeglib.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <tiffio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#include "errors.hpp"
+
+namespace glsnet {
+namespace {
+
+[[noreturn]] void input_error(const std::string& message) { fail(GLSNET_ERROR_INPUT, message); }
+
+// --------------------------------------------------------------------------- decoded images
+
+// A whole decoded image of 8- or 16-bit samples [height, width, bands].
+class DecodedSource : public ImageSource {
+ public:
+  std::vector<uint8_t> bytes;
+  std::vector<uint16_t> words;  // 16-bit samples (16-bit grey PNG)
+  void read_rows(int64_t top, int64_t bottom, float* out) const override {
+    const size_t begin = static_cast<size_t>(top * width * bands), count = static_cast<size_t>((bottom - top) * width * bands);
+    if (!words.empty())
+      for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(words[begin + i]);
+    else
+      for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(bytes[begin + i]);
+  }
+};
+
+class BorrowedSource : public ImageSource {
+ public:
+  const uint8_t* pixels = nullptr;
+  void read_rows(int64_t top, int64_t bottom, float* out) const override {
+    const size_t begin = static_cast<size_t>(top * width * bands), count = static_cast<size_t>((bottom - top) * width * bands);
+    for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(pixels[begin + i]);
+  }
+};
+
+void check_pixels(const std::string& path, int64_t height, int64_t width, int64_t max_pixels) {
+  if (height <= 0 || width <= 0)
+    input_error(path + ": the image is empty (" + std::to_string(height) + " x " + std::to_string(width) + " pixels); expected at least 1 x 1");
+  if (max_pixels > 0 && width * height > max_pixels)
+    input_error(path + ": " + std::to_string(width) + " x " + std::to_string(height) + " = " + std::to_string(width * height) +
+                " pixels is above the limit of " + std::to_string(max_pixels) +
+                " for PNG/JPEG (decoded whole); raise it with --max-pixels or convert the image to a tiled TIFF");
+}
+
+struct JpegError {
+  jpeg_error_mgr mgr;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_fail(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  longjmp(err->jump, 1);
+}
+
+void jpeg_warn(j_common_ptr cinfo, int level) {
+  if (level < 0) jpeg_fail(cinfo);  // corrupt or truncated data: refuse, as Pillow does
+}
+
+std::unique_ptr<ImageSource> decode_jpeg(const std::string& path, std::FILE* file, int64_t max_pixels) {
+  auto source = std::make_unique<DecodedSource>();
+  jpeg_decompress_struct cinfo;
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_fail;
+  err.mgr.emit_message = jpeg_warn;
+  std::vector<JSAMPROW> rows;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    std::fclose(file);
+    input_error(path + ": the image data is corrupt or truncated (" + err.message + "); re-export or re-download it");
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_stdio_src(&cinfo, file);
+  jpeg_read_header(&cinfo, TRUE);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    jpeg_destroy_decompress(&cinfo);
+    std::fclose(file);
+    input_error(path + ": CMYK JPEGs are not supported; convert the image to RGB");
+  }
+  cinfo.out_color_space = cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  check_pixels(path, cinfo.image_height, cinfo.image_width, max_pixels);
+  jpeg_start_decompress(&cinfo);
+  source->height = cinfo.output_height;
+  source->width = cinfo.output_width;
+  source->bands = cinfo.output_components;
+  source->bytes.resize(static_cast<size_t>(source->height * source->width * source->bands));
+  const size_t stride = static_cast<size_t>(source->width * source->bands);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = source->bytes.data() + cinfo.output_scanline * stride;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  std::fclose(file);
+  return source;
+}
+
+struct PngError {
+  jmp_buf jump;
+  char message[256];
+};
+
+void png_fail(png_structp png, png_const_charp message) {
+  auto* err = static_cast<PngError*>(png_get_error_ptr(png));
+  std::snprintf(err->message, sizeof err->message, "%s", message);
+  longjmp(err->jump, 1);
+}
+
+void png_quiet(png_structp, png_const_charp) {}
+
+std::unique_ptr<ImageSource> decode_png(const std::string& path, std::FILE* file, int64_t max_pixels) {
+  auto source = std::make_unique<DecodedSource>();
+  PngError err{};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!info) {
+    png_destroy_read_struct(&png, nullptr, nullptr);
+    std::fclose(file);
+    fail(GLSNET_ERROR_MEMORY, path + ": out of memory while reading the PNG");
+  }
+  std::vector<png_bytep> rows;
+  if (setjmp(err.jump)) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    std::fclose(file);
+    input_error(path + ": the image data is corrupt or truncated (" + err.message + "); re-export or re-download it");
+  }
+  png_init_io(png, file);
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  png_read_info(png, info);
+  const png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
+  const int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
+  check_pixels(path, height, width, max_pixels);
+  // Pillow's modes: palette -> RGB; grey below 8 bits -> 8; 16-bit grey stays 16-bit; 16-bit colour -> 8 (high byte).
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  const bool wide = depth == 16 && color == PNG_COLOR_TYPE_GRAY;
+  if (depth == 16 && !wide) png_set_strip_16(png);
+  if (wide) png_set_swap(png);  // host order
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  source->height = height;
+  source->width = width;
+  source->bands = png_get_channels(png, info);
+  const size_t stride = png_get_rowbytes(png, info);
+  rows.resize(height);
+  if (wide) {
+    source->words.resize(static_cast<size_t>(height) * width);
+    for (png_uint_32 y = 0; y < height; ++y) rows[y] = reinterpret_cast<png_bytep>(source->words.data() + y * static_cast<size_t>(width));
+  } else {
+    source->bytes.resize(stride * height);
+    for (png_uint_32 y = 0; y < height; ++y) rows[y] = source->bytes.data() + y * stride;
+  }
+  png_read_image(png, rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  std::fclose(file);
+  return source;
+}
+
+// --------------------------------------------------------------------------- TIFF
+
+thread_local std::string tiff_message;
+
+void tiff_error(const char* module, const char* fmt, va_list args) {
+  char buf[512];
+  std::vsnprintf(buf, sizeof buf, fmt, args);
+  tiff_message = std::string(module ? module : "libtiff") + ": " + buf;
+}
+
+void tiff_warning(const char*, const char*, va_list) {}
+
+void install_tiff_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    TIFFSetErrorHandler(tiff_error);
+    TIFFSetWarningHandler(tiff_warning);
+  });
+}
+
+// A TIFF read window by window: a row range decodes only the strips or tiles that cross it.
+class TiffSource : public ImageSource {
+ public:
+  TiffSource(const std::string& path) {
+    install_tiff_handlers();
+    name = path;
+    tiff_message.clear();
+    tif_ = TIFFOpen(path.c_str(), "r");
+    if (!tif_) input_error(path + ": not a readable TIFF (" + tiff_message + ")");
+    uint32_t w = 0, h = 0;
+    uint16_t spp = 1, bits = 8, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG;
+    TIFFGetField(tif_, TIFFTAG_IMAGEWIDTH, &w);
+    TIFFGetField(tif_, TIFFTAG_IMAGELENGTH, &h);
+    TIFFGetFieldDefaulted(tif_, TIFFTAG_SAMPLESPERPIXEL, &spp);
+    TIFFGetFieldDefaulted(tif_, TIFFTAG_BITSPERSAMPLE, &bits);
+    TIFFGetFieldDefaulted(tif_, TIFFTAG_SAMPLEFORMAT, &format);
+    TIFFGetFieldDefaulted(tif_, TIFFTAG_PLANARCONFIG, &planar);
+    height = h;
+    width = w;
+    bands = spp;
+    separate_ = planar == PLANARCONFIG_SEPARATE && spp > 1;
+    bits_ = bits;
+    format_ = format;
+    if (height <= 0 || width <= 0 || bands <= 0) close_and_fail(path + ": the image is empty; expected at least 1 x 1");
+    const bool known = (format == SAMPLEFORMAT_UINT || format == SAMPLEFORMAT_INT) ? (bits == 8 || bits == 16 || bits == 32)
+                       : format == SAMPLEFORMAT_IEEEFP                            ? (bits == 32 || bits == 64)
+                                                                                   : false;
+    if (!known)
+      close_and_fail(path + ": TIFF pixel type (" + std::to_string(bits) + "-bit, sample format " + std::to_string(format) +
+                     ") is not supported; expected 8/16/32-bit integer or 32/64-bit float samples");
+    tiled_ = TIFFIsTiled(tif_);
+    if (tiled_) {
+      uint32_t tw = 0, th = 0;
+      TIFFGetField(tif_, TIFFTAG_TILEWIDTH, &tw);
+      TIFFGetField(tif_, TIFFTAG_TILELENGTH, &th);
+      seg_w_ = tw;
+      seg_h_ = th;
+    } else {
+      uint32_t rps = 0;
+      TIFFGetFieldDefaulted(tif_, TIFFTAG_ROWSPERSTRIP, &rps);
+      seg_w_ = width;
+      seg_h_ = std::min<int64_t>(rps ? rps : height, height);
+    }
+    if (seg_w_ <= 0 || seg_h_ <= 0) close_and_fail(path + ": the TIFF's strip or tile size is invalid");
+  }
+  ~TiffSource() override {
+    if (tif_) TIFFClose(tif_);
+  }
+
+  void read_rows(int64_t top, int64_t bottom, float* out) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const int64_t spp_in_segment = separate_ ? 1 : bands;
+    const int64_t sample_bytes = bits_ / 8;
+    std::vector<uint8_t> buffer(static_cast<size_t>(seg_w_ * seg_h_ * spp_in_segment * sample_bytes));
+    std::fill(out, out + (bottom - top) * width * bands, 0.0f);
+    const int64_t planes = separate_ ? bands : 1;
+    for (int64_t plane = 0; plane < planes; ++plane)
+      for (int64_t sy = top / seg_h_ * seg_h_; sy < bottom; sy += seg_h_)
+        for (int64_t sx = 0; sx < width; sx += seg_w_) {
+          tiff_message.clear();
+          tmsize_t got;
+          if (tiled_) {
+            const uint32_t tile = TIFFComputeTile(tif_, static_cast<uint32_t>(sx), static_cast<uint32_t>(sy), 0, static_cast<uint16_t>(plane));
+            got = TIFFReadEncodedTile(tif_, tile, buffer.data(), static_cast<tmsize_t>(buffer.size()));
+          } else {
+            const uint32_t strip = TIFFComputeStrip(tif_, static_cast<uint32_t>(sy), static_cast<uint16_t>(plane));
+            got = TIFFReadEncodedStrip(tif_, strip, buffer.data(), static_cast<tmsize_t>(buffer.size()));
+          }
+          if (got < 0)
+            input_error(name + ": a " + (tiled_ ? "tile" : "strip") + " at row " + std::to_string(sy) +
+                        " cannot be decoded (" + tiff_message + "); the file is corrupt or uses an unsupported compression");
+          paste(buffer.data(), sy, sx, plane, top, bottom, out);
+        }
+  }
+
+ private:
+  void close_and_fail(const std::string& message) {
+    TIFFClose(tif_);
+    tif_ = nullptr;
+    input_error(message);
+  }
+
+  float sample(const uint8_t* p) const {
+    switch (format_ * 100 + bits_) {
+      case SAMPLEFORMAT_UINT * 100 + 8: return static_cast<float>(*p);
+      case SAMPLEFORMAT_UINT * 100 + 16: { uint16_t v; std::memcpy(&v, p, 2); return static_cast<float>(v); }
+      case SAMPLEFORMAT_UINT * 100 + 32: { uint32_t v; std::memcpy(&v, p, 4); return static_cast<float>(v); }
+      case SAMPLEFORMAT_INT * 100 + 8: return static_cast<float>(static_cast<int8_t>(*p));
+      case SAMPLEFORMAT_INT * 100 + 16: { int16_t v; std::memcpy(&v, p, 2); return static_cast<float>(v); }
+      case SAMPLEFORMAT_INT * 100 + 32: { int32_t v; std::memcpy(&v, p, 4); return static_cast<float>(v); }
+      case SAMPLEFORMAT_IEEEFP * 100 + 32: { float v; std::memcpy(&v, p, 4); return v; }
+      default: { double v; std::memcpy(&v, p, 8); return static_cast<float>(v); }
+    }
+  }
+
+  void paste(const uint8_t* seg, int64_t sy, int64_t sx, int64_t plane, int64_t top, int64_t bottom, float* out) const {
+    const int64_t spp = separate_ ? 1 : bands, sample_bytes = bits_ / 8;
+    const int64_t y0 = std::max(top, sy), y1 = std::min({bottom, sy + seg_h_, height});
+    const int64_t cols = std::min(seg_w_, width - sx);
+    for (int64_t y = y0; y < y1; ++y)
+      for (int64_t x = 0; x < cols; ++x)
+        for (int64_t s = 0; s < spp; ++s) {
+          const uint8_t* p = seg + (((y - sy) * seg_w_ + x) * spp + s) * sample_bytes;
+          const int64_t band = separate_ ? plane : s;
+          out[((y - top) * width + sx + x) * bands + band] = sample(p);
+        }
+  }
+
+  TIFF* tif_ = nullptr;
+  mutable std::mutex mutex_;
+  bool separate_ = false, tiled_ = false;
+  int bits_ = 8, format_ = SAMPLEFORMAT_UINT;
+  int64_t seg_w_ = 0, seg_h_ = 0;
+};
+
+// --------------------------------------------------------------------------- writers
+
+mode_t file_mode() {
+  static const mode_t mode = [] {
+    const mode_t mask = umask(0);
+    umask(mask);
+    return static_cast<mode_t>(0666 & ~mask);
+  }();
+  return mode;
+}
+const mode_t kModeAtLoad = file_mode();  // umask is process-wide: read it once, before threads write
+
+[[noreturn]] void output_error(const std::string& path, const std::string& why) {
+  fail(GLSNET_ERROR_OUTPUT, path + ": cannot write an output here (" + why + "); choose a writable folder with -o");
+}
+
+std::string parent_of(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+}
+
+std::string base_of(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// A temporary file beside `path`: DIR/.NAME.XXXXXX.tmp.EXT (the extension kept for format-by-name tools).
+std::string temporary_beside(const std::string& path, const std::string& ext) {
+  make_dirs(parent_of(path));
+  std::string tmpl = parent_of(path) + "/." + base_of(path) + ".XXXXXX.tmp." + ext;
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  const int fd = mkstemps(buf.data(), static_cast<int>(ext.size() + 5));
+  if (fd < 0) output_error(path, std::strerror(errno));
+  fchmod(fd, kModeAtLoad);
+  close(fd);
+  return std::string(buf.data());
+}
+
+class PngWriter : public MaskWriter {
+ public:
+  PngWriter(const std::string& path, int64_t height, int64_t width, int channels) : height_(height) {
+    path_ = path;
+    temporary_ = temporary_beside(path, "png");
+    file_ = std::fopen(temporary_.c_str(), "wb");
+    if (!file_) {
+      const std::string why = std::strerror(errno);
+      unlink(temporary_.c_str());
+      output_error(path, why);
+    }
+    png_ = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err_, png_fail, png_quiet);
+    info_ = png_ ? png_create_info_struct(png_) : nullptr;
+    if (!info_) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while writing the PNG");
+    if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path + ": writing the PNG failed (" + err_.message + ")");
+    png_init_io(png_, file_);
+    png_set_IHDR(png_, info_, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8,
+                 channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png_, info_);
+    stride_ = static_cast<size_t>(width) * channels;
+  }
+  ~PngWriter() override {
+    if (png_) png_destroy_write_struct(&png_, &info_);
+    if (file_) std::fclose(file_);
+    if (!finished_) unlink(temporary_.c_str());
+  }
+  void write_rows(const uint8_t* rows, int64_t count) override {
+    if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path_ + ": writing the PNG failed (" + err_.message + ")");
+    for (int64_t r = 0; r < count; ++r) png_write_row(png_, const_cast<png_bytep>(rows + r * stride_));
+    written_ += count;
+  }
+  void finish() override {
+    if (written_ != height_) fail(GLSNET_ERROR_RUNTIME, path_ + ": " + std::to_string(written_) + " of " + std::to_string(height_) + " rows were produced");
+    if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path_ + ": writing the PNG failed (" + err_.message + ")");
+    png_write_end(png_, nullptr);
+    png_destroy_write_struct(&png_, &info_);
+    png_ = nullptr;
+    const int flushed = std::fflush(file_), closed = std::fclose(file_);
+    file_ = nullptr;
+    if (flushed || closed) output_error(path_, std::strerror(errno));
+    finished_ = true;
+  }
+
+ private:
+  std::FILE* file_ = nullptr;
+  png_structp png_ = nullptr;
+  png_infop info_ = nullptr;
+  PngError err_{};
+  size_t stride_ = 0;
+  int64_t height_, written_ = 0;
+  bool finished_ = false;
+};
+
+constexpr int64_t kRowsPerStrip = 64;
+
+class TiffWriter : public MaskWriter {
+ public:
+  TiffWriter(const std::string& path, int64_t height, int64_t width, int channels)
+      : height_(height), rows_per_strip_(std::min(kRowsPerStrip, height)), stride_(static_cast<size_t>(width) * channels) {
+    install_tiff_handlers();
+    path_ = path;
+    temporary_ = temporary_beside(path, "tif");
+    tiff_message.clear();
+    const bool big = static_cast<double>(height) * width * channels > 3.9e9;
+    tif_ = TIFFOpen(temporary_.c_str(), big ? "w8" : "w");
+    if (!tif_) {
+      unlink(temporary_.c_str());
+      output_error(path, tiff_message);
+    }
+    TIFFSetField(tif_, TIFFTAG_IMAGEWIDTH, static_cast<uint32_t>(width));
+    TIFFSetField(tif_, TIFFTAG_IMAGELENGTH, static_cast<uint32_t>(height));
+    TIFFSetField(tif_, TIFFTAG_SAMPLESPERPIXEL, static_cast<uint16_t>(channels));
+    TIFFSetField(tif_, TIFFTAG_BITSPERSAMPLE, static_cast<uint16_t>(8));
+    TIFFSetField(tif_, TIFFTAG_SAMPLEFORMAT, static_cast<uint16_t>(SAMPLEFORMAT_UINT));
+    TIFFSetField(tif_, TIFFTAG_PLANARCONFIG, static_cast<uint16_t>(PLANARCONFIG_CONTIG));
+    TIFFSetField(tif_, TIFFTAG_PHOTOMETRIC, static_cast<uint16_t>(channels == 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK));
+    TIFFSetField(tif_, TIFFTAG_COMPRESSION, static_cast<uint16_t>(COMPRESSION_ADOBE_DEFLATE));
+    TIFFSetField(tif_, TIFFTAG_ROWSPERSTRIP, static_cast<uint32_t>(rows_per_strip_));
+  }
+  ~TiffWriter() override {
+    if (tif_) TIFFClose(tif_);
+    if (!finished_) unlink(temporary_.c_str());
+  }
+  void write_rows(const uint8_t* rows, int64_t count) override {
+    pending_.insert(pending_.end(), rows, rows + count * stride_);
+    while (static_cast<int64_t>(pending_.size() / stride_) >= rows_per_strip_) flush(rows_per_strip_);
+  }
+  void finish() override {
+    if (!pending_.empty()) flush(static_cast<int64_t>(pending_.size() / stride_));
+    if (written_ != height_) fail(GLSNET_ERROR_RUNTIME, path_ + ": " + std::to_string(written_) + " of " + std::to_string(height_) + " rows were produced");
+    tiff_message.clear();
+    const int ok = TIFFFlush(tif_);
+    TIFFClose(tif_);
+    tif_ = nullptr;
+    if (!ok) output_error(path_, tiff_message);
+    finished_ = true;
+  }
+
+ private:
+  void flush(int64_t rows) {
+    tiff_message.clear();
+    const tmsize_t bytes = static_cast<tmsize_t>(rows * stride_);
+    if (TIFFWriteEncodedStrip(tif_, strip_++, pending_.data(), bytes) < 0) output_error(path_, tiff_message);
+    pending_.erase(pending_.begin(), pending_.begin() + bytes);
+    written_ += rows;
+  }
+  TIFF* tif_ = nullptr;
+  int64_t height_, rows_per_strip_;
+  size_t stride_;
+  std::vector<uint8_t> pending_;
+  uint32_t strip_ = 0;
+  int64_t written_ = 0;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<ImageSource> array_source(const uint8_t* pixels, int64_t height, int64_t width, int64_t bands, std::string name) {
+  auto source = std::make_unique<BorrowedSource>();
+  source->pixels = pixels;
+  source->height = height;
+  source->width = width;
+  source->bands = bands;
+  source->name = std::move(name);
+  source->resident_bytes = height * width * bands;
+  return source;
+}
+
+std::unique_ptr<ImageSource> open_image(const std::string& path, int64_t max_pixels) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) input_error(path + ": no such file");
+  if (!S_ISREG(st.st_mode)) input_error(path + ": not a file");
+  if (st.st_size == 0) input_error(path + ": the file is empty (0 bytes); expected a PNG, JPEG or TIFF image");
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) input_error(path + ": cannot be read (" + std::strerror(errno) + ")");
+  unsigned char magic[8] = {0};
+  const size_t got = std::fread(magic, 1, sizeof magic, file);
+  std::rewind(file);
+  std::unique_ptr<ImageSource> source;
+  if (got >= 4 && ((magic[0] == 'I' && magic[1] == 'I') || (magic[0] == 'M' && magic[1] == 'M'))) {
+    std::fclose(file);
+    return std::make_unique<TiffSource>(path);
+  }
+  if (got >= 8 && png_sig_cmp(magic, 0, 8) == 0) source = decode_png(path, file, max_pixels);
+  else if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) source = decode_jpeg(path, file, max_pixels);
+  else {
+    std::fclose(file);
+    input_error(path + ": not a readable PNG/JPEG/TIFF image; expected a PNG, JPEG or TIFF file");
+  }
+  source->name = path;
+  source->resident_bytes = source->height * source->width * source->bands *
+                           (static_cast<DecodedSource*>(source.get())->words.empty() ? 1 : 2);
+  return source;
+}
+
+std::unique_ptr<MaskWriter> open_writer(const std::string& path, const std::string& format, int64_t height, int64_t width, int channels) {
+  if (format == "png") return std::make_unique<PngWriter>(path, height, width, channels);
+  if (format == "tif") return std::make_unique<TiffWriter>(path, height, width, channels);
+  fail(GLSNET_ERROR_INVALID_ARGUMENT, "output format '" + format + "' is not one of png, tif");
+}
+
+void make_dirs(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) fail(GLSNET_ERROR_OUTPUT, path + ": exists and is not a folder; choose an output folder with -o");
+    return;
+  }
+  const std::string parent = parent_of(path);
+  if (parent != path && parent != "." && parent != "/") make_dirs(parent);
+  if (mkdir(path.c_str(), 0777) != 0 && errno != EEXIST) output_error(path, std::strerror(errno));
+}
+
+std::string file_stem(const std::string& path) {
+  const std::string base = base_of(path);
+  const size_t dot = base.rfind('.');
+  return dot == std::string::npos || dot == 0 ? base : base.substr(0, dot);
+}
+
+}  // namespace glsnet

@@ -1,0 +1,71 @@
+// manifest.json, read strictly: the same checks as runtime/manifest.py (schema, unknown keys, paths, sha256).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace glsnet {
+
+constexpr int kSchemaVersion = 1;
+constexpr int kOutputStride = 4;    // logits at stride 4 of the patch
+constexpr int kFeatureStride = 32;  // global / local token features at stride 32
+
+struct TensorSpec {
+  std::string name;
+  std::string dtype;
+  std::vector<std::string> shape;  // each dim as text: a number or a symbolic name
+};
+
+struct GraphSpec {
+  std::string file;  // relative to the bundle
+  std::string precision;
+  std::string sha256;
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+};
+
+struct EngineFile {
+  std::string file;
+  std::string sha256;
+};
+
+struct EngineSpec {
+  std::string target;
+  std::string precision;
+  std::string directory;
+  std::map<std::string, EngineFile> files;  // role -> file
+};
+
+struct Normalization {
+  std::vector<double> mean, std;
+  double scale = 255.0;
+  std::vector<int> bands{0, 1, 2};
+};
+
+struct Manifest {
+  std::vector<std::string> classes;
+  std::vector<std::array<uint8_t, 3>> palette;
+  Normalization normalization;
+  int patch_size = 0;
+  int min_overlap = 0;
+  std::map<std::string, std::map<std::string, GraphSpec>> graphs;  // precision -> role -> graph
+  std::vector<EngineSpec> engines;
+  int model_width = 256;       // model.width, used when the local graph's output width is symbolic
+  int model_skip_width = 48;   // model.skip_width
+
+  const GraphSpec& graph(const std::string& role, const std::string& precision) const;
+};
+
+// Reads and validates BUNDLE/manifest.json; throws Error(GLSNET_ERROR_BUNDLE) naming the file and key.
+Manifest read_manifest(const std::string& bundle_dir);
+
+// Hex sha256 of a file.
+std::string sha256_file(const std::string& path);
+
+// BUNDLE/relative after checking that it exists and matches `sha256`.
+std::string verify_file(const std::string& bundle_dir, const std::string& relative, const std::string& sha256);
+
+}  // namespace glsnet
