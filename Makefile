@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[cpu,train,dev,cluster]'
+	$(BIN)/python -m pip install -q -e '.[cpu,train,dev,cluster,bench]'
 	touch $(STAMP)
 
 CPP_BUILD ?= build/cpp
