@@ -28,7 +28,8 @@ struct Keys {
 
 const Keys kManifestKeys{"Manifest",
                          {"schema_version", "classes", "palette", "normalization", "patch", "graphs"},
-                         {"model", "engines", "calibration", "accuracy", "provenance"}};
+                         {"model", "engines", "calibration", "accuracy", "provenance", "input_pixels", "global_stages"}};
+const Keys kInputPixelsKeys{"InputPixels", {"dtype", "low", "high"}, {}};
 const Keys kGraphKeys{"GraphSpec", {"file", "precision", "sha256", "inputs", "outputs"}, {"opset"}};
 const Keys kTensorKeys{"TensorSpec", {"name", "dtype", "shape"}, {}};
 const Keys kEngineKeys{"EngineSpec",
@@ -242,6 +243,19 @@ Manifest read_manifest(const std::string& bundle_dir) {
     if (m.normalization.mean.size() != m.normalization.std.size() || m.normalization.std.size() != m.normalization.bands.size() ||
         !positive || m.normalization.bands.empty())
       bad(nw, "mean, std and bands need one entry per band, and std > 0");
+
+    // This runtime takes 8-bit pixels only (glsnet_segment's buffer is uint8): a bundle trained on
+    // another pixel type or range would give a silently wrong mask, so it is refused here.
+    if (d.contains("input_pixels")) {
+      const std::string iw = where + " input_pixels";
+      const json& px = check_keys(d["input_pixels"], kInputPixelsKeys, iw);
+      const std::string dtype = text(px["dtype"], iw, "dtype");
+      if (dtype != "uint8" || number(px["low"], iw, "low") != 0.0 || number(px["high"], iw, "high") != 255.0)
+        bad(iw, "the bundle was trained on " + dtype + " pixels in [" + px["low"].dump() + ", " + px["high"].dump() +
+                    "]; glsnet-cpp reads 8-bit images (0..255) only: use the Python runtime's --input-range");
+    }
+    // global_stages (the global branch stage by stage, for low memory in the Python runtime) are not
+    // used here: the single global graph gives the same features (docs/runtime-algorithm.md).
 
     const std::string pw = where + " patch";
     const json& patch = check_keys(d["patch"], kPatchKeys, pw);
