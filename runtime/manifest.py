@@ -315,8 +315,12 @@ def _global_stages(data: Any, graphs: dict[str, dict[str, GraphSpec]], where: st
                 raise BundleError(f"{at}[{i}]: a stage graph must have input {GLOBAL_STAGE_INPUT!r} and output {GLOBAL_STAGE_OUTPUT!r}")
             if graph.precision != precision:
                 raise BundleError(f"{at}[{i}]: precision field says {graph.precision!r}")
+            if any(len(t.shape) != 4 for t in (*graph.inputs, *graph.outputs)):
+                raise BundleError(f"{at}[{i}]: a stage graph's input and output must be [1, channels, rows, width]")
             specs.append(GlobalStageSpec(graph=graph, stride=stride, halo=halo))
         whole = graphs[precision]["global"]
+        if any(len(t.shape) < 2 for t in (*whole.inputs, *whole.outputs)):
+            raise BundleError(f"{at}: the global graph's input and output need a channel dimension")
         channels = [whole.inputs[0].shape[1]] + [s.graph.outputs[0].shape[1] for s in specs]
         for i, s in enumerate(specs):
             if s.graph.inputs[0].shape[1] != channels[i]:

@@ -92,12 +92,11 @@ class OnnxRuntimePipeline:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
-        backend = OnnxRuntimeBackend(path or self.graphs.path(role), ort_options)
-        if not activate:
-            return backend
-        backend.activate()
+        backend = OnnxRuntimeBackend(path or self.graphs.path(role), ort_options).activate()
         if role in ROLES:
             check_graph(self.manifest, o.precision, role, backend.input_metadata(), backend.output_metadata(), backend.model_path)
+        if not activate:  # checked against the manifest all the same, then unloaded until something asks for it
+            backend.deactivate()
         return backend
 
     # -------------------------------------------------------------- images

@@ -114,11 +114,13 @@ class Segmenter:
                 bands=tuple(bands) if bands is not None else None,
             )
         self.options = options
+        self._schedule = options.schedule()
         fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
         self.bundle = open_bundle(bundle)
         self.manifest = self.bundle.manifest
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
+        self._schedule = options.schedule()
         fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
         self.pipeline: Pipeline = make_pipeline(self.bundle, options)
         if isinstance(self.pipeline, OnnxRuntimePipeline):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from runtime.atomic_file import TEMP_MARK
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -85,7 +87,7 @@ def report_lines(out: Path) -> list[dict]:
 
 
 def temporaries(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+    return [p for p in folder.iterdir() if p.name.startswith(".") and TEMP_MARK in p.name]
 
 
 @pytest.fixture(params=["synthetic", pytest.param("deepglobe", marks=pytest.mark.integration)])

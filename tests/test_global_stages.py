@@ -36,7 +36,7 @@ def test_stage_wise_bands_equal_the_single_global_graph_exactly(small_bundle, he
     scheduler = segmenter.scheduler
     assert scheduler.global_stages, "the small bundle was exported with its stage graphs"
     reader, padded_height = _reader(segmenter, height, width)
-    whole = global_features(scheduler.global_backend, reader.rows, padded_height)
+    whole = global_features(scheduler.global_backend.activate(), reader.rows, padded_height)  # loaded on demand beside the stages
     staged = staged_global_features(scheduler.global_stages, reader.rows, padded_height, band_rows)
     assert staged.shape == whole.shape
     np.testing.assert_array_equal(staged, whole)
