@@ -46,7 +46,7 @@ class OnnxRuntimePipeline:
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> "OnnxRuntimePipeline":
-        """Create the three sessions; a second open warns and does nothing."""
+        """Create the sessions (three graphs, or the global stages in place of the single global graph); a second open warns."""
         with self._lock:
             if self._scheduler is not None:
                 warnings.warn("the ONNX Runtime pipeline is already open; open() did nothing", RuntimeWarning, stacklevel=2)
