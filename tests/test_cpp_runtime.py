@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.errors import InputError
 from runtime.image_readers import open_image
+from runtime.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,12 +155,6 @@ def test_c_api_parity_on_a_wide_awkward_image(capi, small_bundle, python_segment
         capi.lib.glsnet_close(handle)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glsnet-cpp still bands the single global graph with a 256 px halo and plans memory as before issue 14; "
-    "the Python runtime now runs the global stage graphs with its least-time plan (docs/runtime-algorithm.md, "
-    "sections 4 and 6): porting both to C++ is the open part of issue 9",
-)
 def test_memory_budget_plans_and_banded_masks_match_python(capi, small_bundle):
     """A budget small enough to band the global branch: same plan, same mask, in both runtimes."""
     height, width = 700, 260
@@ -179,12 +175,6 @@ def test_memory_budget_plans_and_banded_masks_match_python(capi, small_bundle):
         capi.lib.glsnet_close(handle)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glsnet-cpp still bands the single global graph with a 256 px halo and plans memory as before issue 14; "
-    "the Python runtime now runs the global stage graphs with its least-time plan (docs/runtime-algorithm.md, "
-    "sections 4 and 6): porting both to C++ is the open part of issue 9",
-)
 def test_forced_bands_and_batch_size_match_python(capi, small_bundle):
     options = SegmenterOptions(batch_size=5, global_band_rows=64, global_halo=32)
     handle = capi.open(small_bundle, batch_size=5, global_band_rows=64, global_halo=32)
@@ -193,6 +183,78 @@ def test_forced_bands_and_batch_size_match_python(capi, small_bundle):
             image = _scene(333, 200, seed=11)
             assert np.array_equal(capi.segment(handle, image), segmenter.segment(image))
             assert capi.plan(handle, 333, 200).global_band_rows == 64
+    finally:
+        capi.lib.glsnet_close(handle)
+
+
+@pytest.fixture(scope="session")
+def single_graph_bundle(small_bundle, tmp_path_factory) -> Path:
+    """A copy of the small bundle without stage graphs: the global branch runs as its single graph."""
+    bundle = tmp_path_factory.mktemp("single") / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest.pop("global_stages"), "the small bundle should carry stage graphs"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def _python_plan(segmenter: Segmenter, height: int, width: int, **options: object) -> tuple:
+    """(batch, band rows or 0, estimate, budget or 0), or ("error", message) for a budget too small."""
+    scheduler = segmenter.scheduler
+    try:
+        plan = scheduler.plan(scheduler.grid_for(height, width), ScheduleOptions(**options))
+    except InputError as exc:
+        return "error", str(exc)
+    return plan.batch_size, plan.global_band_rows or 0, plan.estimate_bytes, plan.budget_bytes or 0
+
+
+def _cpp_plan(capi: CApi, bundle: Path, height: int, width: int, **options: object) -> tuple:
+    """As _python_plan, through glsnet_plan."""
+    handle = capi.open(bundle, **options)
+    try:
+        info = PlanInfo()
+        info.struct_size = ctypes.sizeof(PlanInfo)
+        if capi.lib.glsnet_plan(handle, height, width, ctypes.byref(info)) != 0:
+            return "error", capi.lib.glsnet_last_error().decode()
+        return info.batch_size, info.global_band_rows, info.estimate_bytes, info.budget_bytes
+    finally:
+        capi.lib.glsnet_close(handle)
+
+
+@pytest.mark.parametrize("which", ["staged", "single graph"])
+def test_c_api_plans_equal_python_plans_for_sizes_and_budgets(capi, small_bundle, single_graph_bundle, which):
+    """Same least-time plan (batch, band, estimate) in both runtimes, with and without a budget or a batch size."""
+    bundle = small_bundle if which == "staged" else single_graph_bundle
+    sizes = [(100, 90), (700, 260), (1000, 3001), (9792, 2448)]
+    with Segmenter(bundle) as segmenter:
+        whole = {size: segmenter.plan(*size).estimate_bytes for size in sizes}
+        chosen = set()
+        for factor in (None, 0.3, 0.8, 1.0, 1.5):
+            for batch_size in (None, 3):
+                for size in sizes:
+                    options: dict[str, object] = {} if batch_size is None else {"batch_size": batch_size}
+                    if factor is not None:
+                        options["max_memory"] = int(whole[size] * factor)
+                    got = _cpp_plan(capi, bundle, *size, **options)
+                    assert got == _python_plan(segmenter, *size, **options), f"{which} {size} {options}"
+                    chosen.add(got[:2])
+    assert len(chosen) > 6  # budgets that change the plan were exercised
+
+
+def test_single_graph_bundle_bands_and_plans_as_python(capi, single_graph_bundle):
+    """Without stage graphs both runtimes band the single global graph with its halo: same plan, same mask."""
+    height, width = 700, 260
+    with Segmenter(single_graph_bundle) as unbounded:
+        budget = unbounded.plan(height, width).estimate_bytes - 1
+    options = {"max_memory": budget, "global_halo": 64}
+    handle = capi.open(single_graph_bundle, **options)
+    try:
+        with Segmenter(single_graph_bundle, options=SegmenterOptions(**options)) as segmenter:
+            plan, info = segmenter.plan(height, width), capi.plan(handle, height, width)
+            assert not plan.staged and plan.global_band_rows is not None, "the budget should band the single global graph"
+            assert (info.batch_size, info.global_band_rows, info.estimate_bytes) == (plan.batch_size, plan.global_band_rows, plan.estimate_bytes)
+            image = _scene(height, width, seed=13)
+            assert np.array_equal(capi.segment(handle, image), segmenter.segment(image))
     finally:
         capi.lib.glsnet_close(handle)
 

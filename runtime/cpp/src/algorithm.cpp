@@ -52,14 +52,79 @@ std::vector<GlobalBand> plan_bands(int64_t padded_height, std::optional<int64_t>
   return bands;
 }
 
+std::vector<int64_t> stage_band_rows(const std::vector<StageShape>& stages, int64_t band_rows) {
+  std::vector<int64_t> out;
+  int64_t stride = 1;
+  for (const StageShape& stage : stages) {
+    const int64_t rows = std::max({band_rows / stride, kMinBandOverHalo * stage.halo, stage.stride});
+    out.push_back(ceil_div(rows, stage.stride) * stage.stride);
+    stride *= stage.stride;
+  }
+  return out;
+}
+
+int64_t staged_global_bytes(const std::vector<StageShape>& stages, int64_t padded_height, int64_t padded_width,
+                            std::optional<int64_t> band_rows, double factor) {
+  const std::vector<int64_t> bands = stage_band_rows(stages, band_rows.value_or(padded_height));
+  int64_t height = padded_height, width = padded_width, working = 0, held = 0, c_out = 0;
+  for (size_t k = 0; k < stages.size(); ++k) {
+    const StageShape& stage = stages[k];
+    const int64_t s = stage.stride, c_in = stage.in_channels;
+    c_out = stage.out_channels;
+    const int64_t out_height = ceil_div(height, s), out_width = ceil_div(width, s);
+    const int64_t band_in = std::min(bands[k], out_height * s);
+    const int64_t rows_in = std::min(height, band_in + 2 * stage.halo);
+    const int64_t bytes = 4 * (c_in * rows_in * width) + 4 * (c_out * ceil_div(rows_in, s) * out_width);
+    working = std::max(working, static_cast<int64_t>(static_cast<double>(bytes) * factor));
+    const int64_t wanted = k + 1 == stages.size() ? out_height : bands[k + 1] + 2 * stages[k + 1].halo + band_in / s;
+    held += 4 * c_out * out_width * std::min(out_height, wanted);
+    height = out_height;
+    width = out_width;
+  }
+  return working + held + 4 * c_out * height * width;
+}
+
+double staged_global_cost(const std::vector<StageShape>& stages, int64_t padded_height, std::optional<int64_t> band_rows,
+                          double whole_work) {
+  const std::vector<int64_t> bands = stage_band_rows(stages, band_rows.value_or(padded_height));
+  int64_t height = padded_height;
+  double sum = 0;  // left to right, as Python 3.11's sum()
+  for (size_t k = 0; k < stages.size(); ++k) {
+    int64_t computed = 0;
+    for (int64_t top = 0; top < height; top += bands[k])
+      computed += std::min(height, top + bands[k] + stages[k].halo) - std::max<int64_t>(0, top - stages[k].halo);
+    sum += static_cast<double>(computed) / static_cast<double>(height);
+    height = ceil_div(height, stages[k].stride);
+  }
+  return whole_work * sum / static_cast<double>(stages.size());
+}
+
+int64_t MemoryModel::band_input_rows(std::optional<int64_t> band_rows) const {
+  return band_rows ? std::min(padded_height, *band_rows + 2 * halo) : padded_height;
+}
+
+double MemoryModel::time_estimate(int64_t batch, std::optional<int64_t> band_rows) const {
+  const int64_t runs = ceil_div(patches, batch);
+  double global_work;
+  if (global_cost) {
+    global_work = global_cost(band_rows);
+  } else {
+    const double whole = static_cast<double>(padded_height * padded_width) * kDefaultGlobalPatchesPerPixel;
+    const int64_t bands = band_rows ? ceil_div(padded_height, *band_rows) : 1;
+    const int64_t rows = std::min(bands * band_input_rows(band_rows), bands * padded_height);
+    global_work = whole * static_cast<double>(rows) / static_cast<double>(padded_height);
+  }
+  return static_cast<double>(patches) + kRunOverheadPatches * 2 * static_cast<double>(runs) + global_work;
+}
+
+int64_t MemoryModel::total_bytes(int64_t batch, std::optional<int64_t> band_rows) const {
+  const std::optional<int64_t> rows = staged ? band_rows : std::optional<int64_t>(band_input_rows(band_rows));
+  return fixed_bytes + batch_bytes(batch) + global_bytes(rows);
+}
+
 namespace {
 
 int64_t align_rows(int64_t rows) { return std::max<int64_t>(kGlobalRowAlign, rows / kGlobalRowAlign * kGlobalRowAlign); }
-
-int64_t total_bytes(const MemoryModel& m, int64_t batch, std::optional<int64_t> band_rows) {
-  const int64_t rows = band_rows ? std::min(m.padded_height, *band_rows + 2 * m.halo) : m.padded_height;
-  return m.fixed_bytes + m.batch_bytes(batch) + m.global_bytes(rows);
-}
 
 std::string format_bytes(int64_t count) {
   char buf[64];
@@ -69,39 +134,47 @@ std::string format_bytes(int64_t count) {
   return buf;
 }
 
+MemoryPlan make_plan(const MemoryModel& m, int64_t batch, std::optional<int64_t> rows, std::optional<int64_t> budget) {
+  return {batch, rows, m.total_bytes(batch, rows), budget, m.staged, m.time_estimate(batch, rows)};
+}
+
 }  // namespace
 
 MemoryPlan plan_memory(const MemoryModel& m, std::optional<int64_t> budget, std::optional<int64_t> batch_size) {
   const int64_t largest = std::max<int64_t>(1, std::min<int64_t>(kMaxBatchSize, m.patches));
   if (batch_size && *batch_size < 1) fail(GLSNET_ERROR_INVALID_ARGUMENT, "batch size must be >= 1, got " + std::to_string(*batch_size));
+  const int64_t whole_rows = m.padded_height;
   if (!budget) {
     const int64_t batch = std::min(batch_size.value_or(kDefaultBatchSize), largest);
     std::optional<int64_t> rows;
-    if (m.padded_height * m.padded_width > kDefaultWholeImagePixels) {
+    if (m.staged) {
+      if (whole_rows > kDefaultStagedBandRows) rows = kDefaultStagedBandRows;
+    } else if (m.padded_height * m.padded_width > kDefaultWholeImagePixels) {
       rows = align_rows(std::max<int64_t>(kMinGlobalBandRows, kDefaultWholeImagePixels / m.padded_width - 2 * m.halo));
-      if (*rows >= m.padded_height) rows.reset();
+      if (*rows >= whole_rows) rows.reset();
     }
-    return {batch, rows, total_bytes(m, batch, rows), std::nullopt};
+    return make_plan(m, batch, rows, std::nullopt);
   }
   std::vector<int64_t> batches;
   if (batch_size) batches.push_back(std::min(*batch_size, largest));
   else
-    for (int64_t b = std::min<int64_t>(kDefaultBatchSize, largest); b > 0; --b) batches.push_back(b);
+    for (int64_t b = largest; b > 0; --b) batches.push_back(b);
   std::vector<std::optional<int64_t>> band_choices{std::nullopt};
-  for (int64_t r = align_rows(m.padded_height) - kGlobalRowAlign; r > kMinGlobalBandRows - 1; r -= kGlobalRowAlign) band_choices.push_back(r);
-  for (int64_t batch : batches) {
+  for (int64_t r = align_rows(whole_rows) - kGlobalRowAlign; r > kMinGlobalBandRows - 1; r -= kGlobalRowAlign) band_choices.push_back(r);
+  // least time; among equals the larger batch and band (fewer, bigger runs)
+  std::optional<MemoryPlan> best;
+  for (int64_t batch : batches)
     for (const auto& rows : band_choices) {
-      int64_t total = total_bytes(m, batch, rows);
-      if (total <= *budget) {
-        if (!rows && !batch_size) {
-          while (batch < largest && total_bytes(m, batch + 1, std::nullopt) <= *budget) ++batch;
-          total = total_bytes(m, batch, rows);
-        }
-        return {batch, rows, total, budget};
-      }
+      const int64_t total = m.total_bytes(batch, rows);
+      if (total > *budget) continue;
+      const double time = m.time_estimate(batch, rows);
+      const int64_t best_rows = best ? best->global_band_rows.value_or(whole_rows) : 0, this_rows = rows.value_or(whole_rows);
+      if (!best || time < best->time_estimate ||
+          (time == best->time_estimate && (batch > best->batch_size || (batch == best->batch_size && this_rows > best_rows))))
+        best = MemoryPlan{batch, rows, total, budget, m.staged, time};
     }
-  }
-  const int64_t smallest = total_bytes(m, batches.back(), kMinGlobalBandRows);
+  if (best) return *best;
+  const int64_t smallest = m.total_bytes(batches.back(), kMinGlobalBandRows);
   fail(GLSNET_ERROR_MEMORY, "a memory budget of " + format_bytes(*budget) + " is too small for this bundle: even batch " +
                                 std::to_string(batches.back()) + " with the global branch in " + std::to_string(kMinGlobalBandRows) +
                                 "-row bands needs about " + format_bytes(smallest) + "; raise --max-memory or lower --batch-size");

@@ -1,5 +1,5 @@
 // The runtime's arithmetic, as docs/runtime-algorithm.md writes it: patch grid, normalisation, global bands,
-// memory plan, bilinear upsampling, pyramid-weighted stitching and the argmax. Float operations follow
+// memory plan (byte estimates and time model), bilinear upsampling, pyramid-weighted stitching and the argmax. Float operations follow
 // numpy's float32 order exactly (compiled with -ffp-contract=off), so masks match the Python runtime's bytes.
 #pragma once
 #include <cstdint>
@@ -16,6 +16,11 @@ constexpr int kMaxBatchSize = 16;
 constexpr int kGlobalRowAlign = 32;
 constexpr int kMinGlobalBandRows = 128;
 constexpr int64_t kDefaultWholeImagePixels = 6000000;
+constexpr int64_t kDefaultStagedBandRows = 512;  // a bundle with stage graphs bands its global branch by default
+constexpr int64_t kMinBandOverHalo = 8;          // a stage's band is at least this many times its halo
+constexpr double kRunOverheadPatches = 0.1;      // time model: a graph run costs this many patches besides its own
+constexpr double kDefaultGlobalPatchesPerPixel = 1.0 / 600000;
+constexpr int64_t kProcessBaseBytes = 60000000;  // the memory model's process base (the Python runtime's measured one)
 constexpr int kDefaultQueueDepth = 2;
 constexpr double kWeightFloor = 1e-3;  // as a float64, like numpy's clip bound
 
@@ -46,11 +51,37 @@ struct GlobalBand {
 };
 std::vector<GlobalBand> plan_bands(int64_t padded_height, std::optional<int64_t> band_rows, int64_t halo);
 
+// One stage graph of the global branch as the plan sees it: stride, halo (input rows) and channels.
+struct StageShape {
+  int64_t stride = 1, halo = 0, in_channels = 0, out_channels = 0;
+};
+
+// Each stage's band height in its own input rows, for bands of about `band_rows` image rows.
+std::vector<int64_t> stage_band_rows(const std::vector<StageShape>& stages, int64_t band_rows);
+
+// Bytes of the stage-wise global branch on bands of `band_rows` (empty: whole image): the largest stage
+// band's working memory (int(factor x its input + output bytes)) plus every stage's held rows.
+int64_t staged_global_bytes(const std::vector<StageShape>& stages, int64_t padded_height, int64_t padded_width,
+                            std::optional<int64_t> band_rows, double factor);
+
+// Work of the stage-wise global branch in patch units: `whole_work` times the mean over stages of the
+// rows each computes (halos included) over its input rows.
+double staged_global_cost(const std::vector<StageShape>& stages, int64_t padded_height, std::optional<int64_t> band_rows,
+                          double whole_work);
+
 struct MemoryModel {
   int64_t fixed_bytes = 0;
   std::function<int64_t(int64_t)> batch_bytes;
-  std::function<int64_t(int64_t)> global_bytes;
+  // staged: takes the band rows (empty: whole image); else the single global graph's input rows (halo included)
+  std::function<int64_t(std::optional<int64_t>)> global_bytes;
   int64_t padded_height = 0, padded_width = 0, patches = 0, halo = kDefaultHalo;
+  bool staged = false;
+  // relative work of the global branch for a band height, in patch units (empty: the single graph's default)
+  std::function<double(std::optional<int64_t>)> global_cost;
+
+  int64_t band_input_rows(std::optional<int64_t> band_rows) const;
+  double time_estimate(int64_t batch, std::optional<int64_t> band_rows) const;
+  int64_t total_bytes(int64_t batch, std::optional<int64_t> band_rows) const;
 };
 
 struct MemoryPlan {
@@ -58,6 +89,8 @@ struct MemoryPlan {
   std::optional<int64_t> global_band_rows;  // empty: whole image
   int64_t estimate_bytes = 0;
   std::optional<int64_t> budget_bytes;
+  bool staged = false;  // the global branch runs stage by stage
+  double time_estimate = 0;
 };
 
 MemoryPlan plan_memory(const MemoryModel& model, std::optional<int64_t> budget, std::optional<int64_t> batch_size);

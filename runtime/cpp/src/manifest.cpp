@@ -37,6 +37,9 @@ const Keys kEngineKeys{"EngineSpec",
                        {"tensorrt_version", "gpu_name", "compute_capability", "dla_core", "profiles", "created"}};
 const Keys kNormalizationKeys{"Normalization", {"mean", "std"}, {"scale", "bands"}};
 const Keys kPatchKeys{"PatchSpec", {"size", "min_overlap"}, {"output_stride", "feature_stride"}};
+const Keys kStageKeys{"GlobalStageSpec", {"graph", "stride", "halo"}, {}};
+const char* const kStageInput = "stage_input";
+const char* const kStageOutput = "stage_output";
 
 const std::vector<std::string> kRoles{"global", "local", "fusion"};
 const std::vector<std::string> kPrecisions{"fp32", "fp16", "int8"};
@@ -158,6 +161,71 @@ void check_graph_set(const std::map<std::string, GraphSpec>& set, const std::str
                                list(names(local.outputs)) + " and the global output '" + global.outputs[0].name + "'");
 }
 
+// Stage graphs per precision, checked to chain from the image to the global features at the feature
+// stride (runtime/manifest.py _global_stages).
+std::map<std::string, std::vector<GlobalStageSpec>> global_stages(const json& data, const Manifest& m, const std::string& where) {
+  if (!data.is_object()) bad(where, "global_stages must map a precision to a list of stages");
+  std::map<std::string, std::vector<GlobalStageSpec>> out;
+  for (auto it = data.begin(); it != data.end(); ++it) {
+    const std::string precision = it.key(), at = where + " global_stages." + precision;
+    if (!m.graphs.count(precision)) bad(at, "the bundle has no " + precision + " graphs for these stages to belong to");
+    if (!it.value().is_array() || it.value().empty()) bad(at, "expected a non-empty list of stages");
+    std::vector<GlobalStageSpec> specs;
+    for (size_t i = 0; i < it.value().size(); ++i) {
+      const std::string sw = at + "[" + std::to_string(i) + "]";
+      const json& stage = check_keys(it.value()[i], kStageKeys, sw);
+      GlobalStageSpec spec;
+      spec.graph = graph(stage["graph"], sw);
+      const json &stride = stage["stride"], &halo = stage["halo"];
+      if (!stride.is_number_integer() || !halo.is_number_integer() || stride.get<int64_t>() < 1 || stride.get<int64_t>() > 1024 ||
+          halo.get<int64_t>() < 0 || halo.get<int64_t>() > 65536 || halo.get<int64_t>() % stride.get<int64_t>())
+        bad(sw, "stride " + stride.dump() + " must be >= 1 and halo " + halo.dump() + " a non-negative multiple of it");
+      spec.stride = static_cast<int>(stride.get<int64_t>());
+      spec.halo = static_cast<int>(halo.get<int64_t>());
+      const auto& g = spec.graph;
+      if (g.inputs.size() != 1 || g.outputs.size() != 1 || g.inputs[0].name != kStageInput || g.outputs[0].name != kStageOutput)
+        bad(sw, std::string("a stage graph must have input '") + kStageInput + "' and output '" + kStageOutput + "'");
+      if (g.precision != precision) bad(sw, "precision field says '" + g.precision + "'");
+      if (g.inputs[0].shape.size() != 4 || g.outputs[0].shape.size() != 4)
+        bad(sw, "a stage graph's input and output must be [1, channels, rows, width]");
+      if (g.inputs[0].dtype != "float32" || g.outputs[0].dtype != "float32")
+        bad(sw, "a stage graph's tensors must be float32; this runtime feeds and reads float32 tensors");
+      specs.push_back(spec);
+    }
+    const GraphSpec& whole = m.graphs.at(precision).at("global");
+    if (whole.inputs[0].shape.size() < 2 || whole.outputs[0].shape.size() < 2)
+      bad(at, "the global graph's input and output need a channel dimension");
+    std::string channels = whole.inputs[0].shape[1];
+    int64_t stride = 1;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const std::string& takes = specs[i].graph.inputs[0].shape[1];
+      if (takes != channels) bad(at + "[" + std::to_string(i) + "]", "takes " + takes + " channels but receives " + channels);
+      channels = specs[i].graph.outputs[0].shape[1];
+      stride *= specs[i].stride;
+    }
+    if (channels != whole.outputs[0].shape[1])
+      bad(at, "the last stage gives " + channels + " channels, the global features have " + whole.outputs[0].shape[1]);
+    if (stride != kFeatureStride)
+      bad(at, "the stage strides multiply to " + std::to_string(stride) + ", not the feature stride " + std::to_string(kFeatureStride));
+    out[precision] = specs;
+  }
+  return out;
+}
+
+// provenance.flops as six numbers, or nothing (the time model then uses its default global work).
+std::optional<Flops> flops(const json& provenance) {
+  if (!provenance.is_object() || !provenance.contains("flops") || !provenance["flops"].is_object()) return std::nullopt;
+  const json& f = provenance["flops"];
+  Flops out;
+  const std::pair<const char*, double*> fields[] = {{"global", &out.global}, {"local", &out.local},   {"fusion", &out.fusion},
+                                                    {"height", &out.height}, {"width", &out.width}, {"batch", &out.batch}};
+  for (const auto& [key, value] : fields) {
+    if (!f.contains(key) || !f[key].is_number()) return std::nullopt;
+    *value = f[key].get<double>();
+  }
+  return out;
+}
+
 }  // namespace
 
 const GraphSpec& Manifest::graph(const std::string& role, const std::string& precision) const {
@@ -254,9 +322,6 @@ Manifest read_manifest(const std::string& bundle_dir) {
         bad(iw, "the bundle was trained on " + dtype + " pixels in [" + px["low"].dump() + ", " + px["high"].dump() +
                     "]; glsnet-cpp reads 8-bit images (0..255) only: use the Python runtime's --input-range");
     }
-    // global_stages (the global branch stage by stage, for low memory in the Python runtime) are not
-    // used here: the single global graph gives the same features (docs/runtime-algorithm.md).
-
     const std::string pw = where + " patch";
     const json& patch = check_keys(d["patch"], kPatchKeys, pw);
     int64_t out_stride = patch.contains("output_stride") ? integer(patch["output_stride"], pw, "output_stride") : kOutputStride;
@@ -294,6 +359,8 @@ Manifest read_manifest(const std::string& bundle_dir) {
       if (model.contains("width") && model["width"].is_number_integer()) m.model_width = model["width"].get<int>();
       if (model.contains("skip_width") && model["skip_width"].is_number_integer()) m.model_skip_width = model["skip_width"].get<int>();
     }
+    if (d.contains("global_stages")) m.global_stages = global_stages(d["global_stages"], m, where);
+    if (d.contains("provenance")) m.flops = flops(d["provenance"]);
     return m;
   } catch (const json::exception& e) {
     fail(GLSNET_ERROR_BUNDLE, where + ": malformed manifest (" + e.what() + "); re-export the bundle");

@@ -39,6 +39,19 @@ struct EngineSpec {
   std::map<std::string, EngineFile> files;  // role -> file
 };
 
+// One stage graph of the global branch (runtime/manifest.py GlobalStageSpec): `stride` input rows per output
+// row, `halo` input rows of context above and below a band that make its kept rows the whole-image ones.
+struct GlobalStageSpec {
+  GraphSpec graph;
+  int stride = 1;
+  int halo = 0;
+};
+
+// provenance.flops: the FLOPs of each graph on one example input, which set the time model's global work.
+struct Flops {
+  double global = 0, local = 0, fusion = 0, height = 0, width = 0, batch = 0;
+};
+
 struct Normalization {
   std::vector<double> mean, std;
   double scale = 255.0;
@@ -55,6 +68,9 @@ struct Manifest {
   std::vector<EngineSpec> engines;
   int model_width = 256;       // model.width, used when the local graph's output width is symbolic
   int model_skip_width = 48;   // model.skip_width
+  // precision -> the global branch's stage graphs in order (absent: the single global graph only)
+  std::map<std::string, std::vector<GlobalStageSpec>> global_stages;
+  std::optional<Flops> flops;  // provenance.flops when it holds all six numbers
 
   const GraphSpec& graph(const std::string& role, const std::string& precision) const;
 };

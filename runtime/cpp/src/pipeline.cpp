@@ -13,14 +13,16 @@
 #include <thread>
 
 #include "errors.hpp"
+#include "heap_release.hpp"
 
 namespace glsnet {
 namespace {
 
 // Working memory of each graph as a multiple of its input + output bytes, and a loaded session's weights as a
-// multiple of its file: the Python runtime's measured factors (runtime/segmenter.py, backends/onnxruntime.py).
-const std::map<std::string, double> kActivationFactors{{"global", 8.5}, {"local", 6.0}, {"fusion", 10.0}};
-constexpr double kResidentWeightFactor = 3.0;
+// multiple of its file: the Python runtime's measured factors (runtime/onnxruntime_pipeline.py ACTIVATION_FACTORS,
+// runtime/backends/onnxruntime.py RESIDENT_WEIGHT_FACTOR), so that both runtimes choose the same plan.
+const std::map<std::string, double> kActivationFactors{{"global", 8.5}, {"global stage", 3.0}, {"local", 6.0}, {"fusion", 8.5}};
+constexpr double kResidentWeightFactor = 1.3;
 constexpr int64_t kNormaliseChunkRows = 64;
 
 Ort::Env& ort_env() {
@@ -182,6 +184,28 @@ int64_t file_size(const std::string& path) {
   return stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
 }
 
+int64_t weight_bytes(int64_t file_bytes) { return static_cast<int64_t>(static_cast<double>(file_bytes) * kResidentWeightFactor); }
+
+// The graph slot: held while a graph runs when the graphs run one at a time, else never taken.
+class GraphSlot {
+ public:
+  explicit GraphSlot(bool serialize) : serialize_(serialize) {}
+  std::unique_lock<std::mutex> take() { return serialize_ ? std::unique_lock<std::mutex>(mutex_) : std::unique_lock<std::mutex>(); }
+
+ private:
+  bool serialize_;
+  std::mutex mutex_;
+};
+
+// Channels (axis 1) of a session's first input and first output.
+std::pair<int64_t, int64_t> channels(Ort::Session& session, const std::string& path) {
+  const auto in = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
+  const auto out = session.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
+  if (in.size() < 2 || out.size() < 2 || in[1] <= 0 || out[1] <= 0)
+    fail(GLSNET_ERROR_BUNDLE, path + ": a global stage graph needs fixed input and output channels; re-export the bundle");
+  return {in[1], out[1]};
+}
+
 }  // namespace
 
 Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
@@ -210,6 +234,10 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       engine = &e;
       break;
     }
+  std::vector<std::string> stage_paths;
+  if (!engine && manifest_.global_stages.count(options.precision))  // an optimized build's global graph is not split
+    for (const auto& stage : manifest_.global_stages.at(options.precision))
+      stage_paths.push_back(verify_file(bundle_dir, stage.graph.file, stage.graph.sha256));
   for (const std::string role : {"global", "local", "fusion"}) {
     if (engine) {
       auto it = engine->files.find(role);
@@ -263,9 +291,18 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
     so.AppendExecutionProvider_CUDA_V2(*cuda);
     api.ReleaseCUDAProviderOptions(cuda);
   }
-  global_ = load("global", paths["global"], so);
-  local_ = load("local", paths["local"], so);
-  fusion_ = load("fusion", paths["fusion"], so);
+  serialize_graphs_ = options.device == "cpu";  // GPU providers overlap the branches
+  for (size_t i = 0; i < stage_paths.size(); ++i) {
+    const GlobalStageSpec& spec = manifest_.global_stages.at(options.precision)[i];
+    stages_.push_back(load(spec.graph, "global stage " + std::to_string(i), stage_paths[i], so));
+    const auto [c_in, c_out] = channels(*stages_.back().session, stage_paths[i]);
+    stage_shapes_.push_back({spec.stride, spec.halo, c_in, c_out});
+  }
+  global_ = load(manifest_.graph("global", options.precision), "global", paths["global"], so);
+  // with stage graphs the single global graph is only checked: its weights would be a second copy of the stages'
+  if (!stages_.empty()) global_.session.reset();
+  local_ = load(manifest_.graph("local", options.precision), "local", paths["local"], so);
+  fusion_ = load(manifest_.graph("fusion", options.precision), "fusion", paths["fusion"], so);
 
   auto channels = [&](size_t output, int fallback) {
     const auto shape = local_.session->GetOutputTypeInfo(output).GetTensorTypeAndShapeInfo().GetShape();
@@ -273,23 +310,23 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   };
   width_ = channels(0, manifest_.model_width);
   skip_ = channels(1, manifest_.model_skip_width);
+  release_free_heap();  // the parsed graphs and load-time copies
 }
 
-Pipeline::Graph Pipeline::load(const std::string& role, const std::string& path, Ort::SessionOptions& so) const {
+Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, const std::string& path, Ort::SessionOptions& so) const {
   Graph g;
   try {
     g.session = std::make_unique<Ort::Session>(ort_env(), path.c_str(), so);
   } catch (const Ort::Exception& e) {
     fail(GLSNET_ERROR_BUNDLE, path + ": ONNX Runtime could not load this graph (" + e.what() + "); re-export the bundle with glsnet-export");
   }
-  const GraphSpec& spec = manifest_.graph(role, options_.precision);
   for (const auto& t : spec.inputs) g.inputs.push_back(t.name);
   for (const auto& t : spec.outputs) g.outputs.push_back(t.name);
   Ort::AllocatorWithDefaultOptions alloc;
   for (size_t i = 0; i < g.session->GetInputCount(); ++i) {
     const std::string name = g.session->GetInputNameAllocated(i, alloc).get();
     if (std::find(g.inputs.begin(), g.inputs.end(), name) == g.inputs.end())
-      fail(GLSNET_ERROR_BUNDLE, path + ": the graph's input '" + name + "' is not in the manifest's " + role + " inputs; re-export the bundle");
+      fail(GLSNET_ERROR_BUNDLE, path + ": the graph's input '" + name + "' is not in the manifest's " + what + " inputs; re-export the bundle");
   }
   g.file_bytes = file_size(path);
   return g;
@@ -299,38 +336,82 @@ PatchGrid Pipeline::grid_for(int64_t height, int64_t width) const {
   return make_grid(height, width, manifest_.patch_size, manifest_.min_overlap);
 }
 
-MemoryPlan Pipeline::plan(const PatchGrid& grid, int64_t source_bytes) const {
-  const int64_t p = grid.patch, wp = grid.padded_width(), c = static_cast<int64_t>(manifest_.normalization.bands.size());
+MemoryModel Pipeline::memory_model(const PatchGrid& grid, int64_t source_bytes) const {
+  const int64_t p = grid.patch, wp = grid.padded_width(), hp = grid.padded_height(), c = static_cast<int64_t>(manifest_.normalization.bands.size());
   const int64_t k = static_cast<int64_t>(manifest_.classes.size()), width = width_, skip = skip_;
   const int64_t tokens = ceil_div(p, kFeatureStride), fine = ceil_div(p, kOutputStride);
-  const int64_t hg = ceil_div(grid.padded_height(), kFeatureStride), wg = ceil_div(wp, kFeatureStride);
+  const int64_t hg = ceil_div(hp, kFeatureStride), wg = ceil_div(wp, kFeatureStride);
   const int64_t depth = kDefaultQueueDepth;
+  const bool serialize = serialize_graphs_;
   MemoryModel m;
   m.batch_bytes = [=](int64_t b) {
     const int64_t local_out = prod({b, width, tokens, tokens}) + prod({b, skip, fine, fine});
     const int64_t local = estimate("local", prod({b, c, p, p}) + local_out);
-    const int64_t fusion = estimate("fusion", local_out + prod({1, width, hg, wg}) + prod({b, 4}) + prod({b, k, fine, fine}));
+    // the fusion graph reads the global map in place (counted once); its working set scales with the batch
+    const int64_t fusion = estimate("fusion", local_out + prod({b, 4}) + prod({b, k, fine, fine})) + 4 * width * hg * wg;
     const int64_t queued = (depth + 2) * b * 4 * (width * tokens * tokens + skip * fine * fine);
     const int64_t upsampled = 2 * b * k * p * p * 4;
-    return local + fusion + queued + upsampled;
+    return (serialize ? std::max(local, fusion) : local + fusion) + queued + upsampled;
   };
-  m.global_bytes = [=](int64_t rows) {
-    return estimate("global", prod({1, c, rows, wp}) + prod({1, width, ceil_div(rows, kFeatureStride), wg})) + 2 * 4 * width * hg * wg;
-  };
-  const int64_t weights = static_cast<int64_t>(static_cast<double>(global_.file_bytes) * kResidentWeightFactor) +
-                          static_cast<int64_t>(static_cast<double>(local_.file_bytes) * kResidentWeightFactor) +
-                          static_cast<int64_t>(static_cast<double>(fusion_.file_bytes) * kResidentWeightFactor);
+  m.staged = !stages_.empty();
+  int64_t weights = weight_bytes(local_.file_bytes) + weight_bytes(fusion_.file_bytes);
+  if (m.staged) {
+    for (const Graph& stage : stages_) weights += weight_bytes(stage.file_bytes);
+    const std::vector<StageShape> stages = stage_shapes_;
+    const double factor = kActivationFactors.at("global stage");
+    m.global_bytes = [=](std::optional<int64_t> rows) { return staged_global_bytes(stages, hp, wp, rows, factor); };
+    double patches_per_pixel = kDefaultGlobalPatchesPerPixel;
+    if (manifest_.flops) {
+      const Flops& f = *manifest_.flops;
+      const double pixels = f.height * f.width, per_patch_den = f.batch;
+      if (pixels != 0 && per_patch_den != 0) {
+        const double per_pixel = f.global / pixels, per_patch = (f.local + f.fusion) / per_patch_den;
+        if (per_patch != 0) patches_per_pixel = per_pixel / per_patch;
+      }
+    }
+    const double whole_work = static_cast<double>(hp * wp) * patches_per_pixel;
+    m.global_cost = [=](std::optional<int64_t> rows) { return staged_global_cost(stages, hp, rows, whole_work); };
+  } else {
+    weights += weight_bytes(global_.file_bytes);
+    m.global_bytes = [=](std::optional<int64_t> rows) {
+      return estimate("global", prod({1, c, *rows, wp}) + prod({1, width, ceil_div(*rows, kFeatureStride), wg})) + 2 * 4 * width * hg * wg;
+    };
+  }
   const int64_t band_buffers = (k + 1) * p * wp * 4 + 2 * c * p * wp * 4;
-  m.fixed_bytes = weights + band_buffers + source_bytes;
-  m.padded_height = grid.padded_height();
+  m.fixed_bytes = kProcessBaseBytes + weights + band_buffers + source_bytes;
+  m.padded_height = hp;
   m.padded_width = wp;
   m.patches = grid.size();
   m.halo = options_.global_halo;
-  MemoryPlan plan = plan_memory(m, options_.max_memory, options_.batch_size);
+  return m;
+}
+
+MemoryPlan Pipeline::plan(const PatchGrid& grid, int64_t source_bytes) const {
+  MemoryPlan plan = plan_memory(memory_model(grid, source_bytes), options_.max_memory, options_.batch_size);
   if (options_.global_band_rows) {
     plan.global_band_rows = *options_.global_band_rows >= grid.padded_height() ? std::nullopt : options_.global_band_rows;
   }
   return plan;
+}
+
+Rows Pipeline::run_stage(size_t index, Rows&& input, int64_t first, int64_t count) const {
+  const Graph& g = stages_[index];
+  const std::string what = "global stage " + std::to_string(index);
+  const auto in_names = c_names(g.inputs), out_names = c_names(g.outputs);
+  const std::vector<int64_t> dims{1, input.channels, input.rows, input.width};
+  Ort::Value value = Ort::Value::CreateTensor<float>(cpu_memory(), input.data.data(), input.data.size(), dims.data(), dims.size());
+  auto out = ort_call(what, [&] { return g.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &value, 1, out_names.data(), 1); });
+  const auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
+  if (shape.size() != 4 || shape[0] != 1) fail(GLSNET_ERROR_RUNTIME, what + ": output is not [1, channels, rows, width]");
+  if (shape[2] < first + count)
+    fail(GLSNET_ERROR_RUNTIME, what + " gave " + std::to_string(shape[2]) + " rows for " + std::to_string(input.rows) +
+                                   " input rows; expected ceil(rows / " + std::to_string(stage_shapes_[index].stride) + ")");
+  Rows rows{shape[1], count, shape[3], {}};
+  rows.data.resize(static_cast<size_t>(rows.channels * count * rows.width));
+  const float* data = out[0].GetTensorData<float>();
+  for (int64_t c = 0; c < rows.channels; ++c)
+    std::copy_n(data + (c * shape[2] + first) * rows.width, count * rows.width, rows.data.data() + c * count * rows.width);
+  return rows;
 }
 
 std::vector<float> Pipeline::global_features(const ImageSource& source, const PatchGrid& grid, const MemoryPlan& plan,
@@ -338,6 +419,18 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
   PaddedReader reader(source, normalizer_, manifest_.normalization.bands, grid);
   const int64_t c = static_cast<int64_t>(manifest_.normalization.bands.size()), wp = grid.padded_width();
   const int64_t hg = ceil_div(grid.padded_height(), kFeatureStride);
+  if (!stages_.empty()) {
+    std::vector<StageRunner> runners;
+    for (size_t i = 0; i < stages_.size(); ++i)
+      runners.push_back({stage_shapes_[i], [this, i](Rows&& input, int64_t first, int64_t count) {
+                           return run_stage(i, std::move(input), first, count);
+                         }});
+    const RowReader read = [&](int64_t top, int64_t bottom) { return Rows{c, bottom - top, wp, reader.rows(top, bottom)}; };
+    Rows features = staged_global_features(runners, read, grid.padded_height(), plan.global_band_rows);
+    if (features.rows != hg) fail(GLSNET_ERROR_RUNTIME, "global stages gave " + std::to_string(features.rows) + " feature rows, expected " + std::to_string(hg));
+    shape = {1, features.channels, features.rows, features.width};
+    return std::move(features.data);
+  }
   std::vector<float> features;
   int64_t filled = 0, d = 0, wg = 0;
   const auto in_names = c_names(global_.inputs), out_names = c_names(global_.outputs);
@@ -380,13 +473,18 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
   const int64_t p = grid.patch, k = static_cast<int64_t>(manifest_.classes.size());
   Stitcher stitcher(grid, static_cast<int>(k));
   BatchQueue queue(kDefaultQueueDepth);
+  GraphSlot slot(serialize_graphs_);
 
   std::promise<std::vector<float>> global_promise;
   std::future<std::vector<float>> global_future = global_promise.get_future();
   std::vector<int64_t> global_shape;
   std::thread global_thread([&] {
     try {
-      global_promise.set_value(global_features(source, grid, plan, global_shape));
+      auto held = slot.take();  // fusion needs all of the global branch before any batch: it keeps the slot throughout
+      std::vector<float> features = global_features(source, grid, plan, global_shape);
+      release_free_heap();
+      held = {};
+      global_promise.set_value(std::move(features));
     } catch (...) {
       global_promise.set_exception(std::current_exception());
     }
@@ -405,9 +503,13 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
         reader.patches(start, batch.count, patches);
         const std::vector<int64_t> dims{batch.count, c, p, p};
         Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), patches.data(), patches.size(), dims.data(), dims.size());
-        batch.values = ort_call("local graph", [&] {
-          return local_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &input, 1, out_names.data(), out_names.size());
-        });
+        {
+          auto held = slot.take();
+          batch.values = ort_call("local graph", [&] {
+            return local_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &input, 1, out_names.data(), out_names.size());
+          });
+        }
+        std::vector<float>().swap(patches);
         if (!queue.push(std::move(batch))) return;
       }
       queue.finish(nullptr);
@@ -447,9 +549,14 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
     inputs.push_back(std::move(batch.values[1]));
     inputs.push_back(Ort::Value::CreateTensor<float>(cpu_memory(), features.data(), features.size(), global_shape.data(), global_shape.size()));
     inputs.push_back(Ort::Value::CreateTensor<float>(cpu_memory(), boxes.data(), boxes.size(), box_dims.data(), box_dims.size()));
-    auto out = ort_call("fusion graph", [&] {
-      return fusion_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
-    });
+    std::vector<Ort::Value> out;
+    {
+      auto held = slot.take();
+      out = ort_call("fusion graph", [&] {
+        return fusion_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
+      });
+    }
+    inputs.clear();  // the batch's local outputs: the queue slot and their memory are free again
     const auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
     if (shape.size() != 4 || shape[0] != batch.count || shape[1] != k)
       fail(GLSNET_ERROR_RUNTIME, "fusion graph: logits have an unexpected shape; re-export the bundle");
@@ -463,6 +570,8 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
       upsample_patch(logits + b * k * h * w, k, h, w, p, *col_taps, *row_taps, scratch, upsampled.data());
       stitcher.add(upsampled.data(), sink);
     }
+    out.clear();
+    release_free_heap();  // the batch's activations are freed: give them back before the next
   }
   if (!stitcher.done())
     fail(GLSNET_ERROR_RUNTIME, "scheduler stitched " + std::to_string(stitcher.next_index()) + " of " + std::to_string(grid.size()) + " patches");

@@ -1,6 +1,7 @@
-// One bundle's three ONNX Runtime sessions and the scheduler that chains them over an image:
-// global branch in one thread, local batches in another (bounded queue, not waiting for the global
-// branch), fusion + upsampling + stitching in the caller's thread, rows handed out as they finish.
+// One bundle's ONNX Runtime sessions (local, fusion, and the global stage graphs or the single global
+// graph) and the scheduler that chains them over an image: global branch in one thread, local batches in
+// another (bounded queue, not waiting for the global branch), fusion + upsampling + stitching in the
+// caller's thread, rows handed out as they finish. On the CPU one graph runs at a time.
 #pragma once
 #include <onnxruntime_cxx_api.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "algorithm.hpp"
+#include "global_stages.hpp"
 #include "image_io.hpp"
 #include "manifest.hpp"
 
@@ -45,16 +47,21 @@ class Pipeline {
     std::vector<std::string> inputs, outputs;
     int64_t file_bytes = 0;
   };
-  Graph load(const std::string& role, const std::string& path, Ort::SessionOptions& so) const;
+  Graph load(const GraphSpec& spec, const std::string& what, const std::string& path, Ort::SessionOptions& so) const;
+  MemoryModel memory_model(const PatchGrid& grid, int64_t source_bytes) const;
   std::vector<float> global_features(const ImageSource& source, const PatchGrid& grid, const MemoryPlan& plan,
                                      std::vector<int64_t>& shape) const;
+  Rows run_stage(size_t index, Rows&& input, int64_t first, int64_t count) const;
 
   std::string bundle_dir_;
   RuntimeOptions options_;
   Manifest manifest_;
   Normalizer normalizer_;
   Graph global_, local_, fusion_;
+  std::vector<Graph> stages_;  // the global branch's stage graphs; empty: the single global graph runs
+  std::vector<StageShape> stage_shapes_;
   int64_t width_ = 0, skip_ = 0;  // channels of the local graph's two outputs
+  bool serialize_graphs_ = true;  // one graph at a time (the CPU: each graph already uses every core)
 };
 
 }  // namespace glsnet
