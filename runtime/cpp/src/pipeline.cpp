@@ -198,7 +198,7 @@ class GraphSlot {
 };
 
 // Channels (axis 1) of a session's first input and first output.
-std::pair<int64_t, int64_t> channels(Ort::Session& session, const std::string& path) {
+std::pair<int64_t, int64_t> stage_channels(Ort::Session& session, const std::string& path) {
   const auto in = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
   const auto out = session.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
   if (in.size() < 2 || out.size() < 2 || in[1] <= 0 || out[1] <= 0)
@@ -295,7 +295,7 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   for (size_t i = 0; i < stage_paths.size(); ++i) {
     const GlobalStageSpec& spec = manifest_.global_stages.at(options.precision)[i];
     stages_.push_back(load(spec.graph, "global stage " + std::to_string(i), stage_paths[i], so));
-    const auto [c_in, c_out] = channels(*stages_.back().session, stage_paths[i]);
+    const auto [c_in, c_out] = stage_channels(*stages_.back().session, stage_paths[i]);
     stage_shapes_.push_back({spec.stride, spec.halo, c_in, c_out});
   }
   global_ = load(manifest_.graph("global", options.precision), "global", paths["global"], so);
