@@ -108,7 +108,18 @@ class _StageRows:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def all_rows(self) -> np.ndarray:
-        return self.rows(0, self.height)
+        """[C, height, W]: each band is copied in as soon as it is computed and then released, so the whole
+        output (the largest thing the global branch keeps) is never held twice."""
+        out = None
+        while self.computed < self.height:
+            start = self.computed
+            self._compute_next()
+            _, chunk = self.chunks.pop()
+            if out is None:
+                out = np.empty((chunk.shape[0], self.height, chunk.shape[2]), dtype=chunk.dtype)
+            out[:, start : start + chunk.shape[1]] = chunk
+        assert out is not None, "all_rows is called once, before any band is computed"
+        return out
 
     def _compute_next(self) -> None:
         s, halo = self.stage.stride, self.stage.halo

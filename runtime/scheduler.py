@@ -169,10 +169,11 @@ class Scheduler:
             shapes_in = {GLOBAL_STAGE_INPUT: (1, c_in, rows_in, width)}
             shapes_out = {GLOBAL_STAGE_OUTPUT: (1, c_out, math.ceil(rows_in / s), out_width)}
             working = max(working, _estimate(stage.backend, shapes_in, shapes_out))
-            wanted = out_height if k + 1 == len(stages) else bands[k + 1] + 2 * stages[k + 1].halo + band_in // s
+            # the last stage keeps one band while all_rows copies it into the features; the others keep what the next stage reads
+            wanted = band_in // s if k + 1 == len(stages) else bands[k + 1] + 2 * stages[k + 1].halo + band_in // s
             held += 4 * c_out * out_width * min(out_height, wanted)
             height, width = out_height, out_width
-        return working + held + 4 * c_out * height * width  # + the features' copy as they are assembled
+        return working + held + 4 * c_out * height * width  # + the assembled features
 
     def _staged_global_cost(self, grid: PatchGrid, band_rows: int | None) -> float:
         """Work of the stage-wise global branch in patch units: the whole-image work times the rows

@@ -76,7 +76,8 @@ int64_t staged_global_bytes(const std::vector<StageShape>& stages, int64_t padde
     const int64_t rows_in = std::min(height, band_in + 2 * stage.halo);
     const int64_t bytes = 4 * (c_in * rows_in * width) + 4 * (c_out * ceil_div(rows_in, s) * out_width);
     working = std::max(working, static_cast<int64_t>(static_cast<double>(bytes) * factor));
-    const int64_t wanted = k + 1 == stages.size() ? out_height : bands[k + 1] + 2 * stages[k + 1].halo + band_in / s;
+    // the last stage keeps one band while it is copied into the features; the others keep what the next stage reads
+    const int64_t wanted = k + 1 == stages.size() ? band_in / s : bands[k + 1] + 2 * stages[k + 1].halo + band_in / s;
     held += 4 * c_out * out_width * std::min(out_height, wanted);
     height = out_height;
     width = out_width;

@@ -18,6 +18,26 @@ class StageRows {
 
   int64_t height() const { return height_; }
 
+  // Every output row, each band copied into the result as soon as it is computed and then released, so the
+  // whole output is never held twice (the final stage's output is the largest thing the global branch keeps).
+  Rows all_rows() {
+    Rows out;
+    while (computed_ < height_) {
+      const int64_t start = computed_;
+      compute_next();
+      const Rows chunk = std::move(chunks_.back().second);
+      chunks_.pop_back();
+      if (out.data.empty()) {
+        out = Rows{chunk.channels, height_, chunk.width, {}};
+        out.data.resize(static_cast<size_t>(out.channels * out.rows * out.width));
+      }
+      for (int64_t c = 0; c < out.channels; ++c)
+        std::copy_n(chunk.data.data() + c * chunk.rows * chunk.width, chunk.rows * chunk.width,
+                    out.data.data() + (c * out.rows + start) * out.width);
+    }
+    return out;
+  }
+
   Rows rows(int64_t top, int64_t bottom) {
     while (computed_ < bottom) compute_next();
     while (!chunks_.empty() && chunks_.front().first + chunks_.front().second.rows <= top) chunks_.pop_front();
@@ -68,7 +88,7 @@ Rows staged_global_features(const std::vector<StageRunner>& stages, const RowRea
     reader = [stream](int64_t top, int64_t bottom) { return stream->rows(top, bottom); };
     height = stream->height();
   }
-  return streams.back()->rows(0, height);
+  return streams.back()->all_rows();
 }
 
 }  // namespace glsnet
