@@ -29,7 +29,7 @@ from calibration.tiles import CALIBRATION, HOLDOUT, TileSet
 from runtime.comparison import compare_outputs
 from runtime.errors import AccuracyGateError
 from runtime.manifest import FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
-from runtime.metrics import ConfusionMatrix
+from runtime.metrics import ConfusionMatrix, default_mean_exclusions
 
 MIN_PIXEL_STD = 1.0  # a scene whose pixels vary less than this (in pixel units) is constant
 
@@ -52,8 +52,8 @@ class GateThresholds:
 
 
 def excluded_classes(manifest: Manifest) -> tuple[int, ...]:
-    """Classes left out of mean scores: DeepGlobe's class 0 ('unknown')."""
-    return (0,) if manifest.classes and manifest.classes[0].lower() == "unknown" else ()
+    """Classes left out of mean scores, as the papers report them (DeepGlobe: unknown; ISPRS: clutter)."""
+    return default_mean_exclusions(tuple(manifest.classes))
 
 
 @dataclass(frozen=True)

@@ -438,10 +438,17 @@ def tiles_digest(tiles: TileSet) -> str:
 # ---------------------------------------------------------------- the bundle
 
 
-def calibrate_bundle(bundle_dir: str | Path, images: Sequence[str | Path], options: TileOptions = TileOptions()) -> TileSet:
+def calibrate_bundle(
+    bundle_dir: str | Path,
+    images: Sequence[str | Path | np.ndarray],
+    options: TileOptions = TileOptions(),
+    labels: Sequence[np.ndarray | None] | None = None,
+) -> TileSet:
     """Sample tiles from ``images``, store them in the bundle and record how in manifest.calibration["tiles"].
 
-    The bundle must hold its fp32 graphs (the fusion inputs are computed with them when the tiles are read).
+    ``images`` are files (masks beside them are used) or arrays with their class-index ``labels``
+    (a dataset layout read by glsnet.data). The bundle must hold its fp32 graphs (the fusion inputs
+    are computed with them when the tiles are read).
     """
     import time
 
@@ -451,10 +458,10 @@ def calibrate_bundle(bundle_dir: str | Path, images: Sequence[str | Path], optio
     manifest = read_manifest(bundle_dir)
     for role in ("global", "local", "fusion"):
         graph_path(bundle_dir, manifest.graph(role, "fp32"))
-    missing = [str(p) for p in images if not Path(p).is_file()]
+    missing = [str(p) for p in images if not isinstance(p, np.ndarray) and not Path(p).is_file()]
     if missing:
         raise InputError(f"calibration images not found: {', '.join(missing[:5])}; pass existing PNG, JPEG or TIFF files")
-    tiles = sample_tiles(images, manifest, options)
+    tiles = sample_tiles(images, manifest, options, labels)
     sha = save_tiles(tiles, bundle_dir / TILES_FILE)
     calibration = dict(manifest.calibration or {})
     calibration["tiles"] = {**tiles.info, "sha256": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

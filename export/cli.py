@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from runtime.cli_errors import run_app
+from runtime.errors import InputError
 
 app = typer.Typer(
     help="Export a GLSNet checkpoint to a bundle of three ONNX graphs, verify it, calibrate it and build engines.",
@@ -106,7 +107,11 @@ def inspect_command(
 @app.command("calibrate")
 def calibrate_command(
     bundle: Path = typer.Argument(..., help="bundle directory (with its fp32 graphs)"),
-    images: list[Path] = typer.Argument(..., help="images like the ones the model will see (masks beside them are used)"),
+    images: Optional[list[Path]] = typer.Argument(None, help="images like the ones the model will see (masks beside them are used); or --data"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a labelled dataset folder instead of IMAGES (see --layout)"),
+    layout: str = typer.Option("deepglobe", help="layout of --data: deepglobe, vaihingen, mmseg-vaihingen, mmseg-potsdam, mmseg-loveda"),
+    split: str = typer.Option("train", help="mmseg layouts: the split read (train or val)"),
+    max_scenes: int = typer.Option(16, help="with --data: scenes read (a seeded choice when the folder has more)"),
     count: int = typer.Option(256, help="calibration patches"),
     holdout: int = typer.Option(64, help="held-back patches for the accuracy gate"),
     holdout_fraction: float = typer.Option(0.25, help="share of scenes held back"),
@@ -128,8 +133,17 @@ def calibrate_command(
         scenes_per_image=scenes_per_image, seed=seed,
     )
     console = Console()
+    labels = None
+    if data is not None:
+        if images:
+            raise InputError("give either IMAGES or --data, not both")
+        from calibration.dataset_scenes import read_dataset_scenes
+
+        images, labels = read_dataset_scenes(bundle, data, layout, split, max_scenes, seed)
+    elif not images:
+        raise InputError("give calibration IMAGES, or a labelled folder with --data DIR --layout LAYOUT")
     with console.status(f"sampling calibration tiles from {len(images)} image(s) ..."):
-        tiles = calibrate_bundle(bundle, images, options)
+        tiles = calibrate_bundle(bundle, images, options, labels)
     counts = tiles.counts()
     console.print(
         f"{counts['calibration_patches']} calibration and {counts['holdout_patches']} held-back patches of "

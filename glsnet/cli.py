@@ -15,7 +15,7 @@ from runtime.cli_errors import run_app
 from runtime.errors import InputError
 
 app = typer.Typer(
-    help="Train and evaluate GLSNet on DeepGlobe or ISPRS Vaihingen folders, or on seeded synthetic scenes.",
+    help="Train and evaluate GLSNet on DeepGlobe, ISPRS Vaihingen/Potsdam or LoveDA folders, or on seeded synthetic scenes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -25,11 +25,48 @@ app = typer.Typer(
 class LayoutChoice(str, Enum):
     deepglobe = "deepglobe"
     vaihingen = "vaihingen"
+    mmseg_vaihingen = "mmseg-vaihingen"
+    mmseg_potsdam = "mmseg-potsdam"
+    mmseg_loveda = "mmseg-loveda"
 
 
 class PresetChoice(str, Enum):
+    paper = "paper"
     default = "default"
     small = "small"
+
+
+class ModeChoice(str, Enum):
+    full = "full"
+    crop = "crop"
+
+
+class SplitChoice(str, Enum):
+    train = "train"
+    val = "val"
+
+
+def parse_bands(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """'3,0,1' -> (3, 0, 1); None stays None."""
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        bands = ()
+    if not bands or min(bands) < 0:
+        raise InputError(f"--bands {text!r}: expected 0-based band indices separated by commas, e.g. 0,1,2 or 3,0,1")
+    return bands
+
+
+LAYOUT_OPTION_HELP = (
+    "deepglobe: <id>_sat.jpg + <id>_mask.png; vaihingen: top/*.tif + gts/*.tif; mmseg-vaihingen / mmseg-potsdam / "
+    "mmseg-loveda: mmsegmentation converter output (img_dir/{train,val} + ann_dir/{train,val}, class-index PNGs)."
+)
+MEAN_EXCLUDE_HELP = (
+    "Classes left out of mean F1 / mIoU, comma-separated names, or 'none'. Default: as the papers report the "
+    "dataset (DeepGlobe: unknown; Vaihingen, Potsdam: clutter; LoveDA: none)."
+)
 
 
 class VariantChoice(str, Enum):
@@ -56,47 +93,69 @@ def parse_size(text: str) -> tuple[int, int]:
 def train(
     out: Path = typer.Option(Path("glsnet.safetensors"), "--out", "-o", help="Checkpoint to write (optimizer state goes beside it)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of labelled scenes (see --layout)."),
-    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help="deepglobe: <id>_sat.jpg + <id>_mask.png; vaihingen: top/*.tif + gts/*.tif."),
+    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help=LAYOUT_OPTION_HELP + " mmseg folders train on train/ and validate on val/."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Train on seeded synthetic scenes instead of --data."),
     synthetic_count: int = typer.Option(8, help="Synthetic scenes to generate (with --synthetic)."),
     synthetic_size: str = typer.Option("1024x1024", help="Synthetic scene size HxW (with --synthetic)."),
-    preset: Optional[PresetChoice] = typer.Option(None, help="default: the paper's sizes; small: CPU-sized (width 64, patch 128). Default: default, or the --resume checkpoint's."),
+    preset: Optional[PresetChoice] = typer.Option(None, help="paper: the paper's sizes and training (mode full); default: the paper's sizes, crop mode; small: CPU-sized (width 64, patch 128), crop mode. Default: default, or the --resume checkpoint's."),
+    mode: Optional[ModeChoice] = typer.Option(None, help="full: the paper's training, the global branch on the whole image each step (or the largest window --global-memory-mib allows, logged when less), six patches of it locally; crop: fast, for CPU smoke runs, the global branch on a random --crop-size crop and the patches from that crop (differs from the paper). Default: the preset's (paper: full, else crop)."),
+    global_memory_mib: Optional[float] = typer.Option(None, help="Mode full: activation memory budget of the global branch in MiB; images that need more are trained on the largest window that fits (logged). Default: no limit."),
+    bands: Optional[str] = typer.Option(None, help="Image bands the model reads, 0-based in file order, e.g. 3,0,1 for IRRG from RGBIR tiles (default: 0,1,2)."),
+    mean_exclude: Optional[str] = typer.Option(None, help=MEAN_EXCLUDE_HELP),
     variant: Optional[VariantChoice] = typer.Option(None, help="Backbones of the paper's ablation: shallow-deep (GLSNet, R18/R50), shallow-shallow, deep-deep."),
     steps: Optional[int] = typer.Option(None, help="Total steps (counted from 0, also when resuming). Default: --epochs passes."),
     epochs: int = typer.Option(1, help="Passes over the training scenes (one crop per scene each), when --steps is not given."),
     batch_size: int = typer.Option(6, help="Patches per step (the paper: 6)."),
-    crop_size: int = typer.Option(512, help="Pixels of the random crop the global branch sees (the paper: the whole image)."),
+    crop_size: int = typer.Option(512, help="Mode crop: pixels of the random crop the global branch sees (the paper: the whole image)."),
+    focal_gamma: float = typer.Option(6.0, help="Focal loss gamma (the paper: 6)."),
+    aux_weight: float = typer.Option(0.15, help="Weight of each of the two auxiliary losses (the paper: 0.15; see docs/model.md on its ambiguity)."),
     global_lr: float = typer.Option(1e-4, help="Adam learning rate of the global branch and fusion."),
     local_lr: float = typer.Option(2e-5, help="Adam learning rate of the local branch."),
     seed: int = typer.Option(0, help="Seed of the initial weights, the split and every crop."),
     resume: Optional[Path] = typer.Option(None, help="Continue from this checkpoint (weights, optimizer, step)."),
     val_every: Optional[int] = typer.Option(None, help="Steps between validation + checkpoint. Default: once per epoch."),
     val_fraction: float = typer.Option(0.2, help="Share of the scenes held out for validation."),
-    val_crop: int = typer.Option(512, help="Validate on centred crops of this size (0: whole scenes)."),
+    val_crop: Optional[int] = typer.Option(None, help="Validate on centred crops of this size (0: whole scenes). Default: 512 in crop mode, whole scenes in full mode."),
     imagenet_global: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the global backbone."),
     imagenet_local: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the local backbone."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train GLSNet (Adam, focal loss gamma 6 + 0.15 x two auxiliary losses) and write a checkpoint."""
+    """Train GLSNet (Adam, focal loss gamma 6 + 0.15 x two auxiliary losses) and write a checkpoint.
+
+    --preset paper trains as the paper does (mode full). The log says which mode runs and every setting that differs from the paper's training.
+    """
     from glsnet.checkpoint import read_config
+    from glsnet.config import with_bands
+    from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
     from glsnet.evaluation import print_scores
-    from glsnet.training import TrainOptions, preset_config, train as run_training
+    from glsnet.training import PRESET_MODES, TrainMode, TrainOptions, preset_config, train as run_training
 
     if (data is None) == (not synthetic):
         raise InputError("give exactly one data source: --data DIR or --synthetic")
+    if synthetic and layout is not LayoutChoice.deepglobe:
+        raise InputError(f"--synthetic scenes carry DeepGlobe's classes; drop --layout {layout.value}")
     chosen_layout = Layout(layout.value)
     if resume is not None and preset is None and variant is None:
         config = read_config(resume)
     else:
         config = preset_config((preset or PresetChoice.default).value, variant.value if variant else None, chosen_layout)
+    chosen_bands = parse_bands(bands)
+    if chosen_bands is not None:
+        config = with_bands(config, chosen_bands)
+    chosen_mode = TrainMode(mode.value) if mode else PRESET_MODES[(preset or PresetChoice.default).value]
+    if val_crop is None:
+        val_crop = 512 if chosen_mode is TrainMode.CROP else 0
     options = TrainOptions(
-        out=out, data=data, layout=chosen_layout, config=config, steps=steps, epochs=epochs, batch_size=batch_size,
-        crop_size=crop_size, global_lr=global_lr, local_lr=local_lr, seed=seed, resume=resume, val_every=val_every,
-        val_fraction=val_fraction, val_crop=val_crop or None, synthetic_count=synthetic_count,
+        out=out, data=data, layout=chosen_layout, config=config, steps=steps, epochs=epochs, mode=chosen_mode,
+        batch_size=batch_size, crop_size=crop_size, global_memory_mib=global_memory_mib, global_lr=global_lr,
+        local_lr=local_lr, focal_gamma=focal_gamma, aux_weight=aux_weight, seed=seed, resume=resume,
+        val_every=val_every, val_fraction=val_fraction, val_crop=val_crop or None,
+        mean_exclude=parse_class_names(mean_exclude), synthetic_count=synthetic_count,
         synthetic_size=parse_size(synthetic_size), global_weights=imagenet_global, local_weights=imagenet_local,
         progress=progress,
     )
+    _log_to_console()
     result = run_training(options)
     if result.losses:
         typer.echo(
@@ -115,7 +174,9 @@ def train(
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A glsnet-train checkpoint (.safetensors)."),
     data_dir: Path = typer.Argument(..., help="Folder of labelled scenes (see --layout)."),
-    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help="deepglobe or vaihingen folder layout."),
+    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help=LAYOUT_OPTION_HELP),
+    split: SplitChoice = typer.Option(SplitChoice.val, help="mmseg layouts: the split to score."),
+    mean_exclude: Optional[str] = typer.Option(None, help=MEAN_EXCLUDE_HELP),
     downscale: int = typer.Option(1, help="Average f x f pixel blocks first, for speed (1: full resolution)."),
     crop: int = typer.Option(0, help="Score a centred crop of this size only, for speed (0: whole scenes)."),
     limit: int = typer.Option(0, help="Score only the first N scenes (0: all)."),
@@ -123,11 +184,13 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
 ) -> None:
     """Score a checkpoint: overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU."""
+    from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
     from glsnet.evaluation import EvalOptions, evaluate as run_evaluation, print_scores, write_scores_json
 
     options = EvalOptions(
         layout=Layout(layout.value), downscale=downscale, crop=crop or None, limit=limit or None, batch_size=batch_size,
+        mean_exclude=parse_class_names(mean_exclude), split=split.value,
     )
     result = run_evaluation(checkpoint, data_dir, options)
     title = f"{checkpoint.name} (step {result.checkpoint_step}) on {len(result.scenes)} scene(s) of {data_dir}"
@@ -160,6 +223,18 @@ def synth(
         return
     written = write_synthetic_folder(out, count, height, width, seed=seed)
     typer.echo(f"wrote {len(written)} scene(s) of {height} x {width} px to {out}")
+
+
+def _log_to_console() -> None:
+    """glsnet's INFO/WARNING records (e.g. a global window smaller than the image) on the console."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("glsnet")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(show_path=False, show_time=False))
+        logger.setLevel(logging.INFO)
 
 
 def main() -> None:

@@ -85,6 +85,21 @@ class GLSNetConfig:
         return dataclasses.replace(self, **changes)
 
 
+def with_bands(config: GLSNetConfig, bands: tuple[int, ...]) -> GLSNetConfig:
+    """``config`` reading the image bands ``bands`` (file order, 0-based), e.g. (3, 0, 1) for IRRG from RGBIR.
+
+    Three bands keep the ImageNet statistics (as is usual for IRRG with ImageNet weights); any other count
+    uses ImageNet's statistics for the first three and their mean (0.449 / 0.226) for the rest, and the
+    backbones' first convolution is then a new one, not ImageNet's.
+    """
+    if not bands or min(bands) < 0:
+        raise InputError(f"--bands {list(bands)}: give one or more band indices >= 0, e.g. 0,1,2")
+    extra_mean, extra_std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    mean = tuple(IMAGENET_MEAN[i] if i < 3 else round(extra_mean, 3) for i in range(len(bands)))
+    std = tuple(IMAGENET_STD[i] if i < 3 else round(extra_std, 3) for i in range(len(bands)))
+    return config.replace(bands=tuple(bands), mean=mean, std=std)
+
+
 def variant(name: str, **changes: Any) -> GLSNetConfig:
     """The paper's named ablation variants, e.g. ``variant("deep-deep")``."""
     if name not in VARIANTS:

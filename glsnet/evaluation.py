@@ -2,7 +2,8 @@
 
 Scenes can be shrunk for speed: ``downscale`` averages f x f pixel blocks (labels keep the centre
 pixel of each block), ``crop`` keeps a centred window. Scores come from one confusion matrix over
-all scenes (runtime.metrics); classes named "unknown" (DeepGlobe's class 0) stay out of the means.
+all scenes (runtime.metrics); the means average the classes the papers average for the dataset
+(glsnet.data.datasets: DeepGlobe without unknown, Vaihingen without clutter), or those asked for.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from glsnet.config import GLSNetConfig
+from glsnet.data.datasets import mean_exclusions
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
 from runtime.atomic_file import write_text_atomic
@@ -31,6 +33,8 @@ class EvalOptions:
     limit: int | None = None  # score only the first N scenes (sorted by name)
     batch_size: int = 6  # patches per forward pass
     progress: bool = True
+    mean_exclude: tuple[str, ...] | None = None  # classes left out of the means; None: the dataset's convention
+    split: str = "val"  # mmsegmentation layouts: the split scored
 
     def __post_init__(self) -> None:
         if self.downscale < 1:
@@ -39,6 +43,8 @@ class EvalOptions:
             raise InputError(f"crop must be >= 1 px, got {self.crop}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be >= 1, got {self.limit}")
+        if self.split not in ("train", "val"):
+            raise InputError(f"split must be train or val, got {self.split!r}")
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,9 @@ class EvaluationResult:
         }
 
 
-def excluded_from_means(config: GLSNetConfig) -> tuple[int, ...]:
-    """Classes left out of mean F1 / mIoU: those named "unknown" (DeepGlobe's class 0), as in the literature."""
-    return tuple(i for i, name in enumerate(config.classes) if name == "unknown")
+def excluded_from_means(config: GLSNetConfig, override: tuple[str, ...] | None = None) -> tuple[int, ...]:
+    """Classes left out of mean F1 / mIoU: ``override`` (class names) or the dataset's convention."""
+    return mean_exclusions(tuple(config.classes), override)
 
 
 def shrink(image: np.ndarray, labels: np.ndarray, downscale: int = 1, crop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -102,16 +108,17 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
     from glsnet.checkpoint import load_model
 
     model, info = load_model(checkpoint)
-    scenes = open_scenes(options.layout, folder, model.config)
+    scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
     indices = list(range(len(scenes.names)))[: options.limit]
     matrix, pixels = score_scenes(model, scenes, indices, options)
     return EvaluationResult(
-        scores=matrix.scores(exclude=excluded_from_means(model.config)),
+        scores=matrix.scores(exclude=excluded_from_means(model.config, options.mean_exclude)),
         class_names=tuple(model.config.classes),
         scenes=tuple(scenes.names[i] for i in indices),
         pixels=pixels,
         checkpoint_step=info["step"],
-        options={"layout": Layout(options.layout).value, "downscale": options.downscale, "crop": options.crop},
+        options={"layout": Layout(options.layout).value, "downscale": options.downscale, "crop": options.crop,
+                 "split": options.split if Layout(options.layout).is_mmseg else None},
     )
 
 
@@ -128,17 +135,16 @@ def print_scores(scores: Scores, class_names: tuple[str, ...], title: str = "sco
     for column in ("class", "precision", "recall", "F1", "IoU", "pixels"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for i, name in enumerate(class_names):
-        note = "" if i in scores.classes_in_mean else " (not in means)"
+        note = "" if i in scores.classes_in_mean else (" (excluded from means)" if i in scores.excluded else " (not in means)")
         table.add_row(
             name + note, _pct(scores.precision[i]), _pct(scores.recall[i]), _pct(scores.f1[i]), _pct(scores.iou[i]),
             f"{int(scores.support[i]):,}",
         )
     console = Console()
     console.print(table)
-    in_mean = ", ".join(class_names[i] for i in scores.classes_in_mean)
     console.print(
-        f"overall accuracy {_pct(scores.overall_accuracy)}   mean F1 {_pct(scores.mean_f1)}   "
-        f"mIoU {_pct(scores.miou)}   (means over: {in_mean or 'no class'})"
+        f"overall accuracy {_pct(scores.overall_accuracy)}   mean F1 {_pct(scores.mean_f1)}   mIoU {_pct(scores.miou)}\n"
+        f"({scores.mean_note(class_names)})", markup=False,
     )
 
 

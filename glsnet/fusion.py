@@ -4,6 +4,13 @@ Paper facts: queries, keys and values are the branch features themselves (no Q/K
 matrices) and there is no feed-forward network. Encoder 1 takes queries from the global tokens
 and keys/values from the local ones; encoder 2 is its mirror. The decoder attends from both
 encoders' outputs to both, and a light convolutional head adds the local stride-4 features.
+
+Token alignment (our design; the paper leaves it open): the global crop is sampled at the local
+token pitch, with a whole number of margin tokens (``context`` x tokens, rounded) on each side,
+so the crop is an (h + 2m) x (w + 2m) grid whose centre h x w tokens cover exactly the pixel
+cells of the h x w local tokens. Encoder 2 lets every local token attend to the whole crop
+(context); the centre of encoder 1's output is taken before the decoder, which adds the two
+sequences token by token: token k of both then covers the same pixel box of the patch.
 """
 
 from __future__ import annotations
@@ -20,28 +27,39 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> to
     return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
-def bilinear_crop_weights(
-    start: torch.Tensor, end: torch.Tensor, out_size: torch.Tensor, axis: torch.Tensor, stride: int
-) -> torch.Tensor:
-    """[B, out, in] weights that resample a feature axis at ``out`` evenly spaced points in [start, end).
+def bilinear_weights(x: torch.Tensor, axis: torch.Tensor, stride: int) -> torch.Tensor:
+    """[B, out, in] weights that resample a feature axis at the pixel coordinates ``x`` [B, out].
 
-    ``start``/``end`` are [B] pixel coordinates; ``axis`` is arange(in) of the feature axis. Cell i of
-    a stride-s map is centred on pixel s*i, so a continuous pixel coordinate x sits at feature
-    coordinate (x - 0.5) / s. The tent max(0, 1 - |u - i|) is exact bilinear interpolation, and
-    clamping u to the map's extent replicates its border, as RoIAlign does.
+    ``axis`` is arange(in) of the feature axis. Cell i of a stride-s map is centred on pixel s*i, so
+    a continuous pixel coordinate x sits at feature coordinate (x - 0.5) / s. The tent
+    max(0, 1 - |u - i|) is exact bilinear interpolation, and clamping u to the map's extent
+    replicates its border, as RoIAlign does.
     """
-    steps = (torch.arange(out_size, dtype=start.dtype, device=start.device) + 0.5) / out_size
-    x = start[:, None] + steps[None, :] * (end - start)[:, None]
     u = ((x - 0.5) / stride).clamp(min=0)
     u = torch.minimum(u, axis[-1])
     return (1.0 - (u[:, :, None] - axis[None, None, :]).abs()).clamp(min=0)
 
 
-class GlobalCrop(nn.Module):
-    """Crop each patch's footprint plus a context margin out of the global feature map.
+def margin_tokens(tokens: int, context: float) -> int:
+    """Whole tokens of context on each side of a patch of ``tokens`` tokens: round(context x tokens)."""
+    return int(round(context * tokens))
 
-    A separable matmul (crop = Wy . F . Wx^T) instead of RoiAlign: plain MatMul and elementwise ops,
-    no TensorRT plugin, exact in fp32, and dynamic in the batch and the map size.
+
+def token_centres(start: torch.Tensor, end: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, count] pixel centres of ``count`` equal cells of [start, end) (the head's upsampling places
+    token j of a patch at the centre of cell j, as ``F.interpolate(align_corners=False)`` does)."""
+    steps = (torch.arange(count, dtype=start.dtype, device=start.device) + 0.5) / count
+    return start[:, None] + steps[None, :] * (end - start)[:, None]
+
+
+class GlobalCrop(nn.Module):
+    """Crop each patch's footprint plus a margin of whole tokens out of the global feature map.
+
+    For a patch of h x w tokens the crop is (h + 2m) x (w + 2m) samples at the local token pitch
+    (box size / tokens), m = ``margin_tokens`` per axis, so sample (i + m, j + m) lies at the centre
+    of local token (i, j). A separable matmul (crop = Wy . F . Wx^T) instead of RoiAlign: plain
+    MatMul and elementwise ops, no TensorRT plugin, exact in fp32, and dynamic in the batch and the
+    map size.
     """
 
     def __init__(self, context: float, stride: int = 32) -> None:
@@ -49,17 +67,34 @@ class GlobalCrop(nn.Module):
         self.context = context
         self.stride = stride
 
-    def forward(self, global_features: torch.Tensor, boxes: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    def margins(self, h: int, w: int) -> tuple[int, int]:
+        """(rows, columns) of margin tokens around an h x w patch."""
+        return margin_tokens(h, self.context), margin_tokens(w, self.context)
+
+    def sample_points(self, boxes: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, h + 2my] y, [B, w + 2mx] x) pixel coordinates of the crop's samples."""
         x1, y1, x2, y2 = boxes.unbind(dim=1)
-        mx = (x2 - x1) * self.context
-        my = (y2 - y1) * self.context
+        my, mx = self.margins(h, w)
+        pitch_y, pitch_x = (y2 - y1) / h, (x2 - x1) / w
+        ys = token_centres(y1 - my * pitch_y, y2 + my * pitch_y, h + 2 * my)
+        xs = token_centres(x1 - mx * pitch_x, x2 + mx * pitch_x, w + 2 * mx)
+        return ys, xs
+
+    def forward(self, global_features: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """[1, d, Hg, Wg] map, [B, 4] boxes -> [B, d, h + 2my, w + 2mx] crops."""
+        ys, xs = self.sample_points(boxes, h, w)
         feat_h, feat_w = global_features.shape[-2], global_features.shape[-1]
-        ys = torch.arange(feat_h, dtype=boxes.dtype, device=boxes.device)
-        xs = torch.arange(feat_w, dtype=boxes.dtype, device=boxes.device)
-        wy = bilinear_crop_weights(y1 - my, y2 + my, out_h, ys, self.stride)  # [B, h, Hg]
-        wx = bilinear_crop_weights(x1 - mx, x2 + mx, out_w, xs, self.stride)  # [B, w, Wg]
-        cropped = torch.matmul(wy[:, None], global_features)  # [B, d, h, Wg]
-        return torch.matmul(cropped, wx[:, None].transpose(-2, -1))  # [B, d, h, w]
+        wy = bilinear_weights(ys, torch.arange(feat_h, dtype=boxes.dtype, device=boxes.device), self.stride)  # [B, h', Hg]
+        wx = bilinear_weights(xs, torch.arange(feat_w, dtype=boxes.dtype, device=boxes.device), self.stride)  # [B, w', Wg]
+        cropped = torch.matmul(wy[:, None], global_features)  # [B, d, h', Wg]
+        return torch.matmul(cropped, wx[:, None].transpose(-2, -1))  # [B, d, h', w']
+
+
+def centre_tokens(tokens: torch.Tensor, rows: int, columns: int, margin_y: int, margin_x: int) -> torch.Tensor:
+    """The centre ``rows`` x ``columns`` tokens of a [B, (rows + 2my) * (columns + 2mx), d] sequence."""
+    batch, _, width = tokens.shape
+    grid = tokens.reshape(batch, rows + 2 * margin_y, columns + 2 * margin_x, width)
+    return grid[:, margin_y : margin_y + rows, margin_x : margin_x + columns].reshape(batch, rows * columns, width)
 
 
 class CrossAttentionEncoder(nn.Module):
@@ -74,7 +109,8 @@ class CrossAttentionEncoder(nn.Module):
 
 
 class FusionDecoder(nn.Module):
-    """One attention layer over both encoder outputs: aligned tokens query the union of both sequences."""
+    """One attention layer over both encoder outputs: their token-wise sum (both sequences on the local
+    token grid, token k covering the same pixels) queries the union of both sequences."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -126,10 +162,13 @@ class GLDeepFusion(nn.Module):
         boxes: torch.Tensor,
     ) -> torch.Tensor:
         batch, width, h, w = local_features.shape
-        global_crop = self.crop(global_features, boxes, h, w)
+        h, w = int(h), int(w)  # fixed by the patch size (the bundle contract), so plain ints when traced
+        margin_y, margin_x = self.crop.margins(h, w)
+        global_crop = self.crop(global_features, boxes, h, w)  # [B, d, h + 2my, w + 2mx]
         local_tokens = local_features.flatten(2).transpose(1, 2)  # [B, h*w, d]
-        global_tokens = global_crop.flatten(2).transpose(1, 2)
+        global_tokens = global_crop.flatten(2).transpose(1, 2)  # [B, (h + 2my)(w + 2mx), d]
         from_global = self.global_to_local(global_tokens, local_tokens)
+        from_global = centre_tokens(from_global, h, w, margin_y, margin_x)  # token k: local token k's pixels
         from_local = self.local_to_global(local_tokens, global_tokens)
         fused = self.decoder(from_global, from_local)
         fused = fused.transpose(1, 2).reshape(batch, width, h, w)

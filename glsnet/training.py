@@ -1,7 +1,10 @@
 """Train GLSNet: Adam with the paper's two learning rates, focal + auxiliary losses, seeded and resumable.
 
-One step draws one scene, a random crop of it (the global branch's whole image) and
-``batch_size`` of the crop's patches (glsnet.data.samples). An epoch visits every training scene
+Two modes (``TrainMode``). ``full``, the paper's: one step draws one scene, the global branch runs
+on the whole image (or on the largest window a stated memory budget allows, said in the log when
+it is less; glsnet.global_window) and the local batch is ``batch_size`` patches of that image.
+``crop``, the fast mode for CPU smoke training: the global branch sees a random ``crop_size``
+crop instead and the patches come from that crop (glsnet.data.samples). An epoch visits every training scene
 once, in a seeded order. All randomness of step s comes from a generator seeded with (seed, s), so
 a run resumed from a checkpoint saved at step s continues exactly as the uninterrupted run would.
 The checkpoint (weights, optimizer state, step) is written atomically at every validation point
@@ -30,8 +33,8 @@ from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.samples import make_sample
 from glsnet.data.scenes import Scenes
 from glsnet.data.synthetic import SyntheticScenes
-from glsnet.data.vaihingen import vaihingen_config
 from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score_scenes
+from glsnet.global_window import activation_bytes_per_pixel, global_window
 from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
 from runtime.errors import GlsnetError, InputError
@@ -42,6 +45,16 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
 
 
+class TrainMode(str, Enum):
+    FULL = "full"  # the paper: the global branch sees the whole image (or the largest window the budget allows)
+    CROP = "crop"  # fast: the global branch sees a random crop_size crop
+
+
+# Where the paper is explicit (training): focal gamma 6, two auxiliary losses at 0.15, Adam at
+# 1e-4 (global branch and fusion) / 2e-5 (local branch), batches of six, the whole image globally.
+PAPER_TRAINING = {"mode": TrainMode.FULL, "batch_size": 6, "focal_gamma": 6.0, "aux_weight": 0.15, "global_lr": 1e-4, "local_lr": 2e-5}
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     out: Path  # checkpoint to write (its optimizer state goes beside it)
@@ -50,8 +63,10 @@ class TrainOptions:
     config: GLSNetConfig = GLSNetConfig()
     steps: int | None = None  # total steps; None: ``epochs`` passes over the training scenes
     epochs: int = 1
+    mode: TrainMode = TrainMode.CROP
     batch_size: int = 6  # patches per step (the paper's batch of 6)
-    crop_size: int = 512  # px of the random crop the global branch sees (the paper: the whole image)
+    crop_size: int = 512  # crop mode: px of the random crop the global branch sees (the paper: the whole image)
+    global_memory_mib: float | None = None  # full mode: activation budget of the global branch (None: no limit)
     global_lr: float = 1e-4  # global branch, fusion and global aux head
     local_lr: float = 2e-5  # local branch and its aux head
     focal_gamma: float = 6.0
@@ -60,8 +75,9 @@ class TrainOptions:
     resume: Path | None = None  # checkpoint to continue from; ``steps``/``epochs`` count from step 0
     val_every: int | None = None  # steps between validations and checkpoints; None: once per epoch
     val_fraction: float = 0.2  # share of the scenes held out (at least one scene stays for training)
-    val_names: tuple[str, ...] = ()  # held-out scenes by name; overrides val_fraction
+    val_names: tuple[str, ...] = ()  # held-out scenes by name; overrides val_fraction (and an mmseg folder's val/)
     val_crop: int | None = 512  # validate on centred crops of this size (None: whole scenes)
+    mean_exclude: tuple[str, ...] | None = None  # classes left out of validation means; None: the dataset's convention
     synthetic_count: int = 8  # scenes when ``data`` is None
     synthetic_size: tuple[int, int] = (1024, 1024)
     global_weights: Path | None = None  # local ImageNet state-dict files for the two backbones
@@ -74,6 +90,7 @@ class TrainOptions:
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "crop_size": self.crop_size >= 1,
+            "global_memory_mib": self.global_memory_mib is None or self.global_memory_mib > 0,
             "val_every": self.val_every is None or self.val_every >= 1,
             "val_fraction": 0.0 <= self.val_fraction < 1.0,
             "synthetic_count": self.synthetic_count >= 1,
@@ -81,6 +98,32 @@ class TrainOptions:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise InputError(f"training options out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        object.__setattr__(self, "mode", TrainMode(self.mode))
+
+    def mode_note(self) -> str:
+        """One line: which mode runs, and how it differs from the paper's training."""
+        if self.mode is TrainMode.FULL:
+            budget = f"within {self.global_memory_mib:,.0f} MiB" if self.global_memory_mib else "no memory budget"
+            return (
+                f"mode full (the paper's): the global branch sees the whole image each step ({budget}; a smaller "
+                f"window is logged when it does not fit), the local batch is {self.batch_size} patches of it"
+            )
+        return (
+            f"mode crop (fast, not the paper's): the global branch sees a random {self.crop_size} x {self.crop_size} px "
+            f"crop each step, the local batch is {self.batch_size} patches of that crop; the paper's global branch sees "
+            "the whole image (--mode full, or --preset paper)"
+        )
+
+    def paper_differences(self) -> list[str]:
+        """Where these options and this configuration differ from the paper's explicit training setup."""
+        out = [f"{name} {getattr(self, name).value if isinstance(getattr(self, name), Enum) else getattr(self, name)} "
+               f"(paper: {value.value if isinstance(value, Enum) else value})"
+               for name, value in PAPER_TRAINING.items() if getattr(self, name) != value]
+        paper = GLSNetConfig()
+        for name in ("global_backbone", "local_backbone", "width", "patch_size"):
+            if getattr(self.config, name) != getattr(paper, name):
+                out.append(f"{name} {getattr(self.config, name)} (paper: {getattr(paper, name)})")
+        return out
 
 
 @dataclass
@@ -95,12 +138,14 @@ class TrainResult:
     val_names: tuple[str, ...] = ()
 
 
-PRESETS: dict[str, GLSNetConfig] = {"default": GLSNetConfig(), "small": SMALL}
+PRESETS: dict[str, GLSNetConfig] = {"default": GLSNetConfig(), "paper": GLSNetConfig(), "small": SMALL}
+PRESET_MODES: dict[str, TrainMode] = {"default": TrainMode.CROP, "paper": TrainMode.FULL, "small": TrainMode.CROP}
 
 
 def preset_config(preset: str = "default", variant: str | None = None, layout: Layout = Layout.DEEPGLOBE) -> GLSNetConfig:
-    """A named preset ("default": the paper's sizes; "small": CPU-sized), optionally with the backbones
-    of an ablation variant, and with the classes of the data layout."""
+    """A named preset ("paper"/"default": the paper's sizes; "small": CPU-sized), optionally with the
+    backbones of an ablation variant, and with the classes of the data layout. "paper" also trains in
+    the paper's mode (PRESET_MODES)."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     config = PRESETS[preset]
@@ -109,7 +154,7 @@ def preset_config(preset: str = "default", variant: str | None = None, layout: L
             raise InputError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
         global_backbone, local_backbone = VARIANTS[variant]
         config = config.replace(global_backbone=global_backbone, local_backbone=local_backbone)
-    return vaihingen_config(config) if Layout(layout) is Layout.VAIHINGEN else config
+    return Layout(layout).dataset.config(config)
 
 
 def open_training_scenes(options: TrainOptions) -> Scenes:
@@ -118,13 +163,15 @@ def open_training_scenes(options: TrainOptions) -> Scenes:
     return open_scenes(options.layout, options.data, options.config)
 
 
-def split_scenes(names: tuple[str, ...], options: TrainOptions) -> tuple[list[int], list[int]]:
-    """(train indices, validation indices): ``val_names`` if given, else a seeded ``val_fraction``."""
-    if options.val_names:
-        unknown = sorted(set(options.val_names) - set(names))
+def split_scenes(names: tuple[str, ...], options: TrainOptions, held_out: tuple[str, ...] = ()) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): ``val_names`` if given, else the data's own ``held_out``
+    scenes (an mmsegmentation folder's val/), else a seeded ``val_fraction``."""
+    chosen = options.val_names or held_out
+    if chosen:
+        unknown = sorted(set(chosen) - set(names))
         if unknown:
             raise InputError(f"validation scene(s) {unknown} not in the data; available: {list(names)[:10]}...")
-        val = [i for i, n in enumerate(names) if n in options.val_names]
+        val = [i for i, n in enumerate(names) if n in chosen]
     else:
         count = min(int(round(options.val_fraction * len(names))), len(names) - 1)
         order = np.random.default_rng([options.seed, 1]).permutation(len(names))
@@ -164,13 +211,16 @@ def _validate(model, scenes: Scenes, val: list[int], options: TrainOptions) -> S
         matrix, _ = score_scenes(model, scenes, val, eval_options)
     finally:
         model.train()
-    return matrix.scores(exclude=excluded_from_means(options.config))
+    return matrix.scores(exclude=excluded_from_means(options.config, options.mean_exclude))
 
 
 def train(options: TrainOptions) -> TrainResult:
     """Run (or continue) training to the requested step and write the checkpoint; see TrainOptions."""
     scenes = open_training_scenes(options)
-    train_idx, val_idx = split_scenes(scenes.names, options)
+    train_idx, val_idx = split_scenes(scenes.names, options, getattr(scenes, "validation_names", ()))
+    log.info("%s", options.mode_note())
+    differences = options.paper_differences()
+    log.info("differs from the paper's training: %s", "; ".join(differences) if differences else "nothing")
     total = options.steps if options.steps is not None else options.epochs * len(train_idx)
     every = options.val_every or len(train_idx)
     model, optimizer, start = _initial_state(options)
@@ -194,6 +244,7 @@ def train(options: TrainOptions) -> TrainResult:
         }
         save_checkpoint(options.out, model, step=step, optimizer=optimizer, extra=json_safe(extra))
 
+    window_of = _window_chooser(model, options)
     training_seconds = 0.0
     with _progress_bar(options.progress, max(0, total - start)) as advance:
         for step in range(start, total):
@@ -201,7 +252,7 @@ def train(options: TrainOptions) -> TrainResult:
             rng = np.random.default_rng([options.seed, 3, step])
             scene = scene_for_step(step, train_idx, options.seed)
             image, labels = read(scene)
-            sample = make_sample(image, labels, options.config, options.crop_size, options.batch_size, rng)
+            sample = make_sample(image, labels, options.config, window_of(labels.shape), options.batch_size, rng)
             output = model(sample.image, sample.patches, sample.boxes)
             loss = criterion(output, sample.patch_labels, sample.crop_labels)
             if not torch.isfinite(loss.total):
@@ -222,6 +273,22 @@ def train(options: TrainOptions) -> TrainResult:
         result.seconds_per_step = training_seconds / len(result.losses)
     checkpoint(result.final_step)
     return result
+
+
+def _window_chooser(model, options: TrainOptions) -> Callable[[tuple[int, int]], int | tuple[int, int]]:
+    """scene (height, width) -> what make_sample crops: ``crop_size`` in crop mode; in full mode the whole
+    scene or the budget's window (measured once, logged once per scene size)."""
+    if options.mode is TrainMode.CROP:
+        return lambda shape: options.crop_size
+    bytes_per_pixel = activation_bytes_per_pixel(model, options.focal_gamma)
+
+    @functools.lru_cache(maxsize=None)
+    def window(shape: tuple[int, int]) -> tuple[int, int]:
+        chosen = global_window(*shape, bytes_per_pixel, options.global_memory_mib, options.config.patch_size)
+        (log.info if chosen.whole else log.warning)("%s", chosen.describe(*shape, options.global_memory_mib))
+        return chosen.height, chosen.width
+
+    return lambda shape: window(tuple(shape))
 
 
 @contextlib.contextmanager

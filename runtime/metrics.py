@@ -8,6 +8,16 @@ import numpy as np
 
 from runtime.errors import InputError
 
+# Class names the papers leave out of their means: DeepGlobe's "unknown" (GLNet, MagNet, GLSNet report six
+# classes) and ISPRS's "clutter" (GLSNet's Table 2 reports five Vaihingen classes). glsnet.data.datasets
+# lists the convention per dataset; this rule by name gives the same subsets where only names are known.
+DEFAULT_MEAN_EXCLUDED = ("unknown", "clutter")
+
+
+def default_mean_exclusions(class_names: tuple[str, ...]) -> tuple[int, ...]:
+    """Indices of the classes the papers leave out of the means (by name: unknown, clutter)."""
+    return tuple(i for i, name in enumerate(class_names) if name.lower() in DEFAULT_MEAN_EXCLUDED)
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -22,6 +32,16 @@ class Scores:
     miou: float
     classes_in_mean: tuple[int, ...]
     support: np.ndarray  # labelled pixels per class
+    excluded: tuple[int, ...] = ()  # classes left out of the means on purpose (e.g. Vaihingen's clutter)
+
+    def mean_note(self, class_names: tuple[str, ...] | None = None) -> str:
+        """Which classes the means average, and which are left out and why, e.g.
+        'means over 5 classes: impervious, building, ...; left out: clutter (excluded)'."""
+        names = class_names or tuple(str(i) for i in range(len(self.iou)))
+        over = ", ".join(names[i] for i in self.classes_in_mean) or "no class"
+        left = [f"{names[i]} (excluded)" for i in self.excluded]
+        left += [f"{names[i]} (no pixels)" for i in range(len(names)) if i not in self.excluded and i not in self.classes_in_mean]
+        return f"means over {len(self.classes_in_mean)} classes: {over}" + (f"; left out: {', '.join(left)}" if left else "")
 
     def as_dict(self, class_names: tuple[str, ...] | None = None) -> dict:
         names = class_names or tuple(str(i) for i in range(len(self.iou)))
@@ -30,6 +50,7 @@ class Scores:
             "mean_f1": self.mean_f1,
             "miou": self.miou,
             "classes_in_mean": list(self.classes_in_mean),
+            "excluded_from_means": list(self.excluded),
             "per_class": {
                 n: {"precision": float(p), "recall": float(r), "f1": float(f), "iou": float(i), "support": int(s)}
                 for n, p, r, f, i, s in zip(names, self.precision, self.recall, self.f1, self.iou, self.support)
@@ -66,7 +87,8 @@ class ConfusionMatrix:
         return self
 
     def scores(self, exclude: tuple[int, ...] = ()) -> Scores:
-        """Scores; classes in ``exclude`` (DeepGlobe: class 0, unknown) are left out of the means.
+        """Scores; classes in ``exclude`` are left out of the means (the papers' subsets: DeepGlobe without
+        unknown, Vaihingen without clutter; see glsnet.data.datasets).
 
         A class with no labelled pixels and no predictions has undefined IoU/F1 (NaN) and is left
         out of the means as well.
@@ -93,4 +115,5 @@ class ConfusionMatrix:
             miou=mean(iou),
             classes_in_mean=in_mean,
             support=actual.astype(np.int64),
+            excluded=tuple(sorted(int(i) for i in exclude if 0 <= i < self.num_classes)),
         )

@@ -183,4 +183,27 @@ def test_calibrate_command(scene_files, small_bundle, tmp_path):
     assert result.exit_code == 0, result.output
     assert "12 calibration and 4 held-back patches" in result.output
     assert read_manifest(bundle).calibration["tiles"]["counts"]["calibration_patches"] == 12
-    assert runner.invoke(app, ["calibrate", str(bundle)]).exit_code == 2  # no images
+    no_images = runner.invoke(app, ["calibrate", str(bundle)])
+    assert isinstance(no_images.exception, InputError) and "--data DIR --layout" in str(no_images.exception)
+
+
+def test_calibrate_from_a_dataset_layout(small_bundle, tmp_path):
+    from export.cli import app
+    from glsnet.data.synthetic import write_synthetic_folder
+    from tests.test_datasets_mmseg import write_mmseg_folder
+
+    bundle = copy_bundle(small_bundle, tmp_path / "bundle")
+    folder = tmp_path / "deepglobe"
+    write_synthetic_folder(folder, 3, 256, 256, seed=1)
+    runner = CliRunner()
+    args = ["calibrate", str(bundle), "--data", str(folder), "--layout", "deepglobe", "--count", "12", "--holdout", "4",
+            "--scene-size", "256", "--max-scenes", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = read_manifest(bundle).calibration["tiles"]
+    assert info["counts"]["calibration_patches"] == 12 and len(info["sources"]) == 2
+    tiles = bundle_tiles(bundle, read_manifest(bundle))
+    assert tiles.has_labels  # the layout's labels came along
+    vaihingen = write_mmseg_folder(tmp_path / "vaihingen", 6)
+    mismatch = runner.invoke(app, ["calibrate", str(bundle), "--data", str(vaihingen), "--layout", "mmseg-vaihingen"])
+    assert isinstance(mismatch.exception, InputError) and "mmseg-vaihingen folder is labelled" in str(mismatch.exception)

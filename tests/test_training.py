@@ -175,7 +175,9 @@ def test_training_on_a_vaihingen_folder_uses_its_six_classes(tmp_path: Path):
     assert result.val_names == ("area1",) or result.val_names == ("area2",)
     step, scores = result.validation[-1]
     assert len(scores.iou) == 6
-    assert scores.classes_in_mean == tuple(i for i in range(6) if not np.isnan(scores.iou[i]))  # nothing excluded
+    # Vaihingen's means leave clutter (class 5) out, as the paper's Table 2 does
+    assert scores.excluded == (5,)
+    assert scores.classes_in_mean == tuple(i for i in range(5) if not np.isnan(scores.iou[i]))
     model, _ = load_model(tmp_path / "v.safetensors", expected=config)
     assert model.config.classes[4] == "car"
     with pytest.raises(InputError, match="vaihingen folder is labelled"):

@@ -1,9 +1,10 @@
-"""One labelled scene -> one training sample: a random crop, its patch grid and B of its patches.
+"""One labelled scene -> one training sample: a window of it, its patch grid and B of its patches.
 
-The crop plays the role of the paper's "whole image": the global branch sees all of it while the
-local branch sees ``patches_per_step`` patches of it, laid out by the same patch grid
-(runtime.patch_grid) and normalised the same way (runtime.preprocess) as at inference. On a GPU
-the crop can be the whole 2448 x 2448 image; on a CPU a few hundred pixels keep a step short.
+The window is what the global branch sees: the whole image in the paper's training mode (or the
+largest window a memory budget allows), a small random crop in the fast crop mode
+(glsnet.training). The local branch sees ``patches_per_step`` patches of the window, laid out by
+the same patch grid (runtime.patch_grid) and normalised the same way (runtime.preprocess) as at
+inference.
 """
 
 from __future__ import annotations
@@ -28,24 +29,27 @@ class TrainingSample:
 
 
 def random_crop(
-    image: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator
+    image: np.ndarray, labels: np.ndarray, size: int | tuple[int, int], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size`` x ``size`` window at a random position (the whole axis where the scene is smaller)."""
+    """A ``size`` x ``size`` (or (height, width)) window at a random position (the whole axis where the
+    scene is smaller)."""
+    size_y, size_x = (size, size) if isinstance(size, int) else size
     height, width = labels.shape
-    y = int(rng.integers(0, height - size + 1)) if height > size else 0
-    x = int(rng.integers(0, width - size + 1)) if width > size else 0
-    return image[y : y + size, x : x + size], labels[y : y + size, x : x + size]
+    y = int(rng.integers(0, height - size_y + 1)) if height > size_y else 0
+    x = int(rng.integers(0, width - size_x + 1)) if width > size_x else 0
+    return image[y : y + size_y, x : x + size_x], labels[y : y + size_y, x : x + size_x]
 
 
 def make_sample(
     image: np.ndarray,
     labels: np.ndarray,
     config: GLSNetConfig,
-    crop_size: int,
+    crop_size: int | tuple[int, int],
     patches_per_step: int,
     rng: np.random.Generator,
 ) -> TrainingSample:
-    """Crop, normalise, lay out the patch grid and pick ``patches_per_step`` of its patches (all if fewer)."""
+    """Crop (``crop_size``: a side or (height, width); at least the scene keeps it whole), normalise, lay
+    out the patch grid and pick ``patches_per_step`` of its patches (all if fewer)."""
     image, labels = random_crop(image, labels, crop_size, rng)
     height, width = labels.shape
     grid = make_grid(height, width, config.patch_size, config.min_overlap)

@@ -18,19 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from glsnet.config import GLSNetConfig
+from glsnet.data.datasets import ISPRS_CLASSES, ISPRS_PALETTE
 from glsnet.data.palette import Palette
 from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size
 from runtime.errors import InputError
 
-VAIHINGEN_CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
-VAIHINGEN_PALETTE: Palette = (
-    (255, 255, 255),
-    (0, 0, 255),
-    (0, 255, 255),
-    (0, 255, 0),
-    (255, 255, 0),
-    (255, 0, 0),
-)
+VAIHINGEN_CLASSES = ISPRS_CLASSES
+VAIHINGEN_PALETTE: Palette = ISPRS_PALETTE
 IMAGE_FOLDER = "top"
 LABEL_FOLDER = "gts"
 SUFFIXES = (".tif", ".tiff")

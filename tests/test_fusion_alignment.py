@@ -1,0 +1,93 @@
+"""Token alignment in GL-Deep Fusion: token k of the global and the local sequence cover the same pixels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from glsnet.fusion import GLDeepFusion, GlobalCrop, margin_tokens
+
+STRIDE = 32
+
+
+class PassQueries(nn.Module):
+    """An encoder that returns its queries unchanged, so the tokens' coordinates reach the decoder as they are."""
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return queries
+
+
+def coordinate_map(height: int, width: int, channels: int) -> torch.Tensor:
+    """[1, C, H, W] stride-32 map whose channel 0 is each cell's pixel x centre and channel 1 its y centre.
+
+    Both are linear in the cell index, so bilinear sampling returns the sampled pixel coordinate itself.
+    """
+    features = torch.zeros(1, channels, height, width, dtype=torch.float64)
+    features[0, 0] = (STRIDE * torch.arange(width, dtype=torch.float64) + 0.5)[None, :]
+    features[0, 1] = (STRIDE * torch.arange(height, dtype=torch.float64) + 0.5)[:, None]
+    return features
+
+
+def local_cell_centres(boxes: torch.Tensor, h: int, w: int, channels: int) -> torch.Tensor:
+    """[B, C, h, w] local features carrying the pixel centre of each token's cell of its patch box."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    features = torch.zeros(len(boxes), channels, h, w, dtype=torch.float64)
+    features[:, 0] = (x1[:, None] + (torch.arange(w) + 0.5)[None, :] * ((x2 - x1) / w)[:, None])[:, None, :]
+    features[:, 1] = (y1[:, None] + (torch.arange(h) + 0.5)[None, :] * ((y2 - y1) / h)[:, None])[:, :, None]
+    return features
+
+
+@pytest.mark.parametrize("patch, tokens", [(128, 4), (508, 16)])
+def test_token_k_of_both_sequences_covers_the_same_pixel_box(patch, tokens):
+    width = 8
+    fusion = GLDeepFusion(width, skip_width=4, head_width=4, num_classes=3, context=0.25).double().eval()
+    fusion.global_to_local = PassQueries()
+    fusion.local_to_global = PassQueries()
+    seen = {}
+    fusion.decoder.register_forward_pre_hook(lambda module, args: seen.update(from_global=args[0], from_local=args[1]))
+    # boxes well inside a 3000 x 2600 px map (no border clamping), at odd offsets, above 2048 px too
+    boxes = torch.tensor([[700.0, 900.0, 700.0 + patch, 900.0 + patch], [2201.0, 1333.0, 2201.0 + patch, 1333.0 + patch]],
+                         dtype=torch.float64)
+    local = local_cell_centres(boxes, tokens, tokens, width)
+    skip = torch.zeros(2, 4, patch // 4, patch // 4, dtype=torch.float64)
+    with torch.no_grad():
+        fusion(local, skip, coordinate_map(2600 // STRIDE, 3000 // STRIDE, width), boxes)
+    from_global, from_local = seen["from_global"], seen["from_local"]
+    assert from_global.shape == from_local.shape == (2, tokens * tokens, width)
+    torch.testing.assert_close(from_global[..., :2], from_local[..., :2], rtol=0, atol=1e-9)
+    # the sequences run row-major over the patch: token k = (row k // w, column k % w)
+    k = tokens + 1
+    pitch = patch / tokens
+    assert from_local[0, k, 0].item() == pytest.approx(700 + 1.5 * pitch)
+    assert from_local[0, k, 1].item() == pytest.approx(900 + 1.5 * pitch)
+
+
+def test_crop_is_the_patch_plus_whole_margin_tokens_at_the_local_pitch():
+    crop = GlobalCrop(context=0.25)
+    boxes = torch.tensor([[2049.0, 2051.0, 2557.0, 2559.0]], dtype=torch.float64)
+    ys, xs = crop.sample_points(boxes, 16, 16)
+    assert margin_tokens(16, 0.25) == 4 and xs.shape == ys.shape == (1, 24)
+    pitch = 508 / 16
+    torch.testing.assert_close(xs[0, 1:] - xs[0, :-1], torch.full((23,), pitch, dtype=torch.float64))
+    assert xs[0, 4].item() == pytest.approx(2049 + pitch / 2)  # first centre token = first local token
+    assert xs[0, 0].item() == pytest.approx(2049 - 4 * pitch + pitch / 2)  # 4 whole tokens of margin
+    assert xs[0, -1].item() == pytest.approx(2557 + 4 * pitch - pitch / 2)  # the crop spans 1.5 patches
+    assert ys[0, 4].item() == pytest.approx(2051 + pitch / 2)
+
+
+def test_fusion_output_ignores_global_features_beyond_the_margin():
+    """Context reaches only as far as the margin: a change of the global map far from the patch changes nothing."""
+    torch.manual_seed(0)
+    fusion = GLDeepFusion(8, skip_width=4, head_width=4, num_classes=3, context=0.25).eval()
+    features = torch.randn(1, 8, 40, 40)
+    boxes = torch.tensor([[256.0, 256.0, 384.0, 384.0]])  # 128 px patch, 4 tokens, 1 margin token = 32 px
+    local, skip = torch.randn(1, 8, 4, 4), torch.randn(1, 4, 32, 32)
+    far = features.clone()
+    far[..., 20:, :] += 5.0  # rows from pixel 640 on: beyond 384 + 32 (+ one cell of bilinear reach)
+    near = features.clone()
+    near[..., 7, 7] += 5.0  # the margin cell just above-left of the patch (pixel ~224)
+    with torch.no_grad():
+        reference = fusion(local, skip, features, boxes)
+        assert torch.equal(fusion(local, skip, far, boxes), reference)
+        assert not torch.allclose(fusion(local, skip, near, boxes), reference)
