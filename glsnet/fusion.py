@@ -11,6 +11,11 @@ so the crop is an (h + 2m) x (w + 2m) grid whose centre h x w tokens cover exact
 cells of the h x w local tokens. Encoder 2 lets every local token attend to the whole crop
 (context); the centre of encoder 1's output is taken before the decoder, which adds the two
 sequences token by token: token k of both then covers the same pixel box of the patch.
+
+Token normalisation (our choice; the paper leaves it open): each token sequence passes a LayerNorm
+before the encoders. With no Q/K projections, the only way training can sharpen the attention is to
+scale the tokens; without the norms the local tokens grew about 6x (rms 4.8 -> 28) once the crop had
+576 tokens, and INT8 could no longer represent them (docs/model.md, "Token normalisation").
 """
 
 from __future__ import annotations
@@ -149,6 +154,8 @@ class GLDeepFusion(nn.Module):
     def __init__(self, width: int, skip_width: int, head_width: int, num_classes: int, context: float) -> None:
         super().__init__()
         self.crop = GlobalCrop(context)
+        self.local_norm = nn.LayerNorm(width)
+        self.global_norm = nn.LayerNorm(width)
         self.global_to_local = CrossAttentionEncoder(width)  # encoder 1: queries global
         self.local_to_global = CrossAttentionEncoder(width)  # encoder 2: queries local
         self.decoder = FusionDecoder(width)
@@ -165,8 +172,8 @@ class GLDeepFusion(nn.Module):
         h, w = int(h), int(w)  # fixed by the patch size (the bundle contract), so plain ints when traced
         margin_y, margin_x = self.crop.margins(h, w)
         global_crop = self.crop(global_features, boxes, h, w)  # [B, d, h + 2my, w + 2mx]
-        local_tokens = local_features.flatten(2).transpose(1, 2)  # [B, h*w, d]
-        global_tokens = global_crop.flatten(2).transpose(1, 2)  # [B, (h + 2my)(w + 2mx), d]
+        local_tokens = self.local_norm(local_features.flatten(2).transpose(1, 2))  # [B, h*w, d]
+        global_tokens = self.global_norm(global_crop.flatten(2).transpose(1, 2))  # [B, (h + 2my)(w + 2mx), d]
         from_global = self.global_to_local(global_tokens, local_tokens)
         from_global = centre_tokens(from_global, h, w, margin_y, margin_x)  # token k: local token k's pixels
         from_local = self.local_to_global(local_tokens, global_tokens)

@@ -31,17 +31,26 @@ def small_config():
 
 @pytest.fixture(scope="session")
 def small_model(small_config):
-    """A seeded, randomly initialised small GLSNet in eval mode (BatchNorm statistics perturbed so BN is not identity)."""
+    """A seeded, randomly initialised small GLSNet in eval mode.
+
+    Its norms are perturbed as training would leave them: BatchNorm statistics, and LayerNorm scales
+    and shifts. With identity LayerNorms the fusion's normalised tokens give near-uniform logits, and
+    a 100 x 90 scene came out as one class, which proves little in a mask comparison.
+    """
     import torch
 
     from glsnet.model import build_glsnet
 
     torch.manual_seed(0)
     model = build_glsnet(small_config)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
     return model.eval()
 
 

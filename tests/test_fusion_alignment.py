@@ -42,6 +42,7 @@ def local_cell_centres(boxes: torch.Tensor, h: int, w: int, channels: int) -> to
 def test_token_k_of_both_sequences_covers_the_same_pixel_box(patch, tokens):
     width = 8
     fusion = GLDeepFusion(width, skip_width=4, head_width=4, num_classes=3, context=0.25).double().eval()
+    fusion.local_norm = fusion.global_norm = nn.Identity()  # geometry only: the tokens carry coordinates
     fusion.global_to_local = PassQueries()
     fusion.local_to_global = PassQueries()
     seen = {}
@@ -86,8 +87,25 @@ def test_fusion_output_ignores_global_features_beyond_the_margin():
     far = features.clone()
     far[..., 20:, :] += 5.0  # rows from pixel 640 on: beyond 384 + 32 (+ one cell of bilinear reach)
     near = features.clone()
-    near[..., 7, 7] += 5.0  # the margin cell just above-left of the patch (pixel ~224)
+    near[:, 0, 7, 7] += 5.0  # the margin cell just above-left of the patch (pixel ~224), one channel: the token
+    # LayerNorm removes a shift of all channels alike
     with torch.no_grad():
         reference = fusion(local, skip, features, boxes)
         assert torch.equal(fusion(local, skip, far, boxes), reference)
         assert not torch.allclose(fusion(local, skip, near, boxes), reference)
+
+
+def test_token_norms_make_the_fusion_blind_to_the_scale_of_the_branch_features():
+    """Training cannot sharpen the projection-free attention by inflating one branch's features (which INT8 cannot hold)."""
+    torch.manual_seed(0)
+    fusion = GLDeepFusion(8, skip_width=4, head_width=4, num_classes=3, context=0.25).double().eval()
+    features = torch.randn(1, 8, 40, 40, dtype=torch.float64)
+    boxes = torch.tensor([[256.0, 256.0, 384.0, 384.0]], dtype=torch.float64)
+    local, skip = torch.randn(1, 8, 4, 4, dtype=torch.float64), torch.randn(1, 4, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        reference = fusion(local, skip, features, boxes)
+        # equal but for LayerNorm's epsilon (1e-5 beside a variance of about 1)
+        torch.testing.assert_close(fusion(6.0 * local, skip, features, boxes), reference, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fusion(local, skip, 6.0 * features, boxes), reference, rtol=0, atol=1e-5)
+        fusion.local_norm = nn.Identity()
+        assert (fusion(6.0 * local, skip, features, boxes) - reference).abs().max() > 1e-2
