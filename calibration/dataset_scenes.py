@@ -16,8 +16,8 @@ from runtime.manifest import read_manifest
 
 def read_dataset_scenes(
     bundle_dir: str | Path, folder: str | Path, layout: str, split: str = "train", max_scenes: int = 16, seed: int = 0
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(images, labels) of up to ``max_scenes`` scenes (a seeded choice, in name order) of ``folder``."""
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """(images, labels, image files) of up to ``max_scenes`` scenes (a seeded choice, in name order) of ``folder``."""
     from glsnet.data.layouts import Layout, open_scenes
 
     try:
@@ -38,4 +38,4 @@ def read_dataset_scenes(
     count = len(scenes.names)
     picked = sorted(np.random.default_rng(seed).choice(count, size=min(max_scenes, count), replace=False).tolist())
     pairs = [scenes.read(i) for i in picked]
-    return [image for image, _ in pairs], [labels for _, labels in pairs]
+    return [image for image, _ in pairs], [labels for _, labels in pairs], [scenes.source(i) for i in picked]

@@ -150,15 +150,15 @@ def mask_to_classes(mask: np.ndarray, palette: Sequence[Sequence[int]], where: s
     return lut[code]
 
 
-def _open(image: str | Path | np.ndarray, index: int):
+def _open(image: str | Path | np.ndarray, name: str):
     if isinstance(image, np.ndarray):
-        return ArraySource(image, name=f"array[{index}]")
+        return ArraySource(image, name=name)
     return open_image(image)
 
 
-def _read_scenes(image, index: int, rng: np.random.Generator, options: TileOptions, min_bands: int):
+def _read_scenes(image, name: str, rng: np.random.Generator, options: TileOptions, min_bands: int):
     """(height, width, [(top, left, pixels)]) for the scenes of one image, decoding it once."""
-    source = _open(image, index)
+    source = _open(image, name)
     try:
         if source.bands < min_bands:
             raise InputError(
@@ -241,10 +241,10 @@ def _dominant_class(label: np.ndarray, num_classes: int) -> int:
     return int(counts.argmax()) if counts.sum() else -1
 
 
-def _describe(image, index: int, mask: Path | None, height: int, width: int) -> dict:
+def _describe(image, name: str, mask: Path | None, height: int, width: int) -> dict:
     if isinstance(image, np.ndarray):
         digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
-        return {"file": f"array[{index}]", "sha256": digest, "mask": None, "mask_sha256": None, "height": height, "width": width}
+        return {"file": name, "sha256": digest, "mask": None, "mask_sha256": None, "height": height, "width": width}
     return {"file": str(image), "sha256": sha256_file(image), "mask": str(mask) if mask else None,
             "mask_sha256": sha256_file(mask) if mask else None, "height": height, "width": width}
 
@@ -254,10 +254,12 @@ def sample_tiles(
     manifest: Manifest,
     options: TileOptions = TileOptions(),
     labels: Sequence[np.ndarray | None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> TileSet:
     """Sample scenes and balanced patches from image files (masks beside them are used) or arrays.
 
-    ``labels`` gives class-index masks for in-memory images (files find their masks themselves).
+    ``labels`` gives class-index masks for in-memory images (files find their masks themselves), and
+    ``names`` what errors and the manifest call them (the file they were read from; default array[i]).
     """
     if not images:
         raise InputError("calibration needs at least one image (PNG, JPEG or TIFF); none was given")
@@ -270,19 +272,22 @@ def sample_tiles(
     sources: list[dict] = []
     min_bands = max(manifest.normalization.bands) + 1
     for index, image in enumerate(images):
-        if not isinstance(image, np.ndarray):
+        if isinstance(image, np.ndarray):
+            name = names[index] if names is not None else f"array[{index}]"
+        else:
             image = Path(image)
-        height, width, regions = _read_scenes(image, index, rng, options, min_bands)
+            name = str(image)
+        height, width, regions = _read_scenes(image, name, rng, options, min_bands)
         boxes = [(top, left, *pixels.shape[:2]) for top, left, pixels in regions]
         mask = None if isinstance(image, np.ndarray) else find_mask(image)
         if labels is not None and labels[index] is not None:
             given = np.asarray(labels[index])
-            region_labels = [mask_to_classes(given[t : t + h, l : l + w], manifest.palette, f"labels[{index}]") for t, l, h, w in boxes]
+            region_labels = [mask_to_classes(given[t : t + h, l : l + w], manifest.palette, f"labels of {name}") for t, l, h, w in boxes]
         elif mask is not None:
             region_labels = _read_labels(mask, (height, width), boxes, manifest.palette)
         else:
             region_labels = [None] * len(regions)
-        sources.append(_describe(image, index, mask, height, width))
+        sources.append(_describe(image, name, mask, height, width))
         for (top, left, pixels), label in zip(regions, region_labels):
             scenes.append(pixels)
             scene_labels.append(label)
@@ -443,11 +448,12 @@ def calibrate_bundle(
     images: Sequence[str | Path | np.ndarray],
     options: TileOptions = TileOptions(),
     labels: Sequence[np.ndarray | None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> TileSet:
     """Sample tiles from ``images``, store them in the bundle and record how in manifest.calibration["tiles"].
 
     ``images`` are files (masks beside them are used) or arrays with their class-index ``labels``
-    (a dataset layout read by glsnet.data). The bundle must hold its fp32 graphs (the fusion inputs
+    and the ``names`` of the files they came from (a dataset layout read by glsnet.data). The bundle must hold its fp32 graphs (the fusion inputs
     are computed with them when the tiles are read).
     """
     import time
@@ -461,7 +467,7 @@ def calibrate_bundle(
     missing = [str(p) for p in images if not isinstance(p, np.ndarray) and not Path(p).is_file()]
     if missing:
         raise InputError(f"calibration images not found: {', '.join(missing[:5])}; pass existing PNG, JPEG or TIFF files")
-    tiles = sample_tiles(images, manifest, options, labels)
+    tiles = sample_tiles(images, manifest, options, labels, names)
     sha = save_tiles(tiles, bundle_dir / TILES_FILE)
     calibration = dict(manifest.calibration or {})
     calibration["tiles"] = {**tiles.info, "sha256": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

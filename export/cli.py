@@ -133,17 +133,17 @@ def calibrate_command(
         scenes_per_image=scenes_per_image, seed=seed,
     )
     console = Console()
-    labels = None
+    labels = names = None
     if data is not None:
         if images:
             raise InputError("give either IMAGES or --data, not both")
         from calibration.dataset_scenes import read_dataset_scenes
 
-        images, labels = read_dataset_scenes(bundle, data, layout, split, max_scenes, seed)
+        images, labels, names = read_dataset_scenes(bundle, data, layout, split, max_scenes, seed)
     elif not images:
         raise InputError("give calibration IMAGES, or a labelled folder with --data DIR --layout LAYOUT")
     with console.status(f"sampling calibration tiles from {len(images)} image(s) ..."):
-        tiles = calibrate_bundle(bundle, images, options, labels)
+        tiles = calibrate_bundle(bundle, images, options, labels, names)
     counts = tiles.counts()
     console.print(
         f"{counts['calibration_patches']} calibration and {counts['holdout_patches']} held-back patches of "

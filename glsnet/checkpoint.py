@@ -78,6 +78,16 @@ def read_config(path: str | Path) -> GLSNetConfig:
         raise CheckpointError(f"{path}: its configuration header is unreadable ({exc})") from exc
 
 
+def training_options(path: str | Path) -> dict[str, Any]:
+    """The options a checkpoint was trained with (what glsnet.training records), {} when it has none."""
+    try:
+        extra = json.loads(read_metadata(path).get("extra", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: its extra header is unreadable ({exc})") from exc
+    options = extra.get("train") if isinstance(extra, dict) else None
+    return options if isinstance(options, dict) else {}
+
+
 def load_model(path: str | Path, expected: GLSNetConfig | None = None) -> tuple[GLSNet, dict[str, Any]]:
     """Model in eval mode plus {"step", "extra", "sha256"}; refuses a checkpoint of another configuration."""
     from safetensors.torch import load_file

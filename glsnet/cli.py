@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from runtime.cli_errors import run_app
+from runtime.cli_options import parse_bands
 from runtime.errors import InputError
 
 app = typer.Typer(
@@ -44,19 +45,6 @@ class ModeChoice(str, Enum):
 class SplitChoice(str, Enum):
     train = "train"
     val = "val"
-
-
-def parse_bands(text: Optional[str]) -> Optional[tuple[int, ...]]:
-    """'3,0,1' -> (3, 0, 1); None stays None."""
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        bands = ()
-    if not bands or min(bands) < 0:
-        raise InputError(f"--bands {text!r}: expected 0-based band indices separated by commas, e.g. 0,1,2 or 3,0,1")
-    return bands
 
 
 LAYOUT_OPTION_HELP = (
@@ -98,7 +86,7 @@ def train(
     synthetic_count: int = typer.Option(8, help="Synthetic scenes to generate (with --synthetic)."),
     synthetic_size: str = typer.Option("1024x1024", help="Synthetic scene size HxW (with --synthetic)."),
     preset: Optional[PresetChoice] = typer.Option(None, help="paper: the paper's sizes and training (mode full); default: the paper's sizes, crop mode; small: CPU-sized (width 64, patch 128), crop mode. Default: default, or the --resume checkpoint's."),
-    mode: Optional[ModeChoice] = typer.Option(None, help="full: the paper's training, the global branch on the whole image each step (or the largest window --global-memory-mib allows, logged when less), six patches of it locally; crop: fast, for CPU smoke runs, the global branch on a random --crop-size crop and the patches from that crop (differs from the paper). Default: the preset's (paper: full, else crop)."),
+    mode: Optional[ModeChoice] = typer.Option(None, help="full: the paper's training, the global branch on the whole image each step (or the largest window --global-memory-mib allows, logged when less), six patches of it locally; crop: fast, for CPU smoke runs, the global branch on a random --crop-size crop and the patches from that crop (differs from the paper). Default: the preset's (paper: full, else crop), or the --resume checkpoint's."),
     global_memory_mib: Optional[float] = typer.Option(None, help="Mode full: activation memory budget of the global branch in MiB; images that need more are trained on the largest window that fits (logged). Default: no limit."),
     bands: Optional[str] = typer.Option(None, help="Image bands the model reads, 0-based in file order, e.g. 3,0,1 for IRRG from RGBIR tiles (default: 0,1,2)."),
     mean_exclude: Optional[str] = typer.Option(None, help=MEAN_EXCLUDE_HELP),
@@ -124,7 +112,7 @@ def train(
 
     --preset paper trains as the paper does (mode full). The log says which mode runs and every setting that differs from the paper's training.
     """
-    from glsnet.checkpoint import read_config
+    from glsnet.checkpoint import read_config, training_options
     from glsnet.config import with_bands
     from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
@@ -143,7 +131,12 @@ def train(
     chosen_bands = parse_bands(bands)
     if chosen_bands is not None:
         config = with_bands(config, chosen_bands)
-    chosen_mode = TrainMode(mode.value) if mode else PRESET_MODES[(preset or PresetChoice.default).value]
+    if mode is not None:
+        chosen_mode = TrainMode(mode.value)
+    elif resume is not None and preset is None:
+        chosen_mode = TrainMode(training_options(resume).get("mode", TrainMode.CROP.value))
+    else:
+        chosen_mode = PRESET_MODES[(preset or PresetChoice.default).value]
     if val_crop is None:
         val_crop = 512 if chosen_mode is TrainMode.CROP else 0
     options = TrainOptions(

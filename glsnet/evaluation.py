@@ -108,11 +108,12 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
     from glsnet.checkpoint import load_model
 
     model, info = load_model(checkpoint)
+    excluded = excluded_from_means(model.config, options.mean_exclude)  # checks the names before any scene is scored
     scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
     indices = list(range(len(scenes.names)))[: options.limit]
     matrix, pixels = score_scenes(model, scenes, indices, options)
     return EvaluationResult(
-        scores=matrix.scores(exclude=excluded_from_means(model.config, options.mean_exclude)),
+        scores=matrix.scores(exclude=excluded),
         class_names=tuple(model.config.classes),
         scenes=tuple(scenes.names[i] for i in indices),
         pixels=pixels,

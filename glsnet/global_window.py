@@ -2,10 +2,11 @@
 
 The paper's global branch sees the whole ultra-high-resolution image each step. Its training memory
 grows with the pixels: every activation the backward pass needs is kept. ``activation_bytes_per_pixel``
-measures that on a small probe (the bytes autograd saves for the global branch, its auxiliary head and
-loss, counted with ``torch.autograd.graph.saved_tensors_hooks``), which scales with the pixel count;
-``global_window`` then gives the whole image when it fits the budget, else the largest window of the
-image's aspect ratio (a multiple of the stride, at least one patch) that does.
+measures that on two small probes (the bytes autograd saves for the global branch, its auxiliary head and
+loss, counted with ``torch.autograd.graph.saved_tensors_hooks``) and takes the slope between them: the
+saved weights, the same at every size, drop out. ``global_window`` then gives the whole image when it
+fits the budget, else the largest window of the image's aspect ratio (a multiple of the stride, at least
+one patch) that does.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import torch
 from glsnet.losses import focal_loss
 from glsnet.model import GLSNet
 
-PROBE = 256  # px of the square probe image
+PROBES = (128, 256)  # px of the two square probe images (multiples of the stride: no rounding between them)
 STRIDE = 32
 
 
-def activation_bytes_per_pixel(model: GLSNet, gamma: float = 6.0) -> float:
-    """Bytes autograd saves per input pixel for the global branch + global aux head + focal loss (training mode)."""
+def saved_bytes(model: GLSNet, side: int, gamma: float = 6.0) -> int:
+    """Bytes autograd saves for the global branch + global aux head + focal loss on a ``side`` px square image."""
     branch = copy.deepcopy(model.global_branch).train()  # a copy: the probe must not move BatchNorm statistics
     head = copy.deepcopy(model.global_aux)
     saved = 0
@@ -34,13 +35,19 @@ def activation_bytes_per_pixel(model: GLSNet, gamma: float = 6.0) -> float:
         saved += tensor.numel() * tensor.element_size()
         return tensor
 
-    image = torch.randn(1, model.config.in_channels, PROBE, PROBE, generator=torch.Generator().manual_seed(0))
-    labels = torch.zeros(1, PROBE, PROBE, dtype=torch.int64)
+    image = torch.randn(1, model.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(1, side, side, dtype=torch.int64)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits = head(branch(image))
-        logits = torch.nn.functional.interpolate(logits, size=(PROBE, PROBE), mode="bilinear", align_corners=False)
+        logits = torch.nn.functional.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
         focal_loss(logits, labels, gamma)
-    return saved / (PROBE * PROBE)
+    return saved
+
+
+def activation_bytes_per_pixel(model: GLSNet, gamma: float = 6.0) -> float:
+    """Saved bytes per input pixel in training mode: the slope between the two probes, so weights do not count."""
+    small, large = (saved_bytes(model, side, gamma) for side in PROBES)
+    return (large - small) / (PROBES[1] ** 2 - PROBES[0] ** 2)
 
 
 @dataclass(frozen=True)

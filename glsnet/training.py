@@ -39,6 +39,8 @@ from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
 from runtime.errors import GlsnetError, InputError
 from runtime.metrics import Scores
+from runtime.patch_grid import make_grid
+from runtime.preprocess import check_bands
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,7 @@ def _validate(model, scenes: Scenes, val: list[int], options: TrainOptions) -> S
 
 def train(options: TrainOptions) -> TrainResult:
     """Run (or continue) training to the requested step and write the checkpoint; see TrainOptions."""
+    excluded_from_means(options.config, options.mean_exclude)  # checks the names: a wrong one fails now, not after an epoch
     scenes = open_training_scenes(options)
     train_idx, val_idx = split_scenes(scenes.names, options, getattr(scenes, "validation_names", ()))
     log.info("%s", options.mode_note())
@@ -252,6 +255,7 @@ def train(options: TrainOptions) -> TrainResult:
             rng = np.random.default_rng([options.seed, 3, step])
             scene = scene_for_step(step, train_idx, options.seed)
             image, labels = read(scene)
+            check_bands(image.shape[2], options.config.normalization, scenes.source(scene))
             sample = make_sample(image, labels, options.config, window_of(labels.shape), options.batch_size, rng)
             output = model(sample.image, sample.patches, sample.boxes)
             loss = criterion(output, sample.patch_labels, sample.crop_labels)
@@ -286,6 +290,13 @@ def _window_chooser(model, options: TrainOptions) -> Callable[[tuple[int, int]],
     def window(shape: tuple[int, int]) -> tuple[int, int]:
         chosen = global_window(*shape, bytes_per_pixel, options.global_memory_mib, options.config.patch_size)
         (log.info if chosen.whole else log.warning)("%s", chosen.describe(*shape, options.global_memory_mib))
+        patches = len(make_grid(chosen.height, chosen.width, options.config.patch_size, options.config.min_overlap))
+        if patches < options.batch_size:
+            log.warning(
+                "a %d x %d px window holds %d patch(es) of %d px: local batches of %d, not %d as the paper's "
+                "ultra-high-resolution scenes give (tiles such as mmsegmentation's 512 px ones are too small for it)",
+                chosen.width, chosen.height, patches, options.config.patch_size, patches, options.batch_size,
+            )
         return chosen.height, chosen.width
 
     return lambda shape: window(tuple(shape))

@@ -202,6 +202,7 @@ def test_calibrate_from_a_dataset_layout(small_bundle, tmp_path):
     assert result.exit_code == 0, result.output
     info = read_manifest(bundle).calibration["tiles"]
     assert info["counts"]["calibration_patches"] == 12 and len(info["sources"]) == 2
+    assert all(Path(s["file"]).parent == folder and Path(s["file"]).name.endswith("_sat.png") for s in info["sources"])
     tiles = bundle_tiles(bundle, read_manifest(bundle))
     assert tiles.has_labels  # the layout's labels came along
     vaihingen = write_mmseg_folder(tmp_path / "vaihingen", 6)

@@ -10,14 +10,17 @@ import pytest
 from PIL import Image
 
 from glsnet.config import DEEPGLOBE_PALETTE, SMALL
+from glsnet.data.datasets import DATASETS
 from glsnet.data.deepglobe import deepglobe_scenes
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.palette import colorize, decode_mask
 from glsnet.data.samples import make_sample
 from glsnet.data.synthetic import SyntheticScenes, synthetic_scene, write_synthetic_folder
-from glsnet.data.vaihingen import VAIHINGEN, VAIHINGEN_PALETTE, vaihingen_scenes
+from glsnet.data.vaihingen import VAIHINGEN_PALETTE, vaihingen_scenes
 from runtime.errors import InputError
 from runtime.patch_grid import make_grid
+
+VAIHINGEN = DATASETS["vaihingen"].config()
 
 # ---------------------------------------------------------------- palette
 

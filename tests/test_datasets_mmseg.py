@@ -95,6 +95,19 @@ def test_four_band_tiles_go_through_band_selection(tmp_path: Path):
         normalize(image, with_bands(SMALL, (0, 1, 5)).normalization)
 
 
+def test_a_band_the_tiles_lack_is_an_error_naming_the_file(tmp_path: Path):
+    from glsnet.training import TrainOptions, preset_config, train
+
+    layout = Layout.MMSEG_POTSDAM
+    root = write_mmseg_folder(tmp_path / "p", 6, size=128, per_split=1)  # RGB tiles
+    irrg = with_bands(preset_config("small", None, layout).replace(local_backbone="resnet18"), (3, 0, 1))
+    options = TrainOptions(out=tmp_path / "m.safetensors", data=root, layout=layout, config=irrg, steps=1, batch_size=1,
+                           crop_size=128, progress=False)
+    with pytest.raises(InputError, match=r"img_dir/train/area0_0_0_128_128\.png: .*3 band"):
+        train(options)
+    assert not options.out.exists()
+
+
 def test_training_on_an_mmseg_folder_validates_on_its_val_split(tmp_path: Path):
     from glsnet.training import TrainOptions, preset_config, train
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from glsnet.config import SMALL
-from glsnet.global_window import activation_bytes_per_pixel, global_window
+from glsnet.global_window import activation_bytes_per_pixel, global_window, saved_bytes
 from glsnet.model import build_glsnet
 from glsnet.training import PAPER_TRAINING, PRESET_MODES, TrainMode, TrainOptions, preset_config, train
 from runtime.errors import InputError
@@ -47,6 +47,13 @@ def test_full_mode_trains_the_global_branch_on_the_whole_image(tmp_path: Path, m
     assert shapes == [(1, 3, 192, 256)] * 2  # the whole synthetic scene, not a crop
 
 
+def test_full_mode_says_when_a_scene_is_too_small_for_the_papers_batch(tmp_path: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="glsnet"):
+        train(options(tmp_path / "m.safetensors", mode=TrainMode.FULL, synthetic_size=(128, 128), batch_size=6))
+    assert any("a 128 x 128 px window holds 1 patch(es) of 128 px: local batches of 1, not 6" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_crop_mode_trains_the_global_branch_on_a_crop(tmp_path: Path, monkeypatch):
     shapes = global_inputs(monkeypatch)
     train(options(tmp_path / "c.safetensors", mode=TrainMode.CROP, crop_size=160))
@@ -70,8 +77,11 @@ def test_a_memory_budget_shrinks_the_window_and_says_so(tmp_path: Path, monkeypa
 def test_activation_estimate_scales_with_the_pixels_it_measures():
     model = build_glsnet(TINY)
     per_pixel = activation_bytes_per_pixel(model)
-    # the probe's saved tensors include at least the fp32 input and the full-resolution aux logits per pixel
-    assert per_pixel > 4 * (TINY.in_channels + TINY.num_classes)
+    # the slope predicts a third size; the saved weights, the same at every size, are not counted per pixel
+    weights = saved_bytes(model, 128) - 128 * 128 * per_pixel
+    assert saved_bytes(model, 384) == pytest.approx(weights + 384 * 384 * per_pixel, rel=0.01)
+    parameters = sum(p.numel() * p.element_size() for p in model.global_branch.parameters())
+    assert weights == pytest.approx(parameters, rel=0.01)  # what does not grow with the image is the weights
     whole = global_window(2448, 2448, per_pixel, None, 508)
     assert whole.whole and (whole.height, whole.width) == (2448, 2448)
     fit = global_window(2448, 2448, per_pixel, whole.needed_mib / 4, 508)
@@ -91,6 +101,27 @@ def test_paper_preset_follows_the_paper_where_it_is_explicit(tmp_path: Path):
     assert "mode crop (paper: full)" in differences and "focal_gamma 2.0 (paper: 6.0)" in differences
     assert "batch_size 2 (paper: 6)" in differences and "patch_size 128 (paper: 508)" in differences
     assert "not the paper's" in smoke.mode_note() and "whole image" in smoke.mode_note()
+
+
+def test_a_wrong_mean_exclude_name_fails_before_any_step(tmp_path: Path, monkeypatch):
+    import glsnet.training
+
+    monkeypatch.setattr(glsnet.training, "open_training_scenes", lambda options: pytest.fail("scenes were read"))
+    with pytest.raises(InputError, match=r"--mean-exclude: \['Unknown'\] not among the model's classes"):
+        train(options(tmp_path / "m.safetensors", mean_exclude=("Unknown",)))
+
+
+def test_resume_keeps_the_checkpoints_mode(tmp_path: Path, monkeypatch, capsys):
+    from tests.test_train_cli import run_cli
+
+    common = ("--synthetic", "--synthetic-count", "2", "--synthetic-size", "160x160", "--batch-size", "2",
+              "--val-fraction", "0", "--out", tmp_path / "m.safetensors", "--no-progress")
+    code, _, err = run_cli(monkeypatch, capsys, "train", *common, "--preset", "small", "--mode", "full", "--steps", "1")
+    assert code == 0, err
+    code, out, err = run_cli(monkeypatch, capsys, "train", *common, "--steps", "2", "--resume", tmp_path / "m.safetensors")
+    text = " ".join((out + err).split())
+    assert code == 0, err
+    assert "mode full (the paper's)" in text and "trained steps 1..2" in text
 
 
 def test_bad_budget_is_an_input_error(tmp_path: Path):

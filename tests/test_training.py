@@ -13,7 +13,7 @@ from glsnet.config import SMALL
 from glsnet.data.deepglobe import deepglobe_scenes
 from glsnet.data.layouts import Layout
 from glsnet.data.samples import make_sample
-from glsnet.data.vaihingen import vaihingen_config
+from glsnet.data.datasets import DATASETS
 from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
 from glsnet.training import TrainOptions, preset_config, scene_for_step, split_scenes, train
@@ -136,7 +136,7 @@ def test_bad_options_are_input_errors(tmp_path: Path):
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path: Path, small_model):
     path = save_checkpoint(tmp_path / "small.safetensors", small_model, step=3)
     with pytest.raises(CheckpointError, match=r"small\.safetensors: a checkpoint of another configuration.*classes"):
-        load_model(path, expected=vaihingen_config(SMALL))
+        load_model(path, expected=DATASETS["vaihingen"].config(SMALL))
     with pytest.raises(CheckpointError, match="another configuration"):
         train(tiny_options(tmp_path / "y.safetensors", resume=path))
 
@@ -169,7 +169,7 @@ def test_training_on_a_vaihingen_folder_uses_its_six_classes(tmp_path: Path):
         image, labels = synthetic_scene(160, 160, seed=len(name))
         tifffile.imwrite(tmp_path / "top" / name, image)
         tifffile.imwrite(tmp_path / "gts" / name, colorize(labels % 6, VAIHINGEN_PALETTE))
-    config = vaihingen_config(TINY)
+    config = DATASETS["vaihingen"].config(TINY)
     result = train(tiny_options(tmp_path / "v.safetensors", data=tmp_path, layout=Layout.VAIHINGEN, config=config,
                                 steps=1, val_fraction=0.5, val_crop=None))
     assert result.val_names == ("area1",) or result.val_names == ("area2",)

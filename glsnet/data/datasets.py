@@ -30,7 +30,6 @@ class DatasetInfo:
     classes: tuple[str, ...]
     palette: Palette
     mean_excluded: tuple[str, ...]  # class names left out of mean F1 / mIoU, as the papers report them
-    reported: str  # where that convention comes from, printed with the scores
 
     def config(self, base: GLSNetConfig | None = None) -> GLSNetConfig:
         """``base`` (default: the paper's GLSNet) with this dataset's classes and palette."""
@@ -38,10 +37,10 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "deepglobe": DatasetInfo("deepglobe", DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, ("unknown",), "GLNet/MagNet/GLSNet: 6 classes, unknown left out"),
-    "vaihingen": DatasetInfo("vaihingen", ISPRS_CLASSES, ISPRS_PALETTE, ("clutter",), "GLSNet Table 2: 5 classes, clutter left out"),
-    "potsdam": DatasetInfo("potsdam", ISPRS_CLASSES, ISPRS_PALETTE, ("clutter",), "ISPRS custom: 5 classes, clutter left out"),
-    "loveda": DatasetInfo("loveda", LOVEDA_CLASSES, LOVEDA_PALETTE, (), "LoveDA benchmark: all 7 classes"),
+    "deepglobe": DatasetInfo("deepglobe", DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, ("unknown",)),  # GLNet/MagNet/GLSNet: 6 classes
+    "vaihingen": DatasetInfo("vaihingen", ISPRS_CLASSES, ISPRS_PALETTE, ("clutter",)),  # GLSNet Table 2: 5 classes
+    "potsdam": DatasetInfo("potsdam", ISPRS_CLASSES, ISPRS_PALETTE, ("clutter",)),  # the ISPRS custom: 5 classes
+    "loveda": DatasetInfo("loveda", LOVEDA_CLASSES, LOVEDA_PALETTE, ()),  # LoveDA benchmark: all 7 classes
 }
 
 

@@ -30,16 +30,6 @@ def read_rgb(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable image ({exc})") from exc
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from exc
-
-
 def deepglobe_pairs(folder: str | Path) -> tuple[ScenePair, ...]:
     """The folder's (image, mask) pairs sorted by id, checked to be complete and of equal sizes."""
     folder = check_folder(folder, "DeepGlobe")
@@ -50,7 +40,7 @@ def deepglobe_pairs(folder: str | Path) -> tuple[ScenePair, ...]:
         if not mask.is_file():
             raise InputError(f"{image}: image without a mask; expected {mask.name} beside it")
         pair = ScenePair(name, image, mask)
-        check_same_size(pair, _header_size(image), _header_size(mask))
+        check_same_size(pair)
         pairs.append(pair)
     if not pairs:
         raise InputError(

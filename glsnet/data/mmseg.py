@@ -27,6 +27,7 @@ import numpy as np
 
 from glsnet.data.scenes import ScenePair, check_folder, check_same_size
 from runtime.errors import InputError
+from runtime.image_readers import open_image
 
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".png", ".jpg", ".tif", ".tiff")
@@ -34,24 +35,15 @@ NO_LABEL = 0
 
 
 def read_pixels(path: Path) -> np.ndarray:
-    """uint8 [H, W, C] with every band the file holds (PNG/JPEG via Pillow, TIFF via tifffile)."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        from glsnet.data.vaihingen import read_tiff
-
-        pixels = read_tiff(path)
-    else:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as image:
-                if image.mode == "P":
-                    image = image.convert("RGB")
-                pixels = np.array(image)
-        except OSError as exc:
-            raise InputError(f"{path}: not a readable image ({exc})") from exc
+    """uint8 [H, W, C] with every band the file holds, read as the runtime reads images."""
+    source = open_image(path)
+    try:
+        pixels = source.read_rows(0, source.height)
+    finally:
+        source.close()
     if pixels.dtype != np.uint8:
         raise InputError(f"{path}: expected 8-bit pixels, found {pixels.dtype}")
-    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+    return pixels
 
 
 def read_index_labels(path: Path, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -79,20 +71,6 @@ def read_index_labels(path: Path, num_classes: int, ignore_index: int = 255) -> 
     return labels.astype(np.uint8)
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        from glsnet.data.vaihingen import _header_size as tiff_size
-
-        return tiff_size(path)
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from exc
-
-
 def mmseg_pairs(root: str | Path, split: str) -> tuple[ScenePair, ...]:
     """(image, label) pairs of one split, matched by file stem, checked to be complete and of equal sizes."""
     if split not in SPLITS:
@@ -106,7 +84,7 @@ def mmseg_pairs(root: str | Path, split: str) -> tuple[ScenePair, ...]:
         if not mask.is_file():
             raise InputError(f"{image}: image without a label; expected ann_dir/{split}/{mask.name}")
         pair = ScenePair(f"{split}/{image.stem}", image, mask)
-        check_same_size(pair, _header_size(image), _header_size(mask))
+        check_same_size(pair)
         pairs.append(pair)
     if not pairs:
         raise InputError(f"{images}: no image tiles found; expected img_dir/{split}/<name>.png with ann_dir/{split}/<name>.png")
@@ -129,6 +107,9 @@ class MmsegScenes:
     def validation_names(self) -> tuple[str, ...]:
         """The scenes of ``val/``: training holds these out instead of a random share."""
         return tuple(n for n in self.names if n.startswith("val/"))
+
+    def source(self, index: int) -> str:
+        return str(self.pairs[index].image)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -24,6 +24,10 @@ class Scenes(Protocol):
     @property
     def names(self) -> tuple[str, ...]: ...
 
+    def source(self, index: int) -> str:
+        """Where scene ``index`` comes from (its image file), for messages."""
+        ...
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -45,6 +49,9 @@ class FolderScenes:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.pairs)
+
+    def source(self, index: int) -> str:
+        return str(self.pairs[index].image)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -73,8 +80,29 @@ def check_folder(folder: str | Path, what: str) -> Path:
     return folder
 
 
-def check_same_size(pair: ScenePair, image_size: tuple[int, int], mask_size: tuple[int, int]) -> None:
-    """Sizes are (width, height), read from the file headers."""
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels (TIFF via tifffile, else Pillow)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+            raise InputError(f"{path}: not a readable TIFF file ({exc})") from exc
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable image ({exc})") from exc
+
+
+def check_same_size(pair: ScenePair) -> None:
+    """The image and its mask have the same size (read from their headers)."""
+    image_size, mask_size = header_size(pair.image), header_size(pair.mask)
     if image_size != mask_size:
         raise InputError(
             f"{pair.image}: image is {image_size[0]} x {image_size[1]} px but its mask {pair.mask} is "

@@ -289,6 +289,9 @@ class SyntheticScenes:
     def names(self) -> tuple[str, ...]:
         return tuple(f"synthetic-s{self.seed}-{i:03d}" for i in range(self.count))
 
+    def source(self, index: int) -> str:
+        return f"synthetic scene {self.names[index]}"
+
     def __len__(self) -> int:
         return self.count
 

@@ -7,7 +7,7 @@ Layout (as the ISPRS archives unpack, renamed to two short folders)::
 
 Any ``*.tif``/``*.tiff`` name works as long as both folders use it. Use the full ground truth or
 the eroded ("noBoundary") one as ``gts/``, as your protocol requires. The 6 classes get their own
-configuration, ``vaihingen_config()``: the bands are read in file order (IR, R, G) and normalised
+configuration (``glsnet.data.datasets.DATASETS["vaihingen"].config()``): the bands are read in file order (IR, R, G) and normalised
 with the ImageNet statistics, as is usual when starting from ImageNet weights.
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from glsnet.config import GLSNetConfig
 from glsnet.data.datasets import ISPRS_CLASSES, ISPRS_PALETTE
 from glsnet.data.palette import Palette
 from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size
@@ -30,12 +29,6 @@ LABEL_FOLDER = "gts"
 SUFFIXES = (".tif", ".tiff")
 
 
-def vaihingen_config(base: GLSNetConfig | None = None) -> GLSNetConfig:
-    """``base`` (default: the paper's GLSNet) with Vaihingen's 6 classes and palette."""
-    return (base or GLSNetConfig()).replace(classes=VAIHINGEN_CLASSES, palette=VAIHINGEN_PALETTE)
-
-
-VAIHINGEN = vaihingen_config()
 
 
 def read_tiff(path: Path) -> np.ndarray:
@@ -53,18 +46,6 @@ def read_tiff(path: Path) -> np.ndarray:
     return pixels
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the TIFF header."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            return int(page.imagewidth), int(page.imagelength)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise InputError(f"{path}: not a readable TIFF file ({exc})") from exc
-
-
 def vaihingen_pairs(root: str | Path) -> tuple[ScenePair, ...]:
     """(image, label) tiles matched by name, checked to be complete and of equal sizes."""
     root = check_folder(root, "Vaihingen")
@@ -76,7 +57,7 @@ def vaihingen_pairs(root: str | Path) -> tuple[ScenePair, ...]:
         if not mask.is_file():
             raise InputError(f"{image}: image without a label tile; expected {LABEL_FOLDER}/{image.name}")
         pair = ScenePair(image.stem, image, mask)
-        check_same_size(pair, _header_size(image), _header_size(mask))
+        check_same_size(pair)
         pairs.append(pair)
     if not pairs:
         raise InputError(f"{images}: no .tif tiles found; expected {IMAGE_FOLDER}/<name>.tif with {LABEL_FOLDER}/<name>.tif")
