@@ -5,12 +5,14 @@ matrices) and there is no feed-forward network. Encoder 1 takes queries from the
 and keys/values from the local ones; encoder 2 is its mirror. The decoder attends from both
 encoders' outputs to both, and a light convolutional head adds the local stride-4 features.
 
-Token alignment (our design; the paper leaves it open): the global crop is sampled at the local
-token pitch, with a whole number of margin tokens (``context`` x tokens, rounded) on each side,
-so the crop is an (h + 2m) x (w + 2m) grid whose centre h x w tokens cover exactly the pixel
-cells of the h x w local tokens. Encoder 2 lets every local token attend to the whole crop
-(context); the centre of encoder 1's output is taken before the decoder, which adds the two
-sequences token by token: token k of both then covers the same pixel box of the patch.
+Token alignment (our design; the paper leaves it open): both branches are ResNets, whose stride-32
+cell j is centred on pixel 32j of their input (every strided layer pads symmetrically). So local
+token j of a patch at x1 is centred on image pixel x1 + 32j, and the global crop samples the global
+map at exactly those pixels, at the same 32 px pitch, with a whole number of margin tokens
+(``context`` x tokens, rounded) on each side: an (h + 2m) x (w + 2m) grid whose centre h x w
+samples sit on the centres of the h x w local tokens. Encoder 2 lets every local token attend to
+the whole crop (context); the centre of encoder 1's output is taken before the decoder, which adds
+the two sequences token by token: token k of both then describes the same pixels of the image.
 
 Token normalisation (our choice; the paper leaves it open): each token sequence passes a LayerNorm
 before the encoders. With no Q/K projections, the only way training can sharpen the attention is to
@@ -50,19 +52,12 @@ def margin_tokens(tokens: int, context: float) -> int:
     return int(round(context * tokens))
 
 
-def token_centres(start: torch.Tensor, end: torch.Tensor, count: int) -> torch.Tensor:
-    """[B, count] pixel centres of ``count`` equal cells of [start, end) (the head's upsampling places
-    token j of a patch at the centre of cell j, as ``F.interpolate(align_corners=False)`` does)."""
-    steps = (torch.arange(count, dtype=start.dtype, device=start.device) + 0.5) / count
-    return start[:, None] + steps[None, :] * (end - start)[:, None]
-
-
 class GlobalCrop(nn.Module):
     """Crop each patch's footprint plus a margin of whole tokens out of the global feature map.
 
     For a patch of h x w tokens the crop is (h + 2m) x (w + 2m) samples at the local token pitch
-    (box size / tokens), m = ``margin_tokens`` per axis, so sample (i + m, j + m) lies at the centre
-    of local token (i, j). A separable matmul (crop = Wy . F . Wx^T) instead of RoiAlign: plain
+    (the stride), m = ``margin_tokens`` per axis, so sample (i + m, j + m) lies at the centre of local
+    token (i, j): patch pixel (stride i, stride j). A separable matmul (crop = Wy . F . Wx^T) instead of RoiAlign: plain
     MatMul and elementwise ops, no TensorRT plugin, exact in fp32, and dynamic in the batch and the
     map size.
     """
@@ -77,13 +72,17 @@ class GlobalCrop(nn.Module):
         return margin_tokens(h, self.context), margin_tokens(w, self.context)
 
     def sample_points(self, boxes: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, h + 2my] y, [B, w + 2mx] x) pixel coordinates of the crop's samples."""
-        x1, y1, x2, y2 = boxes.unbind(dim=1)
+        """([B, h + 2my] y, [B, w + 2mx] x) continuous pixel coordinates of the crop's samples (pixel p
+        spans [p, p + 1), so the centre of pixel x1 + stride j is x1 + stride j + 0.5)."""
         my, mx = self.margins(h, w)
-        pitch_y, pitch_x = (y2 - y1) / h, (x2 - x1) / w
-        ys = token_centres(y1 - my * pitch_y, y2 + my * pitch_y, h + 2 * my)
-        xs = token_centres(x1 - mx * pitch_x, x2 + mx * pitch_x, w + 2 * mx)
+        ys = self.token_centres(boxes[:, 1], my, h + 2 * my)
+        xs = self.token_centres(boxes[:, 0], mx, w + 2 * mx)
         return ys, xs
+
+    def token_centres(self, start: torch.Tensor, margin: int, count: int) -> torch.Tensor:
+        """[B, count] centres of the tokens from ``margin`` tokens before the patch edge ``start`` on."""
+        steps = (torch.arange(count, dtype=start.dtype, device=start.device) - margin) * self.stride + 0.5
+        return start[:, None] + steps[None, :]
 
     def forward(self, global_features: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """[1, d, Hg, Wg] map, [B, 4] boxes -> [B, d, h + 2my, w + 2mx] crops."""

@@ -29,13 +29,39 @@ def coordinate_map(height: int, width: int, channels: int) -> torch.Tensor:
     return features
 
 
-def local_cell_centres(boxes: torch.Tensor, h: int, w: int, channels: int) -> torch.Tensor:
-    """[B, C, h, w] local features carrying the pixel centre of each token's cell of its patch box."""
-    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+def local_token_centres(boxes: torch.Tensor, h: int, w: int, channels: int) -> torch.Tensor:
+    """[B, C, h, w] local features carrying the pixel centre of each token: patch pixel (32 i, 32 j), as a ResNet
+    centres its stride-32 cells (``test_a_resnet_token_is_centred_on_pixel_32_j``)."""
+    x1, y1 = boxes[:, 0], boxes[:, 1]
     features = torch.zeros(len(boxes), channels, h, w, dtype=torch.float64)
-    features[:, 0] = (x1[:, None] + (torch.arange(w) + 0.5)[None, :] * ((x2 - x1) / w)[:, None])[:, None, :]
-    features[:, 1] = (y1[:, None] + (torch.arange(h) + 0.5)[None, :] * ((y2 - y1) / h)[:, None])[:, :, None]
+    features[:, 0] = (x1[:, None] + STRIDE * torch.arange(w) + 0.5)[:, None, :]
+    features[:, 1] = (y1[:, None] + STRIDE * torch.arange(h) + 0.5)[:, :, None]
     return features
+
+
+def gradient_centroid(image: torch.Tensor, token: torch.Tensor) -> tuple[float, float]:
+    """(y, x) centroid of |d token / d image|: where in the image a feature cell looks."""
+    (grad,) = torch.autograd.grad(token, image, retain_graph=True)
+    mass = grad[0].abs().sum(0)
+    coords = torch.arange(mass.shape[0], dtype=mass.dtype)
+    return float((mass.sum(1) * coords).sum() / mass.sum()), float((mass.sum(0) * coords).sum() / mass.sum())
+
+
+def test_a_resnet_token_is_centred_on_pixel_32_j():
+    """The convention the crop rests on, measured: cell (i, j) of the local branch looks at pixel (32 i, 32 j).
+
+    The alternative, the centre of an equal 1/16 cell of the patch, would be 16 px further on at these tokens.
+    """
+    from glsnet.config import SMALL
+    from glsnet.model import build_glsnet
+
+    torch.manual_seed(0)
+    branch = build_glsnet(SMALL).local_branch.eval()
+    image = torch.randn(1, 3, 768, 768, requires_grad=True)  # large enough that these tokens' fields are not cut
+    features, _ = branch(image)
+    for i, j in ((10, 13), (7, 16)):
+        y, x = gradient_centroid(image, features[0, :, i, j].sum())
+        assert y == pytest.approx(STRIDE * i, abs=4) and x == pytest.approx(STRIDE * j, abs=4)
 
 
 @pytest.mark.parametrize("patch, tokens", [(128, 4), (508, 16)])
@@ -50,7 +76,7 @@ def test_token_k_of_both_sequences_covers_the_same_pixel_box(patch, tokens):
     # boxes well inside a 3000 x 2600 px map (no border clamping), at odd offsets, above 2048 px too
     boxes = torch.tensor([[700.0, 900.0, 700.0 + patch, 900.0 + patch], [2201.0, 1333.0, 2201.0 + patch, 1333.0 + patch]],
                          dtype=torch.float64)
-    local = local_cell_centres(boxes, tokens, tokens, width)
+    local = local_token_centres(boxes, tokens, tokens, width)
     skip = torch.zeros(2, 4, patch // 4, patch // 4, dtype=torch.float64)
     with torch.no_grad():
         fusion(local, skip, coordinate_map(2600 // STRIDE, 3000 // STRIDE, width), boxes)
@@ -59,9 +85,9 @@ def test_token_k_of_both_sequences_covers_the_same_pixel_box(patch, tokens):
     torch.testing.assert_close(from_global[..., :2], from_local[..., :2], rtol=0, atol=1e-9)
     # the sequences run row-major over the patch: token k = (row k // w, column k % w)
     k = tokens + 1
-    pitch = patch / tokens
-    assert from_local[0, k, 0].item() == pytest.approx(700 + 1.5 * pitch)
-    assert from_local[0, k, 1].item() == pytest.approx(900 + 1.5 * pitch)
+    assert from_global[0, k, 0].item() == pytest.approx(700 + STRIDE + 0.5)
+    assert from_global[0, k, 1].item() == pytest.approx(900 + STRIDE + 0.5)
+    assert from_global[1, -1, 0].item() == pytest.approx(2201 + STRIDE * (tokens - 1) + 0.5)
 
 
 def test_crop_is_the_patch_plus_whole_margin_tokens_at_the_local_pitch():
@@ -69,12 +95,11 @@ def test_crop_is_the_patch_plus_whole_margin_tokens_at_the_local_pitch():
     boxes = torch.tensor([[2049.0, 2051.0, 2557.0, 2559.0]], dtype=torch.float64)
     ys, xs = crop.sample_points(boxes, 16, 16)
     assert margin_tokens(16, 0.25) == 4 and xs.shape == ys.shape == (1, 24)
-    pitch = 508 / 16
-    torch.testing.assert_close(xs[0, 1:] - xs[0, :-1], torch.full((23,), pitch, dtype=torch.float64))
-    assert xs[0, 4].item() == pytest.approx(2049 + pitch / 2)  # first centre token = first local token
-    assert xs[0, 0].item() == pytest.approx(2049 - 4 * pitch + pitch / 2)  # 4 whole tokens of margin
-    assert xs[0, -1].item() == pytest.approx(2557 + 4 * pitch - pitch / 2)  # the crop spans 1.5 patches
-    assert ys[0, 4].item() == pytest.approx(2051 + pitch / 2)
+    torch.testing.assert_close(xs[0, 1:] - xs[0, :-1], torch.full((23,), float(STRIDE), dtype=torch.float64))
+    assert xs[0, 4].item() == 2049.5  # first centre sample = first local token: the patch's first pixel
+    assert xs[0, 0].item() == 2049.5 - 4 * STRIDE  # 4 whole tokens of margin
+    assert xs[0, -1].item() == 2049.5 + 19 * STRIDE  # the crop spans 24 tokens, 1.5 patches
+    assert ys[0, 4].item() == 2051.5
 
 
 def test_fusion_output_ignores_global_features_beyond_the_margin():
