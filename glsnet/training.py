@@ -220,7 +220,7 @@ def train(options: TrainOptions) -> TrainResult:
     """Run (or continue) training to the requested step and write the checkpoint; see TrainOptions."""
     excluded_from_means(options.config, options.mean_exclude)  # checks the names: a wrong one fails now, not after an epoch
     scenes = open_training_scenes(options)
-    train_idx, val_idx = split_scenes(scenes.names, options, getattr(scenes, "validation_names", ()))
+    train_idx, val_idx = split_scenes(scenes.names, options, scenes.validation_names)
     log.info("%s", options.mode_note())
     differences = options.paper_differences()
     log.info("differs from the paper's training: %s", "; ".join(differences) if differences else "nothing")

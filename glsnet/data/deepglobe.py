@@ -12,7 +12,7 @@ import numpy as np
 
 from glsnet.config import DEEPGLOBE_PALETTE
 from glsnet.data.palette import Palette
-from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size
+from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size, colour_coded_labels
 from runtime.errors import InputError
 
 IMAGE_SUFFIXES = ("_sat.jpg", "_sat.png")
@@ -51,4 +51,4 @@ def deepglobe_pairs(folder: str | Path) -> tuple[ScenePair, ...]:
 
 def deepglobe_scenes(folder: str | Path, palette: Palette = DEEPGLOBE_PALETTE) -> FolderScenes:
     """A DeepGlobe folder as Scenes (labels 0..6: unknown, urban, agriculture, rangeland, forest, water, barren)."""
-    return FolderScenes(deepglobe_pairs(folder), palette, read_rgb)
+    return FolderScenes(deepglobe_pairs(folder), read_rgb, colour_coded_labels(read_rgb, palette))

@@ -20,12 +20,12 @@ tiles have four); the model's ``bands`` pick the ones it reads (``--bands``). Tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from glsnet.data.scenes import ScenePair, check_folder, check_same_size
+from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size
 from runtime.errors import InputError
 from runtime.image_readers import open_image
 
@@ -91,41 +91,12 @@ def mmseg_pairs(root: str | Path, split: str) -> tuple[ScenePair, ...]:
     return tuple(pairs)
 
 
-@dataclass(frozen=True)
-class MmsegScenes:
-    """The scenes of some splits of an mmsegmentation folder; names are '<split>/<stem>'."""
-
-    pairs: tuple[ScenePair, ...]
-    num_classes: int
-    ignore_index: int = 255
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.pairs)
-
-    @property
-    def validation_names(self) -> tuple[str, ...]:
-        """The scenes of ``val/``: training holds these out instead of a random share."""
-        return tuple(n for n in self.names if n.startswith("val/"))
-
-    def source(self, index: int) -> str:
-        return str(self.pairs[index].image)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        pair = self.pairs[index]
-        image = read_pixels(pair.image)
-        labels = read_index_labels(pair.mask, self.num_classes, self.ignore_index)
-        if image.shape[:2] != labels.shape:
-            raise InputError(f"{pair.image}: image and label {pair.mask.name} differ in size")
-        return image, labels
-
-
-def mmseg_scenes(root: str | Path, num_classes: int, splits: tuple[str, ...] = SPLITS, ignore_index: int = 255) -> MmsegScenes:
-    """The chosen splits of an mmsegmentation folder (a missing val/ is fine when train/ exists, and vice versa)."""
+def mmseg_scenes(root: str | Path, num_classes: int, splits: tuple[str, ...] = SPLITS, ignore_index: int = 255) -> FolderScenes:
+    """The chosen splits of an mmsegmentation folder (a missing val/ is fine when train/ exists, and vice versa);
+    scenes are named '<split>/<stem>', and those of val/ are the ones training holds out."""
     root = Path(root)
     present = [s for s in splits if (root / "img_dir" / s).is_dir()] or list(splits[:1])
     pairs = tuple(p for split in present for p in mmseg_pairs(root, split))
-    return MmsegScenes(pairs, num_classes, ignore_index)
+    labels = functools.partial(read_index_labels, num_classes=num_classes, ignore_index=ignore_index)
+    held_out = tuple(p.name for p in pairs if p.name.startswith("val/"))
+    return FolderScenes(pairs, read_pixels, labels, held_out)

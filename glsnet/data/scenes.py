@@ -19,10 +19,15 @@ from runtime.errors import InputError
 
 
 class Scenes(Protocol):
-    """Anything with scene names and a reader: DeepGlobe/Vaihingen folders, synthetic scenes."""
+    """Anything with scene names and a reader: dataset folders (FolderScenes), synthetic scenes."""
 
     @property
     def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def validation_names(self) -> tuple[str, ...]:
+        """Scenes the data itself holds out for validation (may be empty)."""
+        ...
 
     def source(self, index: int) -> str:
         """Where scene ``index`` comes from (its image file), for messages."""
@@ -40,11 +45,15 @@ class ScenePair:
 
 @dataclass(frozen=True)
 class FolderScenes:
-    """Image/mask file pairs decoded with ``read_pixels`` and the RGB ``palette``."""
+    """Image/label file pairs: pixels from ``read_pixels``, class indices from ``read_labels``.
+
+    ``validation_names`` are scenes the data itself holds out (an mmsegmentation folder's val/).
+    """
 
     pairs: tuple[ScenePair, ...]
-    palette: Palette
     read_pixels: Callable[[Path], np.ndarray]
+    read_labels: Callable[[Path], np.ndarray]
+    validation_names: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -61,13 +70,18 @@ class FolderScenes:
         image = self.read_pixels(pair.image)
         if image.ndim == 2:
             image = image[:, :, None]
-        labels = decode_mask(self.read_pixels(pair.mask), self.palette, source=pair.mask)
+        labels = self.read_labels(pair.mask)
         if image.shape[:2] != labels.shape:
             raise InputError(
                 f"{pair.image}: image is {image.shape[1]} x {image.shape[0]} px but its mask {pair.mask.name} is "
                 f"{labels.shape[1]} x {labels.shape[0]} px; image and mask must have the same size"
             )
         return image, labels
+
+
+def colour_coded_labels(read_pixels: Callable[[Path], np.ndarray], palette: Palette) -> Callable[[Path], np.ndarray]:
+    """A label reader for RGB-coded masks (DeepGlobe, ISPRS): ``palette``'s colours to class indices."""
+    return lambda path: decode_mask(read_pixels(path), palette, source=path)
 
 
 def check_folder(folder: str | Path, what: str) -> Path:

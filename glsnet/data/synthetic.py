@@ -289,6 +289,10 @@ class SyntheticScenes:
     def names(self) -> tuple[str, ...]:
         return tuple(f"synthetic-s{self.seed}-{i:03d}" for i in range(self.count))
 
+    @property
+    def validation_names(self) -> tuple[str, ...]:
+        return ()
+
     def source(self, index: int) -> str:
         return f"synthetic scene {self.names[index]}"
 

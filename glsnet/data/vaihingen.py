@@ -19,7 +19,7 @@ import numpy as np
 
 from glsnet.data.datasets import ISPRS_CLASSES, ISPRS_PALETTE
 from glsnet.data.palette import Palette
-from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size
+from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size, colour_coded_labels
 from runtime.errors import InputError
 
 VAIHINGEN_CLASSES = ISPRS_CLASSES
@@ -66,4 +66,4 @@ def vaihingen_pairs(root: str | Path) -> tuple[ScenePair, ...]:
 
 def vaihingen_scenes(root: str | Path) -> FolderScenes:
     """A Vaihingen folder as Scenes (labels 0..5 in VAIHINGEN_CLASSES order)."""
-    return FolderScenes(vaihingen_pairs(root), VAIHINGEN_PALETTE, read_tiff)
+    return FolderScenes(vaihingen_pairs(root), read_tiff, colour_coded_labels(read_tiff, VAIHINGEN_PALETTE))
