@@ -61,10 +61,12 @@ class GlobalWindow:
     def describe(self, image_height: int, image_width: int, budget_mib: float | None) -> str:
         if self.whole:
             return f"global branch: the whole {image_width} x {image_height} px image (~{self.needed_mib:,.0f} MiB of activations)"
+        over = budget_mib is not None and self.window_mib > budget_mib
         return (
             f"global branch: {self.width} x {self.height} px windows of the {image_width} x {image_height} px image, "
             f"less than the paper's whole image: it needs ~{self.needed_mib:,.0f} MiB of activations, over the "
-            f"--global-memory-mib budget of {budget_mib:,.0f} MiB (window ~{self.window_mib:,.0f} MiB)"
+            f"--global-memory-mib budget of {budget_mib:,.0f} MiB (window ~{self.window_mib:,.0f} MiB"
+            + (", still over the budget: a window holds at least one patch)" if over else ")")
         )
 
 

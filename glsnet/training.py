@@ -283,6 +283,8 @@ def _window_chooser(model, options: TrainOptions) -> Callable[[tuple[int, int]],
     """scene (height, width) -> what make_sample crops: ``crop_size`` in crop mode; in full mode the whole
     scene or the budget's window (measured once, logged once per scene size)."""
     if options.mode is TrainMode.CROP:
+        if options.global_memory_mib is not None:
+            log.warning("--global-memory-mib applies to mode full; mode crop ignores it (the global branch sees --crop-size crops)")
         return lambda shape: options.crop_size
     bytes_per_pixel = activation_bytes_per_pixel(model, options.focal_gamma)
 

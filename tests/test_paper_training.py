@@ -74,6 +74,16 @@ def test_a_memory_budget_shrinks_the_window_and_says_so(tmp_path: Path, monkeypa
     assert any("mode full (the paper's)" in r.getMessage() for r in caplog.records)
 
 
+def test_a_budget_below_one_patch_gives_one_patch_and_says_it_is_over(tmp_path: Path, caplog):
+    window = global_window(2448, 2448, 1000.0, budget_mib=1.0, patch_size=508)
+    assert (window.height, window.width) == (508, 508) and window.window_mib > 1.0
+    assert "still over the budget: a window holds at least one patch" in window.describe(2448, 2448, 1.0)
+    assert "still over" not in global_window(2448, 2448, 1000.0, 2000.0, 508).describe(2448, 2448, 2000.0)
+    with caplog.at_level(logging.WARNING, logger="glsnet"):
+        train(options(tmp_path / "m.safetensors", mode=TrainMode.CROP, crop_size=128, global_memory_mib=100, steps=1))
+    assert any("--global-memory-mib applies to mode full" in r.getMessage() for r in caplog.records)
+
+
 def test_activation_estimate_scales_with_the_pixels_it_measures():
     model = build_glsnet(TINY)
     per_pixel = activation_bytes_per_pixel(model)
