@@ -57,9 +57,9 @@ class GlobalCrop(nn.Module):
 
     For a patch of h x w tokens the crop is (h + 2m) x (w + 2m) samples at the local token pitch
     (the stride), m = ``margin_tokens`` per axis, so sample (i + m, j + m) lies at the centre of local
-    token (i, j): patch pixel (stride i, stride j). A separable matmul (crop = Wy . F . Wx^T) instead of RoiAlign: plain
-    MatMul and elementwise ops, no TensorRT plugin, exact in fp32, and dynamic in the batch and the
-    map size.
+    token (i, j): patch pixel (stride i, stride j). A separable matmul (crop = Wy . F . Wx^T) instead
+    of RoiAlign: plain MatMul and elementwise ops, no TensorRT plugin, exact in fp32, and dynamic in
+    the batch and the map size.
     """
 
     def __init__(self, context: float, stride: int = 32) -> None:
