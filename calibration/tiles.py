@@ -453,8 +453,8 @@ def calibrate_bundle(
     """Sample tiles from ``images``, store them in the bundle and record how in manifest.calibration["tiles"].
 
     ``images`` are files (masks beside them are used) or arrays with their class-index ``labels``
-    and the ``names`` of the files they came from (a dataset layout read by glsnet.data). The bundle must hold its fp32 graphs (the fusion inputs
-    are computed with them when the tiles are read).
+    and the ``names`` of the files they came from (a dataset layout read by glsnet.data). The bundle
+    must hold its fp32 graphs (the fusion inputs are computed with them when the tiles are read).
     """
     import time
 

@@ -9,8 +9,8 @@ import numpy as np
 from runtime.errors import InputError
 
 # Class names the papers leave out of their means: DeepGlobe's "unknown" (GLNet, MagNet, GLSNet report six
-# classes) and ISPRS's "clutter" (GLSNet's Table 2 reports five Vaihingen classes). glsnet.data.datasets
-# lists the convention per dataset; this rule by name gives the same subsets where only names are known.
+# classes) and ISPRS's "clutter" (GLSNet's Table 2 reports five Vaihingen classes); LoveDA has neither and
+# averages all its classes. Training, evaluation and the accuracy gates all use this one rule.
 DEFAULT_MEAN_EXCLUDED = ("unknown", "clutter")
 
 
@@ -88,7 +88,7 @@ class ConfusionMatrix:
 
     def scores(self, exclude: tuple[int, ...] = ()) -> Scores:
         """Scores; classes in ``exclude`` are left out of the means (the papers' subsets: DeepGlobe without
-        unknown, Vaihingen without clutter; see glsnet.data.datasets).
+        unknown, Vaihingen without clutter; see default_mean_exclusions).
 
         A class with no labelled pixels and no predictions has undefined IoU/F1 (NaN) and is left
         out of the means as well.

@@ -2,7 +2,8 @@
 
 GLSNet's Table 2 reports Vaihingen over five classes (clutter left out); DeepGlobe results in this line
 of work (GLNet, MagNet, GLSNet) average six classes (unknown left out). Potsdam follows the ISPRS
-custom of Vaihingen; LoveDA's benchmark averages all seven classes. ``mean_excluded`` is only the
+custom of Vaihingen; LoveDA's benchmark averages all seven classes. One rule by class name gives all
+of these (runtime.metrics.default_mean_exclusions: unknown and clutter are left out); it is only the
 default: training and evaluation take an override (``--mean-exclude``).
 """
 
@@ -29,7 +30,6 @@ class DatasetInfo:
     name: str
     classes: tuple[str, ...]
     palette: Palette
-    mean_excluded: tuple[str, ...]  # class names left out of mean F1 / mIoU, as the papers report them
 
     def config(self, base: GLSNetConfig | None = None) -> GLSNetConfig:
         """``base`` (default: the paper's GLSNet) with this dataset's classes and palette."""
@@ -37,31 +37,21 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "deepglobe": DatasetInfo("deepglobe", DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, ("unknown",)),  # GLNet/MagNet/GLSNet: 6 classes
-    "vaihingen": DatasetInfo("vaihingen", ISPRS_CLASSES, ISPRS_PALETTE, ("clutter",)),  # GLSNet Table 2: 5 classes
-    "potsdam": DatasetInfo("potsdam", ISPRS_CLASSES, ISPRS_PALETTE, ("clutter",)),  # the ISPRS custom: 5 classes
-    "loveda": DatasetInfo("loveda", LOVEDA_CLASSES, LOVEDA_PALETTE, ()),  # LoveDA benchmark: all 7 classes
+    "deepglobe": DatasetInfo("deepglobe", DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE),  # means: 6 classes, not unknown
+    "vaihingen": DatasetInfo("vaihingen", ISPRS_CLASSES, ISPRS_PALETTE),  # GLSNet Table 2: 5 classes, not clutter
+    "potsdam": DatasetInfo("potsdam", ISPRS_CLASSES, ISPRS_PALETTE),  # the ISPRS custom: 5 classes, not clutter
+    "loveda": DatasetInfo("loveda", LOVEDA_CLASSES, LOVEDA_PALETTE),  # LoveDA benchmark: all 7 classes
 }
 
 
-def dataset_for_classes(classes: tuple[str, ...]) -> DatasetInfo | None:
-    """The first dataset labelled with exactly these classes (Vaihingen before Potsdam: same rules), or None."""
-    return next((d for d in DATASETS.values() if d.classes == tuple(classes)), None)
-
-
 def mean_exclusions(classes: tuple[str, ...], override: tuple[str, ...] | None = None) -> tuple[int, ...]:
-    """Indices of the classes left out of the means: ``override`` names if given, else the dataset's default."""
+    """Indices of the classes left out of the means: ``override`` names if given, else the papers' convention."""
     if override is None:
-        dataset = dataset_for_classes(classes)
-        if dataset is None:
-            return default_mean_exclusions(tuple(classes))
-        names = dataset.mean_excluded
-    else:
-        names = override
-    unknown = [n for n in names if n not in classes]
+        return default_mean_exclusions(tuple(classes))
+    unknown = [n for n in override if n not in classes]
     if unknown:
         raise InputError(f"--mean-exclude: {unknown} not among the model's classes {list(classes)}")
-    return tuple(classes.index(n) for n in names)
+    return tuple(classes.index(n) for n in override)
 
 
 def parse_class_names(text: str | None) -> tuple[str, ...] | None:

@@ -7,8 +7,8 @@ Layout (as the ISPRS archives unpack, renamed to two short folders)::
 
 Any ``*.tif``/``*.tiff`` name works as long as both folders use it. Use the full ground truth or
 the eroded ("noBoundary") one as ``gts/``, as your protocol requires. The 6 classes get their own
-configuration (``glsnet.data.datasets.DATASETS["vaihingen"].config()``): the bands are read in file order (IR, R, G) and normalised
-with the ImageNet statistics, as is usual when starting from ImageNet weights.
+configuration (``glsnet.data.datasets.DATASETS["vaihingen"].config()``): the bands are read in file
+order (IR, R, G) and normalised with the ImageNet statistics, as is usual with ImageNet weights.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ VAIHINGEN_PALETTE: Palette = ISPRS_PALETTE
 IMAGE_FOLDER = "top"
 LABEL_FOLDER = "gts"
 SUFFIXES = (".tif", ".tiff")
-
-
 
 
 def read_tiff(path: Path) -> np.ndarray:
