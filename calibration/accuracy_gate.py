@@ -28,7 +28,7 @@ from calibration.data_readers import TileFeeds
 from calibration.tiles import CALIBRATION, HOLDOUT, TileSet
 from runtime.comparison import compare_outputs
 from runtime.errors import AccuracyGateError
-from runtime.manifest import FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
+from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
 from runtime.metrics import ConfusionMatrix, default_mean_exclusions
 
 MIN_PIXEL_STD = 1.0  # a scene whose pixels vary less than this (in pixel units) is constant

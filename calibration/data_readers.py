@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from calibration.tiles import TileSet
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     FUSION_INPUTS,
     GLOBAL_INPUT,
     GLOBAL_OUTPUT,

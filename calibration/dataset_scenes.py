@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.manifest import read_manifest
+from runtime.bundle.manifest import read_manifest
 
 
 def read_dataset_scenes(

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.manifest import PRECISIONS, read_manifest
+    from runtime.bundle.manifest import PRECISIONS, read_manifest
 
     precisions = [p for p in PRECISIONS if p in read_manifest(args.bundle).graphs]
     with tempfile.TemporaryDirectory(prefix="glsnet-precision-bench-") as tmp:

@@ -30,7 +30,7 @@ import numpy as np
 from runtime.atomic_file import atomic_path
 from runtime.errors import BundleError, InputError
 from runtime.image_readers import ArraySource, open_image
-from runtime.manifest import Manifest, sha256_file
+from runtime.bundle.manifest import Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def calibrate_bundle(
     """
     import time
 
-    from runtime.manifest import graph_path, read_manifest, write_manifest
+    from runtime.bundle.manifest import graph_path, read_manifest, write_manifest
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -477,7 +477,7 @@ def calibrate_bundle(
 
 def bundle_tiles(bundle_dir: str | Path, manifest: Manifest) -> TileSet | None:
     """The bundle's calibration tiles, checksum-verified, or None when it has none."""
-    from runtime.manifest import verify_file
+    from runtime.bundle.manifest import verify_file
 
     entry = (manifest.calibration or {}).get("tiles")
     if not entry:

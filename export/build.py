@@ -46,7 +46,7 @@ from calibration.fp16 import FP16Options, convert_graph_to_fp16, kept_nodes_summ
 from calibration.int8 import Int8Options, build_int8_graphs
 from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, TileSet, bundle_tiles, sample_tiles
 from runtime.errors import BundleError, InputError
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     GRAPH_ROLES,
     EngineSpec,
     GraphSpec,

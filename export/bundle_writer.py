@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from runtime.errors import InputError
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     GlobalStageSpec,

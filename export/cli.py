@@ -85,7 +85,7 @@ def inspect_command(
     from export.inspect_graphs import ExampleSize, inspect_bundle, summary_tables
     from export.tensorrt_compat import check_bundle
     from runtime.errors import AccuracyGateError
-    from runtime.manifest import read_manifest
+    from runtime.bundle.manifest import read_manifest
 
     example = ExampleSize(height=height, width=width, batch=batch)
     summaries = inspect_bundle(bundle, example)

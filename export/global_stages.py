@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from runtime.manifest import GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT, GlobalStageSpec, TensorSpec, sha256_file
+from runtime.bundle.manifest import GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT, GlobalStageSpec, TensorSpec, sha256_file
 from runtime.optional_import import require
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,6 @@ def export_global_stages(model: Any, stage_dir: Path, options: Any, image: Any) 
 
 
 def _graph_spec(stage_dir: Path, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], opset: int) -> Any:
-    from runtime.manifest import GraphSpec
+    from runtime.bundle.manifest import GraphSpec
 
     return GraphSpec(file=path.relative_to(stage_dir).as_posix(), precision="fp32", sha256=sha256_file(path), inputs=inputs, outputs=outputs, opset=opset)

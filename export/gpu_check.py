@@ -113,7 +113,7 @@ def prepare_bundle(bundle: Path | None, out: Path) -> Path:
 
 
 def build_engines(bundle: Path, precision: str, images: list[Path], dla_core: int | None) -> None:
-    from runtime.manifest import read_manifest
+    from runtime.bundle.manifest import read_manifest
 
     if precision == "int8" and not (bundle / "calibration" / "tiles.npz").is_file():
         glsnet_export("calibrate", str(bundle), *(str(p) for p in images))
@@ -277,7 +277,7 @@ def check_cuda(
     from export.gpu_check_cuda import measure_cuda
     from glsnet.checkpoint import load_model
     from runtime.image_readers import open_image
-    from runtime.manifest import read_manifest
+    from runtime.bundle.manifest import read_manifest
     from runtime.preprocess import normalize
     from runtime.segmenter import Segmenter
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from runtime.cuda.device import Device, DeviceTensor
-from runtime.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
+from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
 from runtime.stream_scheduler import StreamScheduleOptions, StreamScheduler
 
 ROLE_IO = {

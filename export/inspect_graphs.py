@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import InputError
-from runtime.manifest import GRAPH_ROLES, PRECISIONS, TensorSpec, graph_path, read_manifest
+from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, TensorSpec, graph_path, read_manifest
 from runtime.optional_import import require
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")

@@ -1,6 +1,6 @@
 """GLSNet -> three ONNX graphs (global, local, fusion) and a bundle with its manifest.
 
-Each branch is exported on its own, with the tensor names of ``runtime.manifest`` and named dynamic
+Each branch is exported on its own, with the tensor names of ``runtime.bundle.manifest`` and named dynamic
 axes: the global graph's image height and width, the batch of the local and fusion graphs, and the
 global feature map's height and width in the fusion graph. Every graph is simplified with onnxslim,
 checked with the ONNX checker and strict shape inference, and its input and output dims are
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import CheckpointError, GlsnetError, InputError
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     FUSION_INPUTS,
     FUSION_OUTPUT,
     GLOBAL_INPUT,

@@ -32,7 +32,7 @@ from runtime.backends.tensorrt.buffers import tensor_shape
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, TARGET, engine_directory, slug
 from runtime.cuda.device import Device, DeviceInfo
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
+from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -519,7 +519,7 @@ def check_graph_file(
 
 def check_bundle(bundle_dir: str | Path, precision: str = "fp32", parsers: Iterable[str] = ("10", "11")) -> list[CompatReport]:
     """Check the three graphs of one precision in a bundle, and its global stage graphs if any (checksums verified first)."""
-    from runtime.manifest import GRAPH_ROLES, graph_path, read_manifest
+    from runtime.bundle.manifest import GRAPH_ROLES, graph_path, read_manifest
 
     manifest = read_manifest(bundle_dir)
     specs = [(role, manifest.graph(role, precision)) for role in GRAPH_ROLES]

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.comparison import ComparisonReport, compare_outputs, pixel_agreement
 from runtime.errors import CheckpointError, InputError
-from runtime.manifest import GRAPH_ROLES, Manifest, graph_path, read_manifest
+from runtime.bundle.manifest import GRAPH_ROLES, Manifest, graph_path, read_manifest
 from runtime.preprocess import normalize
 
 DEFAULT_SYNTHETIC_SIZE = 1024
@@ -186,7 +186,7 @@ def graph_feeds(model: Any, normalized: np.ndarray, batch_size: int) -> tuple[di
     import torch
 
     from glsnet.inference import pad_to_grid
-    from runtime.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS
+    from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS
     from runtime.patch_grid import make_grid
 
     c = model.config

@@ -15,7 +15,7 @@ from glsnet.config import GLSNetConfig
 from glsnet.model import GLSNet, build_glsnet
 from runtime.atomic_file import atomic_path
 from runtime.errors import CheckpointError
-from runtime.manifest import sha256_file
+from runtime.bundle.manifest import sha256_file
 
 FORMAT = "glsnet-checkpoint/1"
 

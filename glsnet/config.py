@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import CheckpointError, InputError
-from runtime.manifest import Normalization
+from runtime.bundle.manifest import Normalization
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 DEEPGLOBE_CLASSES = ("unknown", "urban", "agriculture", "rangeland", "forest", "water", "barren")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.image_writers import OutputOptions, OutputPaths
-from runtime.manifest import MANIFEST_NAME, sha256_file
+from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
 from runtime.segmenter import SegmenterOptions
 
 EXECUTION_ONLY = ("threads", "max_pixels")  # SegmenterOptions fields that do not change the outputs

@@ -171,7 +171,7 @@ def run_bench(options: BenchOptions) -> dict:
     """Run every measurement, print a table and write ``<out>/bench.json`` and the plots; returns the report."""
     from rich.console import Console
 
-    from runtime.manifest import read_manifest
+    from runtime.bundle.manifest import read_manifest
     from runtime.rss_timeline import Timeline, plot_timelines
 
     console = Console()

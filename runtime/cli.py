@@ -132,7 +132,7 @@ def info(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
     """Summarise a bundle: classes, patch geometry, graph sets, engines and accuracy reports."""
     from rich.console import Console
 
-    from runtime.bundle_summary import print_summary
+    from runtime.bundle.summary import print_summary
 
     print_summary(bundle, Console())
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.manifest import GLOBAL_INPUT, GLOBAL_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT
+from runtime.bundle.manifest import GLOBAL_INPUT, GLOBAL_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT
 
 FEATURE_STRIDE = 32
 DEFAULT_HALO = 256  # pixels of context above and below each band; a multiple of the stride

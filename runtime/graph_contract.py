@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.backends.base import TensorMeta
 from runtime.errors import BundleError
-from runtime.manifest import FUSION_OUTPUT, GLOBAL_INPUT, LOCAL_INPUT, Manifest, TensorSpec
+from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_INPUT, LOCAL_INPUT, Manifest, TensorSpec
 
 # (role, tensor, is_input, axis, what the manifest says it must be)
 _SEMANTIC_DIMS = (

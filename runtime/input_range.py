@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.image_readers import ImageSource
-from runtime.manifest import InputPixels, Normalization
+from runtime.bundle.manifest import InputPixels, Normalization
 from runtime.preprocess import check_bands
 
 PERCENTILE_SAMPLE_ROWS = 64

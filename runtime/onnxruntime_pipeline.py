@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
-from runtime.bundle import Bundle
+from runtime.bundle.loader import Bundle
 from runtime.graph_contract import check_graph
 from runtime.global_features import GlobalStage
 from runtime.heap_release import release_free_heap

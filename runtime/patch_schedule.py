@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.manifest import Manifest
+from runtime.bundle.manifest import Manifest
 from runtime.patch_grid import PatchGrid, make_grid
 
 ROLES = ("global", "local", "fusion")  # the three graphs (engines) of a bundle, in the order they run

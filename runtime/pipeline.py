@@ -22,7 +22,7 @@ from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import RowBand
 
 if TYPE_CHECKING:
-    from runtime.bundle import Bundle
+    from runtime.bundle.loader import Bundle
     from runtime.segmenter import SegmenterOptions
 
 ENGINES = ("onnxruntime", "tensorrt")

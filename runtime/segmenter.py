@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from runtime.bundle import Bundle, open_bundle
+from runtime.bundle.loader import Bundle, open_bundle
 from runtime.errors import InputError
 from runtime.heap_release import fixed_mmap_threshold
 from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image

@@ -27,7 +27,7 @@ import numpy as np
 from runtime.backends.tensorrt.buffers import DEFAULT_LOOKAHEAD, HOST_SLOTS, Allocation, BufferPlan, plan_buffers
 from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
 from runtime.errors import InputError
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     FUSION_INPUTS,
     FUSION_OUTPUT,
     GLOBAL_INPUT,

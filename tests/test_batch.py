@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from runtime.batch import BatchOptions, run_batch
 from runtime.batch_report import REPORT_NAME
 from runtime.cli import app
-from runtime.manifest import MANIFEST_NAME, sha256_file
+from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
 
 ray = pytest.importorskip("ray", reason="glsnet batch needs Ray: pip install 'glsnet-deploy[cluster]'")
 

@@ -388,7 +388,7 @@ def fp16_bundle(small_bundle, tmp_path_factory) -> Path:
     import dataclasses
 
     from calibration.fp16 import convert_graph_to_fp16
-    from runtime.manifest import read_manifest, sha256_file, write_manifest
+    from runtime.bundle.manifest import read_manifest, sha256_file, write_manifest
 
     bundle = tmp_path_factory.mktemp("fp16") / "bundle"
     shutil.copytree(small_bundle, bundle)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from export.onnx_export import ExportError, Exporter, ExportOptions, conform_io, export_bundle, export_graph, graph_io  # noqa: E402
 from export.verify import VerifyOptions, compare_graph, run_graph, torch_graph  # noqa: E402
 from runtime.errors import CheckpointError, InputError  # noqa: E402
-from runtime.manifest import GRAPH_ROLES, read_manifest, sha256_file  # noqa: E402
+from runtime.bundle.manifest import GRAPH_ROLES, read_manifest, sha256_file  # noqa: E402
 
 EXPECTED_INPUT_DIMS = {
     "global": {"image": [1, 3, "height", "width"]},

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from runtime.errors import BundleError  # noqa: E402
 from runtime.global_features import GlobalStage, global_features, stage_band_rows, staged_global_features  # noqa: E402
-from runtime.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from runtime.bundle.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
 from runtime.scheduler import PaddedReader, normalization_for  # noqa: E402
 from runtime.segmenter import Segmenter  # noqa: E402
 from runtime.image_readers import ArraySource  # noqa: E402

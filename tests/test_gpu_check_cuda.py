@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from export.gpu_check_cuda import CudaArrayView, TorchEngine, scheduled_mask, torch_engines  # noqa: E402
 from runtime.cuda.device import DeviceTensor  # noqa: E402
 from runtime.cuda.recording import RecordingDevice  # noqa: E402
-from runtime.manifest import read_manifest  # noqa: E402
+from runtime.bundle.manifest import read_manifest  # noqa: E402
 from runtime.preprocess import normalize  # noqa: E402
 
 

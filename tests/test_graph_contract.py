@@ -11,7 +11,7 @@ import pytest
 from runtime.backends.base import TensorMeta
 from runtime.errors import BundleError
 from runtime.graph_contract import check_graph
-from runtime.manifest import read_manifest
+from runtime.bundle.manifest import read_manifest
 from runtime.segmenter import Segmenter
 
 

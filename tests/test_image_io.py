@@ -13,7 +13,7 @@ from runtime.errors import InputError
 from runtime.image_readers import ArraySource, PillowSource, TiffSource, open_image
 from runtime.atomic_file import _UMASK
 from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
-from runtime.manifest import Manifest, Normalization, PatchSpec
+from runtime.bundle.manifest import Manifest, Normalization, PatchSpec
 
 GEO_EXTRATAGS = [
     (33550, "d", 3, (0.5, 0.5, 0.0), True),

@@ -11,7 +11,7 @@ import tifffile
 from runtime.errors import InputError
 from runtime.image_readers import ArraySource
 from runtime.input_range import InputRange, conform_source, parse_input_range
-from runtime.manifest import InputPixels, Normalization, read_manifest
+from runtime.bundle.manifest import InputPixels, Normalization, read_manifest
 from runtime.segmenter import Segmenter, SegmenterOptions
 from tests.test_segmenter import scene
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from runtime.errors import BundleError
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     SCHEMA_VERSION,
     GraphSpec,
     Manifest,
@@ -102,7 +102,7 @@ def test_a_graph_with_one_byte_changed_is_refused(bundle):
 
 
 def test_an_exported_graph_with_one_byte_changed_is_refused_by_the_runtime(small_bundle, tmp_path):
-    from runtime.bundle import Bundle
+    from runtime.bundle.loader import Bundle
 
     copy_dir = tmp_path / "bundle"
     copy_dir.mkdir()

@@ -20,7 +20,7 @@ from calibration.fp16 import (  # noqa: E402
     remove_fp16_round_trips,
 )
 from runtime.errors import BundleError  # noqa: E402
-from runtime.manifest import graph_path, read_manifest  # noqa: E402
+from runtime.bundle.manifest import graph_path, read_manifest  # noqa: E402
 
 
 def elem_types(model) -> dict[str, int]:

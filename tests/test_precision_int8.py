@@ -25,7 +25,7 @@ from calibration.int8 import (  # noqa: E402
     prepare_for_quantization,
 )
 from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, sample_tiles  # noqa: E402
-from runtime.manifest import graph_path, read_manifest  # noqa: E402
+from runtime.bundle.manifest import graph_path, read_manifest  # noqa: E402
 
 ROLES = ("global", "local", "fusion")
 NO_GATE = PrecisionThresholds(min_agreement=0.0, max_miou_drop=None)

@@ -17,7 +17,7 @@ import pytest
 from calibration.calibration_cache import CalibrationCache
 from calibration.tiles import TileOptions, calibrate_bundle
 from export.build import BuildOptions, build_precision
-from runtime.manifest import read_manifest
+from runtime.bundle.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from runtime.bundle import Bundle, open_bundle
+from runtime.bundle.loader import Bundle, open_bundle
 from runtime.errors import BundleError, InputError
-from runtime.manifest import EngineSpec, read_manifest, sha256_file, write_manifest
+from runtime.bundle.manifest import EngineSpec, read_manifest, sha256_file, write_manifest
 
 
 @pytest.fixture()

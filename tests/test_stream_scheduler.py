@@ -210,7 +210,7 @@ def test_matches_the_cpu_scheduler_with_onnx_runtime_sessions(small_bundle):
     """Async engines wrapping ONNX Runtime sessions: the same mask as the runtime's CPU scheduler."""
     pytest.importorskip("onnxruntime")
     from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
-    from runtime.bundle import open_bundle
+    from runtime.bundle.loader import open_bundle
     from runtime.image_readers import ArraySource
     from runtime.scheduler import ScheduleOptions, Scheduler
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from runtime.cuda.device import DeviceBuffer
 from runtime.cuda.recording import RecordingDevice
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     SCHEMA_VERSION,
     GraphSpec,
     Manifest,

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.errors import BundleError, InputError
-from runtime.manifest import (
+from runtime.bundle.manifest import (
     FUSION_INPUTS,
     FUSION_OUTPUT,
     GLOBAL_INPUT,

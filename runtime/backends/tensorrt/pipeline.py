@@ -32,7 +32,7 @@ from runtime.backends.tensorrt.runner import ContextMemory, TensorRTBackend
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
+from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
 from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import RowBand
 from runtime.preprocess import normalize

@@ -1,5 +1,5 @@
 // Strict reading of manifest.json. Each object's keys are a table (required / optional), so a new key
-// in the schema is one line here, and an unknown key is an error as in runtime/manifest.py.
+// in the schema is one line here, and an unknown key is an error as in runtime/bundle/manifest.py.
 #include "manifest.hpp"
 
 #include <openssl/evp.h>
@@ -89,7 +89,7 @@ const json& array(const json& v, const std::string& where, const char* key) {
   return v;
 }
 
-// A bundle-relative POSIX path that cannot leave the bundle (runtime/manifest.py _relative_file).
+// A bundle-relative POSIX path that cannot leave the bundle (runtime/bundle/manifest.py _relative_file).
 std::string relative_file(const json& value, const std::string& where) {
   std::string path = text(value, where, "file");
   bool parent = false;
@@ -162,7 +162,7 @@ void check_graph_set(const std::map<std::string, GraphSpec>& set, const std::str
 }
 
 // Stage graphs per precision, checked to chain from the image to the global features at the feature
-// stride (runtime/manifest.py _global_stages).
+// stride (runtime/bundle/manifest.py _global_stages).
 std::map<std::string, std::vector<GlobalStageSpec>> global_stages(const json& data, const Manifest& m, const std::string& where) {
   if (!data.is_object()) bad(where, "global_stages must map a precision to a list of stages");
   std::map<std::string, std::vector<GlobalStageSpec>> out;

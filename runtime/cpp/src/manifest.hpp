@@ -1,4 +1,4 @@
-// manifest.json, read strictly: the same checks as runtime/manifest.py (schema, unknown keys, paths, sha256).
+// manifest.json, read strictly: the same checks as runtime/bundle/manifest.py (schema, unknown keys, paths, sha256).
 #pragma once
 #include <array>
 #include <cstdint>
@@ -39,7 +39,7 @@ struct EngineSpec {
   std::map<std::string, EngineFile> files;  // role -> file
 };
 
-// One stage graph of the global branch (runtime/manifest.py GlobalStageSpec): `stride` input rows per output
+// One stage graph of the global branch (runtime/bundle/manifest.py GlobalStageSpec): `stride` input rows per output
 // row, `halo` input rows of context above and below a band that make its kept rows the whole-image ones.
 struct GlobalStageSpec {
   GraphSpec graph;

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runtime.errors import BundleError
-from runtime.manifest import Manifest, read_manifest, sha256_file
+from runtime.bundle.manifest import Manifest, read_manifest, sha256_file
 from runtime.memory_budget import format_bytes
 
 
@@ -103,7 +103,7 @@ def _verify(path: Path, expected: str, failures: list[str]) -> str:
 
 
 def _engine_path(bundle_dir: Path, directory: str, file: str) -> Path:
-    """An engine file as runtime.bundle resolves it: relative to the engine directory unless it already starts there."""
+    """An engine file as runtime.bundle.loader resolves it: relative to the engine directory unless it already starts there."""
     relative = Path(file)
     if relative.parts[: len(Path(directory).parts)] != Path(directory).parts:
         relative = Path(directory) / relative
