@@ -25,7 +25,7 @@ from runtime.bundle.manifest import (
     graph_path,
 )
 from runtime.optional_import import require
-from runtime.preprocess import normalize
+from runtime.image_io.preprocess import normalize
 
 Feed = dict[str, np.ndarray]
 

@@ -23,7 +23,7 @@ import numpy as np
 
 
 def _worker(bundle: str, image: str, precision: str, runs: int, threads: int | None, mask_out: str) -> None:
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
     from runtime.segmenter import Segmenter
 
     source = open_image(image)

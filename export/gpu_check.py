@@ -138,7 +138,7 @@ def measure(
     from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
     from runtime.comparison import pixel_agreement
     from runtime.cuda import open_device
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
 
     device = open_device()
     free_before, _ = device.memory_info()
@@ -234,7 +234,7 @@ def check(
     images = sorted(data.glob("*_sat.jpg"))[:count]
     bundle_dir = prepare_bundle(bundle, out)
 
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
     from runtime.segmenter import Segmenter
 
     references = {}
@@ -276,9 +276,9 @@ def check_cuda(
     from export.gpu_check_cuda import MIN_AGREEMENT as CUDA_MIN_AGREEMENT
     from export.gpu_check_cuda import measure_cuda
     from glsnet.checkpoint import load_model
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
     from runtime.bundle.manifest import read_manifest
-    from runtime.preprocess import normalize
+    from runtime.image_io.preprocess import normalize
     from runtime.segmenter import Segmenter
 
     checkpoint, bundle_dir = model_and_bundle(out, bundle, checkpoint, preset)

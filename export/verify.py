@@ -18,7 +18,7 @@ import numpy as np
 from runtime.comparison import ComparisonReport, compare_outputs, pixel_agreement
 from runtime.errors import CheckpointError, InputError
 from runtime.bundle.manifest import GRAPH_ROLES, Manifest, graph_path, read_manifest
-from runtime.preprocess import normalize
+from runtime.image_io.preprocess import normalize
 
 DEFAULT_SYNTHETIC_SIZE = 1024
 
@@ -130,7 +130,7 @@ def read_image(image: str | Path | np.ndarray | None, options: VerifyOptions) ->
         return pixels, f"synthetic scene (seed {options.seed})"
     if isinstance(image, np.ndarray):
         return image, "array"
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
 
     source = open_image(image)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from runtime.errors import CheckpointError, InputError
 from runtime.bundle.manifest import Normalization
-from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from runtime.image_io.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 DEEPGLOBE_CLASSES = ("unknown", "urban", "agriculture", "rangeland", "forest", "water", "barren")
 DEEPGLOBE_PALETTE = (

@@ -22,7 +22,7 @@ from glsnet.data.scenes import Scenes
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import InputError
 from runtime.metrics import ConfusionMatrix, Scores
-from runtime.preprocess import normalize
+from runtime.image_io.preprocess import normalize
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from runtime.batch_report import FAILED, REPORT_NAME, SKIPPED, BatchSummary, Rep
 from runtime.batch_resume import batch_provenance, is_done
 from runtime.batch_worker import Scene, SceneWorker
 from runtime.errors import ClusterError, InputError
-from runtime.image_writers import OutputOptions, OutputPaths
+from runtime.image_io.writers import OutputOptions, OutputPaths
 from runtime.memory_budget import format_bytes
 from runtime.ray_cluster import ray_session
 from runtime.segmenter import Segmenter, SegmenterOptions

@@ -11,7 +11,7 @@ import glob
 from pathlib import Path
 
 from runtime.errors import InputError
-from runtime.image_readers import PILLOW_SUFFIXES, TIFF_SUFFIXES
+from runtime.image_io.readers import PILLOW_SUFFIXES, TIFF_SUFFIXES
 
 IMAGE_SUFFIXES = PILLOW_SUFFIXES + TIFF_SUFFIXES
 LIST_SUFFIXES = (".txt", ".csv")

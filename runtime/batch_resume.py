@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.image_writers import OutputOptions, OutputPaths
+from runtime.image_io.writers import OutputOptions, OutputPaths
 from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
 from runtime.segmenter import SegmenterOptions
 

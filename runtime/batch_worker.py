@@ -18,7 +18,7 @@ from typing import Any
 from runtime import peak_rss
 from runtime.batch_report import FAILED, OK, SceneResult
 from runtime.errors import GlsnetError
-from runtime.image_writers import OutputOptions
+from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 

@@ -394,10 +394,10 @@ def _worker(args: argparse.Namespace) -> dict:
     """Segment one image with the runtime, as `glsnet run` would, and time it."""
     import resource
 
-    from runtime.image_writers import OutputOptions
+    from runtime.image_io.writers import OutputOptions
     from runtime.segmenter import Segmenter, SegmenterOptions
 
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
     from runtime.memory_budget import parse_memory_size
     from runtime.rss_timeline import RssSampler
 
@@ -438,8 +438,8 @@ def _worker(args: argparse.Namespace) -> dict:
 def _bands(args: argparse.Namespace) -> dict:
     """Global features whole vs in bands for several halos, and the banded mask vs the whole-image mask."""
     from runtime.global_features import DEFAULT_HALO, global_features, staged_global_features
-    from runtime.image_readers import open_image
-    from runtime.image_writers import OutputOptions
+    from runtime.image_io.readers import open_image
+    from runtime.image_io.writers import OutputOptions
     from runtime.scheduler import PaddedReader, normalization_for
     from runtime.segmenter import Segmenter, SegmenterOptions
 

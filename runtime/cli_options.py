@@ -77,7 +77,7 @@ def segmenter_options(
     dla_core: int | None = None,
 ):
     """The parsed flags as SegmenterOptions."""
-    from runtime.input_range import parse_input_range
+    from runtime.image_io.input_range import parse_input_range
     from runtime.memory_budget import parse_memory_size
     from runtime.segmenter import SegmenterOptions
 
@@ -99,6 +99,6 @@ def segmenter_options(
 
 def output_options(fmt: str, color: bool, overlay: bool, stats: bool, bands: str | None):
     """The parsed flags as OutputOptions (the overlay shows the bands fed to the model)."""
-    from runtime.image_writers import OutputOptions
+    from runtime.image_io.writers import OutputOptions
 
     return OutputOptions(format=fmt, color=color, overlay=overlay, stats=stats, display_bands=parse_bands(bands))

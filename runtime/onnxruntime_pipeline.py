@@ -17,7 +17,7 @@ from runtime.bundle.loader import Bundle
 from runtime.graph_contract import check_graph
 from runtime.global_features import GlobalStage
 from runtime.heap_release import release_free_heap
-from runtime.image_readers import ArraySource, ImageSource
+from runtime.image_io.readers import ArraySource, ImageSource
 from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import ROLES, RowBand
 from runtime.scheduler import Scheduler

@@ -17,7 +17,7 @@ import warnings
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from runtime.errors import InputError
-from runtime.image_readers import ImageSource
+from runtime.image_io.readers import ImageSource
 from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import RowBand
 

@@ -19,9 +19,9 @@ import numpy as np
 from runtime.bundle.loader import Bundle, open_bundle
 from runtime.errors import InputError
 from runtime.heap_release import fixed_mmap_threshold
-from runtime.image_readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
-from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
-from runtime.input_range import InputRange, conform_source
+from runtime.image_io.readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
+from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
+from runtime.image_io.input_range import InputRange, conform_source
 from runtime.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
 from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
 from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
@@ -163,7 +163,7 @@ class Segmenter:
         return mask
 
     def _conform(self, source: ImageSource) -> ImageSource:
-        """``source`` with its bands checked and its values in the trained range (see runtime.input_range)."""
+        """``source`` with its bands checked and its values in the trained range (see runtime.image_io.input_range)."""
         norm = normalization_for(self.manifest, self.options.bands)
         return conform_source(source, self.manifest.input_pixels, norm, self.options.input_range)
 

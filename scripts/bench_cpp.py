@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bench import synthetic_scene, write_tiled_tiff
-from runtime.image_readers import open_image
+from runtime.image_io.readers import open_image
 
 
 def measured(command: list[str], log: Path) -> tuple[float, int]:

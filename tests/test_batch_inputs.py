@@ -13,7 +13,7 @@ from runtime.atomic_file import atomic_path, remove_temporaries_of
 from runtime.batch_inputs import expand_inputs
 from runtime.batch_resume import batch_provenance, is_done
 from runtime.errors import InputError, MissingDependencyError
-from runtime.image_writers import OutputOptions
+from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import SegmenterOptions
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InputError
-from runtime.image_readers import open_image
+from runtime.image_io.readers import open_image
 from runtime.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
 
@@ -301,7 +301,7 @@ def test_cli_writes_the_same_files_as_glsnet_run(cpp_build, small_bundle, python
         tifffile.imwrite(path, image, tile=(64, 64), compression="zlib")
     else:
         Image.fromarray(image).save(path, quality=90)
-    from runtime.image_writers import OutputOptions
+    from runtime.image_io.writers import OutputOptions
 
     python_segmenter.segment_file(path, tmp_path / "py", OutputOptions(format=fmt))
     result = _run_cpp(cpp_build, "run", str(path), "--bundle", str(small_bundle), "-o", str(tmp_path / "cpp"), "--format", fmt, "--threads", "2")

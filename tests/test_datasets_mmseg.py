@@ -78,7 +78,7 @@ def test_mmseg_errors_name_the_file(tmp_path: Path):
 
 
 def test_four_band_tiles_go_through_band_selection(tmp_path: Path):
-    from runtime.preprocess import normalize
+    from runtime.image_io.preprocess import normalize
 
     layout = Layout.MMSEG_POTSDAM
     root = write_mmseg_folder(tmp_path / "p", 6, bands=4)

@@ -14,7 +14,7 @@ from runtime.global_features import GlobalStage, global_features, stage_band_row
 from runtime.bundle.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
 from runtime.scheduler import PaddedReader, normalization_for  # noqa: E402
 from runtime.segmenter import Segmenter  # noqa: E402
-from runtime.image_readers import ArraySource  # noqa: E402
+from runtime.image_io.readers import ArraySource  # noqa: E402
 
 
 def _reader(segmenter: Segmenter, height: int, width: int, seed: int = 3) -> tuple[PaddedReader, int]:

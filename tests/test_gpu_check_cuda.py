@@ -11,7 +11,7 @@ from export.gpu_check_cuda import CudaArrayView, TorchEngine, scheduled_mask, to
 from runtime.cuda.device import DeviceTensor  # noqa: E402
 from runtime.cuda.recording import RecordingDevice  # noqa: E402
 from runtime.bundle.manifest import read_manifest  # noqa: E402
-from runtime.preprocess import normalize  # noqa: E402
+from runtime.image_io.preprocess import normalize  # noqa: E402
 
 
 class RecordingLauncher:

@@ -10,9 +10,9 @@ import tifffile
 from PIL import Image
 
 from runtime.errors import InputError
-from runtime.image_readers import ArraySource, PillowSource, TiffSource, open_image
+from runtime.image_io.readers import ArraySource, PillowSource, TiffSource, open_image
 from runtime.atomic_file import _UMASK
-from runtime.image_writers import OutputOptions, OutputPaths, write_outputs
+from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
 from runtime.bundle.manifest import Manifest, Normalization, PatchSpec
 
 GEO_EXTRATAGS = [

@@ -17,7 +17,7 @@ from PIL import Image
 from runtime import atomic_file
 from runtime.atomic_file import create_temporary, remove_stale_temporaries, replace_all
 from runtime.errors import InputError
-from runtime.image_writers import OutputOptions
+from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import Segmenter
 from tests.test_segmenter import scene
 

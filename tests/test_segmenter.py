@@ -29,7 +29,7 @@ def scene(height: int, width: int, seed: int, bands: int = 3) -> np.ndarray:
 
 def reference_mask(model, image: np.ndarray) -> np.ndarray:
     from glsnet.inference import predict_mask
-    from runtime.preprocess import normalize
+    from runtime.image_io.preprocess import normalize
 
     return predict_mask(model, normalize(image, model.config.normalization))
 
@@ -59,7 +59,7 @@ def test_awkward_large_image_matches_the_reference(segmenter, small_model):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_real_deepglobe_image_matches_the_reference(segmenter, small_model, deepglobe_dir):
-    from runtime.image_readers import open_image
+    from runtime.image_io.readers import open_image
 
     path = sorted(deepglobe_dir.glob("*_sat.jpg"))[0]
     source = open_image(path)
@@ -203,7 +203,7 @@ def test_memory_budget_changes_the_plan_and_not_the_mask(small_bundle, segmenter
 
 
 def _array(image: np.ndarray):
-    from runtime.image_readers import ArraySource
+    from runtime.image_io.readers import ArraySource
 
     return ArraySource(image)
 
@@ -215,7 +215,7 @@ def _options(**changes):
 
 
 def test_segment_file_to_explicit_paths(segmenter, tmp_path):
-    from runtime.image_writers import OutputOptions, OutputPaths
+    from runtime.image_io.writers import OutputOptions, OutputPaths
 
     path = tmp_path / "in.png"
     Image.fromarray(scene(70, 80, 61)).save(path)

@@ -211,7 +211,7 @@ def test_matches_the_cpu_scheduler_with_onnx_runtime_sessions(small_bundle):
     pytest.importorskip("onnxruntime")
     from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
     from runtime.bundle.loader import open_bundle
-    from runtime.image_readers import ArraySource
+    from runtime.image_io.readers import ArraySource
     from runtime.scheduler import ScheduleOptions, Scheduler
 
     bundle = open_bundle(small_bundle)
@@ -222,7 +222,7 @@ def test_matches_the_cpu_scheduler_with_onnx_runtime_sessions(small_bundle):
     cpu = Scheduler(bundle.manifest, backends["global"], backends["local"], backends["fusion"])
     expected = cpu.segment(ArraySource(pixels), ScheduleOptions(batch_size=4))
 
-    from runtime.preprocess import normalize
+    from runtime.image_io.preprocess import normalize
 
     device = RecordingDevice(priority=("local",))
     engines = {role: HostAsyncBackend(device, backend.infer, role) for role, backend in backends.items()}

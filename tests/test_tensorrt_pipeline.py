@@ -9,8 +9,8 @@ from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
 from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.image_readers import ArraySource
-from runtime.preprocess import normalize
+from runtime.image_io.readers import ArraySource
+from runtime.image_io.preprocess import normalize
 from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, scratch_need, write_fake_bundle
 
 

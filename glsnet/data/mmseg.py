@@ -27,7 +27,7 @@ import numpy as np
 
 from glsnet.data.scenes import FolderScenes, ScenePair, check_folder, check_same_size
 from runtime.errors import InputError
-from runtime.image_readers import open_image
+from runtime.image_io.readers import open_image
 
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".png", ".jpg", ".tif", ".tiff")

@@ -3,7 +3,7 @@
 The window is what the global branch sees: the whole image in the paper's training mode (or the
 largest window a memory budget allows), a small random crop in the fast crop mode
 (glsnet.training). The local branch sees ``patches_per_step`` patches of the window, laid out by
-the same patch grid (runtime.patch_grid) and normalised the same way (runtime.preprocess) as at
+the same patch grid (runtime.patch_grid) and normalised the same way (runtime.image_io.preprocess) as at
 inference.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from glsnet.config import GLSNetConfig
 from runtime.patch_grid import make_grid
-from runtime.preprocess import normalize
+from runtime.image_io.preprocess import normalize
 
 
 @dataclass

@@ -129,7 +129,7 @@ class InputPixels:
     """The pixels the model was trained on: their type and the values they span (before normalisation).
 
     An image of another type is refused unless the user maps it onto this range (``--input-range``,
-    runtime/input_range.py): dividing a 16-bit pixel by an 8-bit scale gives a silently wrong mask.
+    runtime/image_io/input_range.py): dividing a 16-bit pixel by an 8-bit scale gives a silently wrong mask.
     Manifests written before this field existed were all trained on 8-bit images, hence the default.
     """
 

@@ -35,7 +35,7 @@ from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
 from runtime.memory_budget import MemoryPlan
 from runtime.patch_schedule import RowBand
-from runtime.preprocess import normalize
+from runtime.image_io.preprocess import normalize
 from runtime.stream_scheduler import StreamScheduleOptions, StreamScheduler
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ READ_ROWS = 512  # rows normalised at a time while filling the pinned image
 
 
 class RowSource(Protocol):
-    """What the pipeline reads images through (runtime.image_readers.ImageSource fits)."""
+    """What the pipeline reads images through (runtime.image_io.readers.ImageSource fits)."""
 
     height: int
     width: int

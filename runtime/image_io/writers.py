@@ -24,7 +24,7 @@ import numpy as np
 
 from runtime.atomic_file import create_temporary, remove_stale_temporaries, replace_all
 from runtime.errors import InputError
-from runtime.image_readers import ImageSource
+from runtime.image_io.readers import ImageSource
 from runtime.bundle.manifest import Manifest
 
 FORMATS = ("png", "tif")

@@ -1,0 +1,1 @@
+"""Image IO: readers (windowed TIFF, PNG/JPEG), atomic output writers, input ranges and normalisation."""
