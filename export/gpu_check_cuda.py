@@ -1,9 +1,9 @@
 """gpu-check's CUDA-only level: the real stream scheduler drives the three graphs, run by PyTorch on its own streams.
 
 For a GPU machine with CUDA, PyTorch and cuda-python but no TensorRT. What runs is the runtime's
-GPU schedule for real: runtime.stream_scheduler.StreamScheduler on runtime.cuda.cuda_python's
+GPU schedule for real: runtime.algorithm.stream_scheduler.StreamScheduler on runtime.cuda.cuda_python's
 Device (non-blocking streams, events, the device-side wait for the global features, pinned
-double-buffered staging, the device buffers of runtime.backends.tensorrt.buffers). Only the engines
+double-buffered staging, the device buffers of runtime.algorithm.device_buffers). Only the engines
 are PyTorch instead of TensorRT: each ``TorchEngine`` wraps one of the model's three sub-modules
 (the same ones the ONNX graphs are exported from), reads and writes the scheduler's own device
 buffers through ``__cuda_array_interface__`` views, and runs on the scheduler's stream through
@@ -29,7 +29,7 @@ import numpy as np
 
 from runtime.cuda.device import Device, DeviceTensor
 from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
-from runtime.stream_scheduler import StreamScheduleOptions, StreamScheduler
+from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 
 ROLE_IO = {
     "global": ((GLOBAL_INPUT,), (GLOBAL_OUTPUT,)),

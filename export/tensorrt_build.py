@@ -28,7 +28,7 @@ from typing import Any
 
 from runtime.atomic_file import write_bytes_atomic
 from runtime.backends.tensorrt.api import TensorRTApi, tensorrt_api
-from runtime.backends.tensorrt.buffers import tensor_shape
+from runtime.algorithm.device_buffers import tensor_shape
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, TARGET, engine_directory, slug
 from runtime.cuda.device import Device, DeviceInfo
 from runtime.errors import BundleError, GlsnetError, InputError

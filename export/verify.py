@@ -187,7 +187,7 @@ def graph_feeds(model: Any, normalized: np.ndarray, batch_size: int) -> tuple[di
 
     from glsnet.inference import pad_to_grid
     from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS
-    from runtime.patch_grid import make_grid
+    from runtime.algorithm.patch_grid import make_grid
 
     c = model.config
     _, height, width = normalized.shape

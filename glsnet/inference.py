@@ -2,7 +2,7 @@
 
 It chains the branches exactly as the runtime chains the three graphs: global features once,
 local and fusion per batch of patches, bilinear upsampling of the stride-4 logits to the patch,
-and pyramid-weighted blending (runtime.stitching) of overlapping patches.
+and pyramid-weighted blending (runtime.algorithm.stitching) of overlapping patches.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from glsnet.model import GLSNet
-from runtime.patch_grid import make_grid
-from runtime.stitching import patch_weights
+from runtime.algorithm.patch_grid import make_grid
+from runtime.algorithm.stitching import patch_weights
 
 
 def pad_to_grid(image: torch.Tensor, patch_size: int) -> torch.Tensor:

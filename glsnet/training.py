@@ -39,7 +39,7 @@ from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
 from runtime.errors import GlsnetError, InputError
 from runtime.metrics import Scores
-from runtime.patch_grid import make_grid
+from runtime.algorithm.patch_grid import make_grid
 from runtime.image_io.preprocess import check_bands
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from runtime.batch_resume import batch_provenance, is_done
 from runtime.batch_worker import Scene, SceneWorker
 from runtime.errors import ClusterError, InputError
 from runtime.image_io.writers import OutputOptions, OutputPaths
-from runtime.memory_budget import format_bytes
+from runtime.algorithm.memory_budget import format_bytes
 from runtime.ray_cluster import ray_session
 from runtime.segmenter import Segmenter, SegmenterOptions
 

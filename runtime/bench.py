@@ -29,7 +29,7 @@ import numpy as np
 
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
-from runtime.memory_budget import parse_memory_size
+from runtime.algorithm.memory_budget import parse_memory_size
 
 DEFAULT_HALOS = (0, 128, 256, 320, 384)
 DEFAULT_BUDGETS = ("700MB", "900MB", "1.2GB")
@@ -145,7 +145,7 @@ def measure_sgemm(size: int = 2048, seconds: float = 2.0) -> float:
 
 def bundle_flops(manifest, height: int, width: int, patches: int) -> float | None:
     """FLOPs of one image through the bundle, scaled from the counts export recorded (None when absent)."""
-    from runtime.patch_grid import make_grid
+    from runtime.algorithm.patch_grid import make_grid
 
     flops = manifest.provenance.get("flops")
     if not flops:
@@ -398,7 +398,7 @@ def _worker(args: argparse.Namespace) -> dict:
     from runtime.segmenter import Segmenter, SegmenterOptions
 
     from runtime.image_io.readers import open_image
-    from runtime.memory_budget import parse_memory_size
+    from runtime.algorithm.memory_budget import parse_memory_size
     from runtime.rss_timeline import RssSampler
 
     with RssSampler() as sampler:
@@ -437,10 +437,10 @@ def _worker(args: argparse.Namespace) -> dict:
 
 def _bands(args: argparse.Namespace) -> dict:
     """Global features whole vs in bands for several halos, and the banded mask vs the whole-image mask."""
-    from runtime.global_features import DEFAULT_HALO, global_features, staged_global_features
+    from runtime.algorithm.global_features import DEFAULT_HALO, global_features, staged_global_features
     from runtime.image_io.readers import open_image
     from runtime.image_io.writers import OutputOptions
-    from runtime.scheduler import PaddedReader, normalization_for
+    from runtime.algorithm.scheduler import PaddedReader, normalization_for
     from runtime.segmenter import Segmenter, SegmenterOptions
 
     halos = [int(h) for h in args.halos.split(",")]

@@ -78,7 +78,7 @@ def segmenter_options(
 ):
     """The parsed flags as SegmenterOptions."""
     from runtime.image_io.input_range import parse_input_range
-    from runtime.memory_budget import parse_memory_size
+    from runtime.algorithm.memory_budget import parse_memory_size
     from runtime.segmenter import SegmenterOptions
 
     engine, provider = engine_and_provider(engine, provider, device)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle.loader import Bundle
 from runtime.graph_contract import check_graph
-from runtime.global_features import GlobalStage
+from runtime.algorithm.global_features import GlobalStage
 from runtime.heap_release import release_free_heap
 from runtime.image_io.readers import ArraySource, ImageSource
-from runtime.memory_budget import MemoryPlan
-from runtime.patch_schedule import ROLES, RowBand
-from runtime.scheduler import Scheduler
+from runtime.algorithm.memory_budget import MemoryPlan
+from runtime.algorithm.patch_schedule import ROLES, RowBand
+from runtime.algorithm.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from runtime.segmenter import SegmenterOptions

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from runtime.errors import InputError
 from runtime.image_io.readers import ImageSource
-from runtime.memory_budget import MemoryPlan
-from runtime.patch_schedule import RowBand
+from runtime.algorithm.memory_budget import MemoryPlan
+from runtime.algorithm.patch_schedule import RowBand
 
 if TYPE_CHECKING:
     from runtime.bundle.loader import Bundle
@@ -82,7 +82,7 @@ def check_choice(engine: str, provider: str | None) -> None:
 
 def make_pipeline(bundle: "Bundle", options: "SegmenterOptions") -> Pipeline:
     """The pipeline ``options`` choose (engine, and provider for ONNX Runtime); nothing is loaded until it is opened."""
-    from runtime.scheduler import normalization_for
+    from runtime.algorithm.scheduler import normalization_for
 
     normalization = normalization_for(bundle.manifest, options.bands)
     if options.engine == "tensorrt":

@@ -22,11 +22,11 @@ from runtime.heap_release import fixed_mmap_threshold
 from runtime.image_io.readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
 from runtime.image_io.input_range import InputRange, conform_source
-from runtime.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
+from runtime.algorithm.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
 from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
 from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
 from runtime.rss_timeline import phase
-from runtime.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
+from runtime.algorithm.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
     from runtime.backends.tensorrt.pipeline import TensorRTPipeline
@@ -49,7 +49,7 @@ class SegmenterOptions:
     provider: str | None = None  # ONNX Runtime execution provider; None: cpu
     device: str | None = None
     batch_size: int | None = None
-    max_memory: int | None = None  # bytes; see runtime.memory_budget.parse_memory_size
+    max_memory: int | None = None  # bytes; see runtime.algorithm.memory_budget.parse_memory_size
     threads: int | None = None
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS

@@ -20,7 +20,7 @@ import pytest
 
 from runtime.errors import InputError
 from runtime.image_io.readers import open_image
-from runtime.scheduler import ScheduleOptions
+from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 ROOT = Path(__file__).resolve().parents[1]

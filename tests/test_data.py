@@ -18,7 +18,7 @@ from glsnet.data.samples import make_sample
 from glsnet.data.synthetic import SyntheticScenes, synthetic_scene, write_synthetic_folder
 from glsnet.data.vaihingen import VAIHINGEN_PALETTE, vaihingen_scenes
 from runtime.errors import InputError
-from runtime.patch_grid import make_grid
+from runtime.algorithm.patch_grid import make_grid
 
 VAIHINGEN = DATASETS["vaihingen"].config()
 

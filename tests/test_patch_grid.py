@@ -1,4 +1,4 @@
-"""The patch geometry (runtime.patch_grid): GLNet's rule, full coverage, padding of small images."""
+"""The patch geometry (runtime.algorithm.patch_grid): GLNet's rule, full coverage, padding of small images."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InputError
-from runtime.patch_grid import axis_starts, make_grid
+from runtime.algorithm.patch_grid import axis_starts, make_grid
 
 
 def coverage(grid) -> np.ndarray:

@@ -13,7 +13,7 @@ from runtime.cli import app
 from runtime.errors import InputError
 from runtime.image_io.readers import ArraySource
 from runtime.onnxruntime_pipeline import OnnxRuntimePipeline
-from runtime.patch_schedule import batches, grid_for
+from runtime.algorithm.patch_schedule import batches, grid_for
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 
@@ -57,9 +57,9 @@ def test_the_segmenter_chooses_its_pipeline_once_and_every_method_goes_through_i
 
 
 def test_both_schedulers_share_one_batching():
-    """The CPU and CUDA schedulers take their grid and batches from runtime.patch_schedule."""
-    import runtime.scheduler as cpu
-    import runtime.stream_scheduler as gpu
+    """The CPU and CUDA schedulers take their grid and batches from runtime.algorithm.patch_schedule."""
+    import runtime.algorithm.scheduler as cpu
+    import runtime.algorithm.stream_scheduler as gpu
     from test_tensorrt_support import make_manifest
 
     assert cpu.batches is batches is gpu.batches and cpu.grid_for is grid_for is gpu.grid_for

@@ -9,9 +9,9 @@ import pytest
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions, providers_for
 from runtime.errors import BundleError, GlsnetError, InputError, MissingDependencyError
-from runtime.global_features import GlobalStage
+from runtime.algorithm.global_features import GlobalStage
 from runtime.image_io.readers import ArraySource
-from runtime.scheduler import ScheduleOptions
+from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import InputError
-from runtime.memory_budget import (
+from runtime.algorithm.memory_budget import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_STAGED_BAND_ROWS,
     MemoryModel,

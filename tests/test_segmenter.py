@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from runtime.errors import BundleError, InputError
-from runtime.global_features import global_features, plan_bands
-from runtime.scheduler import PaddedReader, normalization_for
+from runtime.algorithm.global_features import global_features, plan_bands
+from runtime.algorithm.scheduler import PaddedReader, normalization_for
 from runtime.segmenter import Segmenter
 
 

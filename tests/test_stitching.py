@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.patch_grid import make_grid
-from runtime.stitching import Stitcher, patch_weights, upsample_logits, upsample_matrix
+from runtime.algorithm.patch_grid import make_grid
+from runtime.algorithm.stitching import Stitcher, patch_weights, upsample_logits, upsample_matrix
 
 
 def whole_image_blend(grid, logits: np.ndarray) -> np.ndarray:

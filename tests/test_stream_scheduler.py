@@ -8,7 +8,7 @@ import pytest
 from runtime.comparison import pixel_agreement
 from runtime.cuda.recording import Call, HostAsyncBackend, RecordingDevice
 from runtime.errors import InputError
-from runtime.stream_scheduler import StreamScheduleOptions, StreamScheduler
+from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 from test_tensorrt_support import NumpyGLSNet, make_manifest, manifest_for_config, normalized_image, reference_mask
 
 
@@ -212,7 +212,7 @@ def test_matches_the_cpu_scheduler_with_onnx_runtime_sessions(small_bundle):
     from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
     from runtime.bundle.loader import open_bundle
     from runtime.image_io.readers import ArraySource
-    from runtime.scheduler import ScheduleOptions, Scheduler
+    from runtime.algorithm.scheduler import ScheduleOptions, Scheduler
 
     bundle = open_bundle(small_bundle)
     graphs = bundle.graph_set("fp32")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.backends.tensorrt.buffers import largest_batch_within, numpy_dtype, plan_buffers, tensor_shape
+from runtime.algorithm.device_buffers import largest_batch_within, numpy_dtype, plan_buffers, tensor_shape
 from runtime.errors import BundleError, InputError
 from runtime.bundle.manifest import TensorSpec
 from test_tensorrt_support import make_manifest

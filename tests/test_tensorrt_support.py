@@ -43,8 +43,8 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
-from runtime.patch_grid import make_grid
-from runtime.stitching import patch_weights, upsample_logits
+from runtime.algorithm.patch_grid import make_grid
+from runtime.algorithm.stitching import patch_weights, upsample_logits
 
 # ----------------------------------------------------------------------------------- manifest
 

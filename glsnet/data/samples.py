@@ -3,7 +3,7 @@
 The window is what the global branch sees: the whole image in the paper's training mode (or the
 largest window a memory budget allows), a small random crop in the fast crop mode
 (glsnet.training). The local branch sees ``patches_per_step`` patches of the window, laid out by
-the same patch grid (runtime.patch_grid) and normalised the same way (runtime.image_io.preprocess) as at
+the same patch grid (runtime.algorithm.patch_grid) and normalised the same way (runtime.image_io.preprocess) as at
 inference.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from glsnet.config import GLSNetConfig
-from runtime.patch_grid import make_grid
+from runtime.algorithm.patch_grid import make_grid
 from runtime.image_io.preprocess import normalize
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from runtime.errors import BundleError
 from runtime.bundle.manifest import Manifest, read_manifest, sha256_file
-from runtime.memory_budget import format_bytes
+from runtime.algorithm.memory_budget import format_bytes
 
 
 def print_summary(bundle_dir: str | Path, console: Console) -> Manifest:

@@ -36,7 +36,7 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// '2GB', '1.5GiB', '512MB' or a byte count -> bytes (decimal units unless 'iB'), as runtime.memory_budget.
+// '2GB', '1.5GiB', '512MB' or a byte count -> bytes (decimal units unless 'iB'), as runtime.algorithm.memory_budget.
 uint64_t parse_memory(const std::string& text) {
   static const std::regex pattern(R"(\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*)");
   std::smatch m;

@@ -1,4 +1,4 @@
-// The global branch stage by stage in bands (docs/runtime-algorithm.md section 4, runtime/global_features.py
+// The global branch stage by stage in bands (docs/runtime-algorithm.md section 4, runtime/algorithm/global_features.py
 // staged_global_features): each stage runs on bands of its input rows with its own halo, its output rows
 // are pulled by the next stage band by band and dropped once no later band needs them.
 #pragma once

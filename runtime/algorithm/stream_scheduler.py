@@ -8,7 +8,7 @@ Per image:
 3. Before the first fusion, stream B waits on G with ``stream_wait_event``, a device-side wait:
    the host never blocks on the global branch. Then per batch: fusion, logits copied back to
    pinned memory, and the next local batch.
-4. The host stitches each batch's logits (runtime.stitching.Stitcher) while the GPU works on
+4. The host stitches each batch's logits (runtime.algorithm.stitching.Stitcher) while the GPU works on
    the next ones, and hands out mask rows as soon as no later patch touches them.
 
 Host waits are only those that protect reused memory: before refilling a staging slot (its
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from runtime.backends.tensorrt.buffers import DEFAULT_LOOKAHEAD, HOST_SLOTS, Allocation, BufferPlan, plan_buffers
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, HOST_SLOTS, Allocation, BufferPlan, plan_buffers
 from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
 from runtime.errors import InputError
 from runtime.bundle.manifest import (
@@ -36,9 +36,9 @@ from runtime.bundle.manifest import (
     LOCAL_OUTPUTS,
     Manifest,
 )
-from runtime.patch_grid import PatchGrid
-from runtime.patch_schedule import ROLES, RowBand, batches, grid_for
-from runtime.stitching import Stitcher, upsample_logits
+from runtime.algorithm.patch_grid import PatchGrid
+from runtime.algorithm.patch_schedule import ROLES, RowBand, batches, grid_for
+from runtime.algorithm.stitching import Stitcher, upsample_logits
 
 __all__ = ["AsyncEngine", "ROLES", "RowBand", "StreamScheduleOptions", "StreamScheduler"]
 

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from runtime.patch_grid import PatchGrid
+from runtime.algorithm.patch_grid import PatchGrid
 
 WEIGHT_FLOOR = 1e-3
 

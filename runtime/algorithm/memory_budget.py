@@ -1,7 +1,7 @@
 """A memory budget turned into a batch size and a global band height: the quickest plan that fits.
 
 The local and fusion graphs cost the same per batch whatever the image; the global graph is the
-one part whose memory grows with the image, so it runs in horizontal bands (runtime.global_features):
+one part whose memory grows with the image, so it runs in horizontal bands (runtime.algorithm.global_features):
 stage by stage when the bundle has stage graphs (small halos, cheap bands, so by default too, which
 keeps memory flat in image height), else as its single graph with a large halo per band. Under a
 budget every (batch, band) pair that fits is priced by a time model (work in patch units: patches,
@@ -40,7 +40,7 @@ MIN_GLOBAL_BAND_ROWS = 128
 # pixels, so the runtime's peak memory stops growing with image size: about 2550 x 2550, so that a
 # 2448 x 2448 scene runs whole and anything larger runs in bands no larger than it.
 DEFAULT_WHOLE_IMAGE_PIXELS = 6_000_000
-# Stage-wise bands cost ~2% of the run's time (runtime.global_features), so a bundle with stage graphs
+# Stage-wise bands cost ~2% of the run's time (runtime.algorithm.global_features), so a bundle with stage graphs
 # always bands its global branch, in bands of this many image rows: memory stays flat in image height.
 DEFAULT_STAGED_BAND_ROWS = 512
 # The time model, in units of one patch through the local and fusion graphs: a graph run costs this

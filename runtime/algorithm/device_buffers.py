@@ -31,7 +31,7 @@ from runtime.bundle.manifest import (
     PatchSpec,
     TensorSpec,
 )
-from runtime.patch_grid import make_grid
+from runtime.algorithm.patch_grid import make_grid
 
 HOST_SLOTS = 2  # double-buffered pinned staging
 DEFAULT_LOOKAHEAD = 2

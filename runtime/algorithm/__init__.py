@@ -1,0 +1,1 @@
+"""The written algorithm (docs/runtime-algorithm.md): patch grid, schedule, stitching, global features in bands, memory plan, device buffer plan; the CPU scheduler and the stream scheduler are its two drivers."""
