@@ -5,7 +5,7 @@ synthetic scenes; each worker count segments all of them into a fresh folder on 
 instance (started once, so its start-up is paid once and left out of the rates). Each worker
 reserves one CPU and runs ONNX Runtime on one thread: two workers use twice the cores, which is
 what adding workers to a cluster does. Per-worker peak RSS is the highest per-scene peak of each
-worker process (runtime.peak_rss). With no bundle given, a seeded random-init bundle of the small
+worker process (runtime.process_memory.peak_rss). With no bundle given, a seeded random-init bundle of the small
 configuration is exported first (that needs torch).
 """
 

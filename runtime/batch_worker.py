@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime import peak_rss
+from runtime.process_memory import peak_rss
 from runtime.batch_report import FAILED, OK, SceneResult
 from runtime.errors import GlsnetError
 from runtime.image_io.writers import OutputOptions

@@ -5,7 +5,7 @@ tiled TIFF): wall time, peak RSS (os.wait4 on each child, so each process's own 
 patches per second, for the runtime and for glsnet.inference; the ratios; the runtime's peak RSS
 on taller scenes (``tall_factors``), to show it does not grow with height; wall time and peak RSS
 under each ``--max-memory`` of ``budgets`` and the lowest one accepted; an RSS timeline of every
-runtime run, tagged with the runtime's phase (runtime.rss_timeline), plotted beside the report;
+runtime run, tagged with the runtime's phase (runtime.process_memory.rss_timeline), plotted beside the report;
 the bundle's FLOPs (recorded in its manifest at export), the machine's sgemm rate and the
 runtime's fraction of it; and how close banded and stage-wise global features are to whole-image
 ones. The PyTorch half lives in export.bench_reference and is started with ``python -m`` only
@@ -172,7 +172,7 @@ def run_bench(options: BenchOptions) -> dict:
     from rich.console import Console
 
     from runtime.bundle.manifest import read_manifest
-    from runtime.rss_timeline import Timeline, plot_timelines
+    from runtime.process_memory.rss_timeline import Timeline, plot_timelines
 
     console = Console()
     out = options.out
@@ -399,7 +399,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
     from runtime.image_io.readers import open_image
     from runtime.algorithm.memory_budget import parse_memory_size
-    from runtime.rss_timeline import RssSampler
+    from runtime.process_memory.rss_timeline import RssSampler
 
     with RssSampler() as sampler:
         start = time.perf_counter()

@@ -16,7 +16,7 @@ from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle.loader import Bundle
 from runtime.graph_contract import check_graph
 from runtime.algorithm.global_features import GlobalStage
-from runtime.heap_release import release_free_heap
+from runtime.process_memory.heap_release import release_free_heap
 from runtime.image_io.readers import ArraySource, ImageSource
 from runtime.algorithm.memory_budget import MemoryPlan
 from runtime.algorithm.patch_schedule import ROLES, RowBand

@@ -18,14 +18,14 @@ import numpy as np
 
 from runtime.bundle.loader import Bundle, open_bundle
 from runtime.errors import InputError
-from runtime.heap_release import fixed_mmap_threshold
+from runtime.process_memory.heap_release import fixed_mmap_threshold
 from runtime.image_io.readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
 from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
 from runtime.image_io.input_range import InputRange, conform_source
 from runtime.algorithm.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
 from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
 from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
-from runtime.rss_timeline import phase
+from runtime.process_memory.rss_timeline import phase
 from runtime.algorithm.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
@@ -115,13 +115,13 @@ class Segmenter:
             )
         self.options = options
         self._schedule = options.schedule()
-        fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
+        fixed_mmap_threshold()  # before any session allocates: see runtime.process_memory.heap_release
         self.bundle = open_bundle(bundle)
         self.manifest = self.bundle.manifest
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
         self._schedule = options.schedule()
-        fixed_mmap_threshold()  # before any session allocates: see runtime.heap_release
+        fixed_mmap_threshold()  # before any session allocates: see runtime.process_memory.heap_release
         self.pipeline: Pipeline = make_pipeline(self.bundle, options)
         if isinstance(self.pipeline, OnnxRuntimePipeline):
             self.pipeline.open()  # load the sessions now: the manifest is checked against the graphs before any work
@@ -215,7 +215,7 @@ def _array_source(image: np.ndarray) -> ArraySource:
 
 
 def _marked_writing(rows: Iterator[RowBand]) -> Iterator[RowBand]:
-    """The rows, with the "writing" phase marked while the writer holds each band (see runtime.rss_timeline)."""
+    """The rows, with the "writing" phase marked while the writer holds each band (see runtime.process_memory.rss_timeline)."""
     for band in rows:
         with phase("writing"):
             yield band

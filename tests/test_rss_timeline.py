@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime.rss_timeline import IDLE, RssSampler, Timeline, active_phases, current_rss_bytes, phase, plot_timelines
+from runtime.process_memory.rss_timeline import IDLE, RssSampler, Timeline, active_phases, current_rss_bytes, phase, plot_timelines
 
 pytestmark = pytest.mark.skipif(current_rss_bytes() is None, reason="no /proc/self/statm on this system")
 

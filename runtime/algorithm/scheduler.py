@@ -10,7 +10,7 @@ fusion as soon as the global features exist, stitching and handing out finished 
 (``serialize_graphs``) the threads take turns to run a graph: each graph already uses every core,
 and two working sets at once were the peak (measured: local batch + fusion, 1.46 GB on the default
 bundle at 2448 x 2448). Each batch's buffers are dropped as soon as the next step has what it
-needs, and freed heap is handed back (runtime.heap_release) after the global branch and each batch.
+needs, and freed heap is handed back (runtime.process_memory.heap_release) after the global branch and each batch.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import numpy as np
 from runtime.backends.base import Backend
 from runtime.errors import InputError
 from runtime.algorithm.global_features import DEFAULT_HALO, FEATURE_STRIDE, GlobalStage, global_features, stage_band_rows, staged_global_features
-from runtime.heap_release import release_free_heap
+from runtime.process_memory.heap_release import release_free_heap
 from runtime.image_io.readers import ImageSource
 from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
 from runtime.algorithm.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.algorithm.patch_grid import PatchGrid
 from runtime.algorithm.patch_schedule import RowBand, batches, grid_for
 from runtime.image_io.preprocess import normalize
-from runtime.rss_timeline import phase
+from runtime.process_memory.rss_timeline import phase
 from runtime.algorithm.stitching import Stitcher, upsample_logits
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features

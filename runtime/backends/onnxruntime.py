@@ -26,7 +26,7 @@ DEVICES = ("cpu", "cuda", "tensorrt")
 DEFAULT_ACTIVATION_FACTOR = 10.0
 # A loaded session holds about this multiple of the graph file (initializers, prepacked convolution
 # weights): measured 2.8x for the ResNet graphs while glibc kept the load-time copies, 1.25x (the
-# interpreter's own ~35 MB included) once the Segmenter hands them back (runtime.heap_release).
+# interpreter's own ~35 MB included) once the Segmenter hands them back (runtime.process_memory.heap_release).
 RESIDENT_WEIGHT_FACTOR = 1.3
 
 _ORT_DTYPES = {

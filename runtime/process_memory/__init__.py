@@ -1,0 +1,1 @@
+"""The process's memory: peak RSS, the RSS timeline and its phase marks, and giving freed heap back."""
