@@ -135,7 +135,7 @@ def measure(
     dla_core: int | None,
     cuda_graphs: bool,
 ) -> list[Measurement]:
-    from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
+    from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
     from runtime.comparison import pixel_agreement
     from runtime.cuda import open_device
     from runtime.image_io.readers import open_image

@@ -51,7 +51,7 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 
 def engine_and_provider(engine: str, provider: str | None, device: str | None) -> tuple[str, str | None]:
     """--engine/--provider, or the deprecated --device mapped onto them with a message."""
-    from runtime.pipeline import deprecation_message, legacy_device
+    from runtime.engines.pipeline import deprecation_message, legacy_device
 
     if device is None:
         return engine, provider

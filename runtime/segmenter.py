@@ -1,7 +1,7 @@
 """The embedding API: ``Segmenter(bundle).segment(image)`` and ``segment_file(path, out_dir)``.
 
 A Segmenter opens the bundle, verifies the graph set of one precision and chooses, once, the
-pipeline that runs it (runtime.pipeline): ONNX Runtime with a provider (``engine="onnxruntime"``,
+pipeline that runs it (runtime.engines.pipeline): ONNX Runtime with a provider (``engine="onnxruntime"``,
 ``provider="cpu" | "cuda" | "tensorrt"``), or the bundle's own TensorRT engines on CUDA streams
 (``engine="tensorrt"``). The pipeline opens on first use and is reused for every image. A Segmenter
 may be shared between threads: ONNX Runtime sessions run concurrently, the TensorRT pipeline takes
@@ -23,13 +23,13 @@ from runtime.image_io.readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSourc
 from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
 from runtime.image_io.input_range import InputRange, conform_source
 from runtime.algorithm.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
-from runtime.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
-from runtime.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
+from runtime.engines.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
+from runtime.engines.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
 from runtime.process_memory.rss_timeline import phase
 from runtime.algorithm.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
-    from runtime.backends.tensorrt.pipeline import TensorRTPipeline
+    from runtime.engines.tensorrt_pipeline import TensorRTPipeline
 
 __all__ = ["ACTIVATION_FACTORS", "Segmenter", "SegmenterOptions", "TENSORRT_ENGINE"]
 

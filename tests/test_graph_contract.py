@@ -10,7 +10,7 @@ import pytest
 
 from runtime.backends.base import TensorMeta
 from runtime.errors import BundleError
-from runtime.graph_contract import check_graph
+from runtime.engines.graph_contract import check_graph
 from runtime.bundle.manifest import read_manifest
 from runtime.segmenter import Segmenter
 

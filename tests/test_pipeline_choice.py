@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from runtime.cli import app
 from runtime.errors import InputError
 from runtime.image_io.readers import ArraySource
-from runtime.onnxruntime_pipeline import OnnxRuntimePipeline
+from runtime.engines.onnxruntime_pipeline import OnnxRuntimePipeline
 from runtime.algorithm.patch_schedule import batches, grid_for
 from runtime.segmenter import Segmenter, SegmenterOptions
 

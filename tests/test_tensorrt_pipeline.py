@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
-from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
+from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.image_io.readers import ArraySource
@@ -94,7 +94,7 @@ def test_segmenter_engine_tensorrt_runs_the_pipeline(built, monkeypatch, spellin
     """glsnet run --engine tensorrt (or the old --device tensorrt-engine): the Segmenter's pipeline is the TensorRT one."""
     import sys
 
-    import runtime.backends.tensorrt.pipeline as pipeline_module
+    import runtime.engines.tensorrt_pipeline as pipeline_module
     from runtime.segmenter import Segmenter
 
     root, manifest, net = built

@@ -19,7 +19,7 @@ namespace glsnet {
 namespace {
 
 // Working memory of each graph as a multiple of its input + output bytes, and a loaded session's weights as a
-// multiple of its file: the Python runtime's measured factors (runtime/onnxruntime_pipeline.py ACTIVATION_FACTORS,
+// multiple of its file: the Python runtime's measured factors (runtime/engines/onnxruntime_pipeline.py ACTIVATION_FACTORS,
 // runtime/backends/onnxruntime.py RESIDENT_WEIGHT_FACTOR), so that both runtimes choose the same plan.
 const std::map<std::string, double> kActivationFactors{{"global", 8.5}, {"global stage", 3.0}, {"local", 6.0}, {"fusion", 8.5}};
 constexpr double kResidentWeightFactor = 1.3;

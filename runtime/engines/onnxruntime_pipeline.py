@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle.loader import Bundle
-from runtime.graph_contract import check_graph
+from runtime.engines.graph_contract import check_graph
 from runtime.algorithm.global_features import GlobalStage
 from runtime.process_memory.heap_release import release_free_heap
 from runtime.image_io.readers import ArraySource, ImageSource
@@ -33,7 +33,7 @@ ACTIVATION_FACTORS = {"global": 8.5, "global stage": 3.0, "local": 6.0, "fusion"
 
 
 class OnnxRuntimePipeline:
-    """The pipeline interface (runtime.pipeline) on ONNX Runtime sessions and the CPU Scheduler."""
+    """The pipeline interface (runtime.engines.pipeline) on ONNX Runtime sessions and the CPU Scheduler."""
 
     def __init__(self, bundle: Bundle, options: "SegmenterOptions") -> None:
         self.bundle = bundle

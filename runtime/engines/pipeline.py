@@ -2,9 +2,9 @@
 
 A pipeline is ``open`` (load the graphs or engines; a second open warns), ``plan`` (the batch and
 global banding for an image size), ``iter_rows`` (finished mask rows of an image source, top to
-bottom) and ``close``. Two exist: ONNX Runtime (runtime.onnxruntime_pipeline: the CPU scheduler with
+bottom) and ``close``. Two exist: ONNX Runtime (runtime.engines.onnxruntime_pipeline: the CPU scheduler with
 threads, on ORT's CPU, CUDA or TensorRT execution provider) and the bundle's own TensorRT engines on
-CUDA streams (runtime.backends.tensorrt.pipeline). ``Segmenter`` picks one from its engine and
+CUDA streams (runtime.engines.tensorrt_pipeline). ``Segmenter`` picks one from its engine and
 provider options, once, and never looks at them again.
 
 The old single option ``device`` (cpu | cuda | tensorrt | tensorrt-engine) still works and maps to an
@@ -86,7 +86,7 @@ def make_pipeline(bundle: "Bundle", options: "SegmenterOptions") -> Pipeline:
 
     normalization = normalization_for(bundle.manifest, options.bands)
     if options.engine == "tensorrt":
-        from runtime.backends.tensorrt.pipeline import TensorRTPipeline, TensorRTPipelineOptions
+        from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 
         trt_options = TensorRTPipelineOptions(
             precision=options.precision,
@@ -97,6 +97,6 @@ def make_pipeline(bundle: "Bundle", options: "SegmenterOptions") -> Pipeline:
             normalization=normalization,
         )
         return TensorRTPipeline(bundle.directory, trt_options)
-    from runtime.onnxruntime_pipeline import OnnxRuntimePipeline
+    from runtime.engines.onnxruntime_pipeline import OnnxRuntimePipeline
 
     return OnnxRuntimePipeline(bundle, options)

@@ -6,7 +6,7 @@ concurrent), sized at open for the larger of their profiles' needs; the global e
 runs concurrently with the local batches). A DLA engine is deserialised by a runtime whose DLA core
 is set first.
 
-It offers the pipeline interface (runtime.pipeline: open, plan, iter_rows, close). It opens once (a
+It offers the pipeline interface (runtime.engines.pipeline: open, plan, iter_rows, close). It opens once (a
 second ``open`` warns and does nothing) and lazily on first use. One device, one pair of streams and
 one set of staging buffers serve every image, so images are segmented one at a time: a lock makes
 concurrent callers wait their turn (the Segmenter is shared between threads).
