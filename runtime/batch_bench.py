@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic_file import write_text_atomic
-from runtime.batch import BatchOptions, run_batch
+from runtime.batch.dispatcher import BatchOptions, run_batch
 from runtime.bench import run_child, synthetic_scene
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
 from runtime.algorithm.memory_budget import format_bytes
-from runtime.ray_cluster import ray_session
+from runtime.batch.cluster import ray_session
 from runtime.segmenter import SegmenterOptions
 
 DATA_ENV = "GLSNET_DATA"

@@ -103,7 +103,7 @@ def batch(
     options), plus OUTPUT/batch-report.jsonl. A re-run skips the scenes already done with the same
     bundle and options. Exit status 1 when any scene failed.
     """
-    from runtime.batch import BatchOptions, run_batch
+    from runtime.batch.dispatcher import BatchOptions, run_batch
     from runtime.algorithm.memory_budget import parse_memory_size
 
     options = BatchOptions(

@@ -24,8 +24,8 @@ from runtime.atomic_file import TEMP_MARK
 from PIL import Image
 from typer.testing import CliRunner
 
-from runtime.batch import BatchOptions, run_batch
-from runtime.batch_report import REPORT_NAME
+from runtime.batch.dispatcher import BatchOptions, run_batch
+from runtime.batch.report import REPORT_NAME
 from runtime.cli import app
 from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
 

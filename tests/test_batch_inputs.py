@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from runtime.atomic_file import atomic_path, remove_temporaries_of
-from runtime.batch_inputs import expand_inputs
-from runtime.batch_resume import batch_provenance, is_done
+from runtime.batch.inputs import expand_inputs
+from runtime.batch.resume import batch_provenance, is_done
 from runtime.errors import InputError, MissingDependencyError
 from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import SegmenterOptions
@@ -105,7 +105,7 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
 
 
 def test_batch_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
-    from runtime.ray_cluster import ray_session
+    from runtime.batch.cluster import ray_session
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as where it is not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'glsnet-deploy\[cluster\]'"):
@@ -129,11 +129,11 @@ def test_glsnet_run_works_without_ray(small_bundle, tmp_path, monkeypatch):
 
 
 def test_a_worker_constructor_error_is_shown_as_its_own_message():
-    from runtime.batch import _creation_error
+    from runtime.batch.dispatcher import _creation_error
 
     wrapped = (
         "The actor died because of an error raised in its creation task, ray::SceneWorker.__init__() (pid=1, ip=10.0.0.2)\n"
-        '  File "runtime/batch_worker.py", line 50, in __init__\n'
+        '  File "runtime/batch/worker.py", line 50, in __init__\n'
         "runtime.errors.BundleError: /data/bundle: no manifest.json; this is not a GLSNet bundle\n"
     )
     assert _creation_error(RuntimeError(wrapped)) == "/data/bundle: no manifest.json; this is not a GLSNet bundle"

@@ -1,7 +1,7 @@
 """``glsnet batch``: many scenes on a Ray cluster, one Segmenter per worker actor, resumable.
 
 The driver expands the inputs, checks the bundle and options once, skips the scenes already done
-(runtime.batch_resume), then hands scenes one at a time to idle workers, so a slow scene never
+(runtime.batch.resume), then hands scenes one at a time to idle workers, so a slow scene never
 holds others back. Outputs go through Segmenter.segment_file (atomic). A scene that fails for its
 own reason comes back as a failed result; a worker that dies takes no result with it: its
 temporary files are removed and the scene goes back to the front of the queue for the next idle
@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.atomic_file import remove_temporaries_of
-from runtime.batch_inputs import expand_inputs
-from runtime.batch_report import FAILED, REPORT_NAME, SKIPPED, BatchSummary, ReportWriter, SceneResult, print_summary
-from runtime.batch_resume import batch_provenance, is_done
-from runtime.batch_worker import Scene, SceneWorker
+from runtime.batch.inputs import expand_inputs
+from runtime.batch.report import FAILED, REPORT_NAME, SKIPPED, BatchSummary, ReportWriter, SceneResult, print_summary
+from runtime.batch.resume import batch_provenance, is_done
+from runtime.batch.worker import Scene, SceneWorker
 from runtime.errors import ClusterError, InputError
 from runtime.image_io.writers import OutputOptions, OutputPaths
 from runtime.algorithm.memory_budget import format_bytes
-from runtime.ray_cluster import ray_session
+from runtime.batch.cluster import ray_session
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 MAX_WORKER_RESTARTS = 8  # per worker: Ray restarts a dead worker this many times, then the batch goes on without it

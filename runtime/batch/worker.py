@@ -1,6 +1,6 @@
 """One batch worker: a Segmenter opened once, segmenting whole scenes one after another.
 
-A plain class, so it imports without Ray; runtime.batch wraps it as a Ray actor. Anything a scene
+A plain class, so it imports without Ray; runtime.batch.dispatcher wraps it as a Ray actor. Anything a scene
 raises is caught here and returned as that scene's failure: only the death of the process itself
 (killed, out of memory, node lost) reaches the driver as an error, which then retries the scene on
 another worker.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.process_memory import peak_rss
-from runtime.batch_report import FAILED, OK, SceneResult
+from runtime.batch.report import FAILED, OK, SceneResult
 from runtime.errors import GlsnetError
 from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
