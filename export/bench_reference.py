@@ -3,7 +3,7 @@
 ``make-bundle``: a seeded, randomly initialised model of the default configuration (or the small
 one), saved as a checkpoint and exported as a bundle. ``run``: the reference
 (glsnet.inference.predict_mask) on one image, timed, with the mask saved for comparison. The
-runtime never imports this module; runtime.bench starts it with ``python -m``.
+runtime never imports this module; runtime.bench.segment_bench starts it with ``python -m``.
 """
 
 from __future__ import annotations

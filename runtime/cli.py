@@ -155,11 +155,11 @@ def bench(
 
     With --batch: glsnet batch's scenes/min with 1 and 2 Ray workers instead."""
     if batch:
-        from runtime.batch_bench import BatchBenchOptions, run_batch_bench
+        from runtime.bench.batch_bench import BatchBenchOptions, run_batch_bench
 
         run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
         return
-    from runtime.bench import BenchOptions, run_bench
+    from runtime.bench.segment_bench import BenchOptions, run_bench
     from runtime.algorithm.memory_budget import parse_memory_size
 
     if preset not in ("default", "small"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bench import synthetic_scene, write_tiled_tiff
+from runtime.bench.segment_bench import synthetic_scene, write_tiled_tiff
 from runtime.image_io.readers import open_image
 
 

@@ -229,7 +229,7 @@ def test_address_of_a_cluster_that_is_not_there_fails_in_one_line(small_bundle, 
 
 
 def test_batch_bench_prints_scenes_per_minute_and_peak_rss_per_worker(local_ray, small_bundle, tmp_path):
-    from runtime.batch_bench import BatchBenchOptions, run_batch_bench
+    from runtime.bench.batch_bench import BatchBenchOptions, run_batch_bench
 
     report = run_batch_bench(BatchBenchOptions(out=tmp_path / "bench", bundle=small_bundle, scenes=3, size=200, workers=(1, 2)))
 

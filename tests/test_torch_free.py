@@ -74,7 +74,7 @@ def test_the_blocker_really_blocks_torch(blocked_env):
 def test_runtime_imports_and_segments_without_torch(blocked_env, small_bundle):
     code = (
         "import numpy as np, sys\n"
-        "import runtime, runtime.cli, runtime.segmenter, runtime.algorithm.scheduler, runtime.bench, runtime.image_io.writers\n"
+        "import runtime, runtime.cli, runtime.segmenter, runtime.algorithm.scheduler, runtime.bench.segment_bench, runtime.image_io.writers\n"
         "from runtime.segmenter import Segmenter\n"
         "mask = Segmenter(sys.argv[1]).segment(np.full((70, 90, 3), 120, np.uint8))\n"
         "assert mask.shape == (70, 90) and mask.dtype == np.uint8\n"

@@ -160,7 +160,7 @@ def _worker_run(options: BenchOptions, bundle: Path, image: Path, name: str, ext
     threads = [] if options.threads is None else ["--threads", str(options.threads)]
     timeline = options.out / "timelines" / f"{name}.json"
     run = run_child(
-        ["-m", "runtime.bench", "worker", "--bundle", str(bundle), "--image", str(image), "--out", str(options.out / name),
+        ["-m", "runtime.bench.segment_bench", "worker", "--bundle", str(bundle), "--image", str(image), "--out", str(options.out / name),
          "--timeline", str(timeline), *threads, *extra],
         options.out / "logs" / f"{name}.log",
     )
@@ -235,7 +235,7 @@ def run_bench(options: BenchOptions) -> dict:
     console.print("bench: global features, banded and stage by stage vs whole image ...")
     threads = [] if options.threads is None else ["--threads", str(options.threads)]
     bands = run_child(
-        ["-m", "runtime.bench", "bands", "--bundle", str(bundle), "--image", str(square), "--band-rows", str(options.band_rows),
+        ["-m", "runtime.bench.segment_bench", "bands", "--bundle", str(bundle), "--image", str(square), "--band-rows", str(options.band_rows),
          "--halos", ",".join(str(h) for h in options.halos), "--whole-mask", str(out / "runtime-square" / f"{square.stem}_mask.tif"), *threads],
         logs / "bands.log",
     )
@@ -482,7 +482,7 @@ def _bands(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench", description="the runtime's bench subprocesses")
+    parser = argparse.ArgumentParser(prog="python -m runtime.bench.segment_bench", description="the runtime's bench subprocesses")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker")
     worker.add_argument("--bundle", type=Path, required=True)

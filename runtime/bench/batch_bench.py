@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.atomic_file import write_text_atomic
 from runtime.batch.dispatcher import BatchOptions, run_batch
-from runtime.bench import run_child, synthetic_scene
+from runtime.bench.segment_bench import run_child, synthetic_scene
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
 from runtime.algorithm.memory_budget import format_bytes
 from runtime.batch.cluster import ray_session

@@ -1,0 +1,1 @@
+"""Benchmarks: glsnet bench (runtime against PyTorch, budgets, RSS timelines) and the batch bench."""
