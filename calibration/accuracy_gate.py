@@ -2,7 +2,7 @@
 
 Three views, all with ONNX Runtime on the CPU and all on held-back data only:
 - per graph, on held-back tiles, each graph fed the same fp32 inputs: error statistics of its outputs
-  (runtime.comparison), which say *where* a conversion hurts;
+  (runtime.accuracy.comparison), which say *where* a conversion hurts;
 - the chain on held-back tiles (candidate global -> local -> fusion vs fp32), argmax of the stride-4
   logits: cheap, used by the INT8 sensitivity check;
 - whole held-back scenes through the runtime's Segmenter (fp32 vs candidate masks): pixel agreement,
@@ -26,10 +26,10 @@ import numpy as np
 
 from calibration.data_readers import TileFeeds
 from calibration.tiles import CALIBRATION, HOLDOUT, TileSet
-from runtime.comparison import compare_outputs
+from runtime.accuracy.comparison import compare_outputs
 from runtime.errors import AccuracyGateError
 from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
-from runtime.metrics import ConfusionMatrix, default_mean_exclusions
+from runtime.accuracy.metrics import ConfusionMatrix, default_mean_exclusions
 
 MIN_PIXEL_STD = 1.0  # a scene whose pixels vary less than this (in pixel units) is constant
 

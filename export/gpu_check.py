@@ -136,7 +136,7 @@ def measure(
     cuda_graphs: bool,
 ) -> list[Measurement]:
     from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
-    from runtime.comparison import pixel_agreement
+    from runtime.accuracy.comparison import pixel_agreement
     from runtime.cuda import open_device
     from runtime.image_io.readers import open_image
 

@@ -229,7 +229,7 @@ def measure_cuda(
     import torch
 
     from glsnet.inference import predict_mask
-    from runtime.comparison import pixel_agreement
+    from runtime.accuracy.comparison import pixel_agreement
     from runtime.cuda.cuda_python import CudaPythonDevice
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 against the CPU's fp32

@@ -1,7 +1,7 @@
 """Does a bundle compute what the PyTorch model computes? Per graph, and for the whole image.
 
 Per graph, the same inputs go into the torch submodule and into the ONNX Runtime graph (CPU), and
-the outputs are compared with ``runtime.comparison.compare_outputs``. For the whole image, the
+the outputs are compared with ``runtime.accuracy.comparison.compare_outputs``. For the whole image, the
 runtime's own ``Segmenter`` (which chains the graphs) is compared with the PyTorch reference
 ``glsnet.inference.predict_mask`` by pixel agreement of the final masks.
 """
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime.comparison import ComparisonReport, compare_outputs, pixel_agreement
+from runtime.accuracy.comparison import ComparisonReport, compare_outputs, pixel_agreement
 from runtime.errors import CheckpointError, InputError
 from runtime.bundle.manifest import GRAPH_ROLES, Manifest, graph_path, read_manifest
 from runtime.image_io.preprocess import normalize

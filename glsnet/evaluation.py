@@ -2,7 +2,7 @@
 
 Scenes can be shrunk for speed: ``downscale`` averages f x f pixel blocks (labels keep the centre
 pixel of each block), ``crop`` keeps a centred window. Scores come from one confusion matrix over
-all scenes (runtime.metrics); the means average the classes the papers average for the dataset
+all scenes (runtime.accuracy.metrics); the means average the classes the papers average for the dataset
 (glsnet.data.datasets: DeepGlobe without unknown, Vaihingen without clutter), or those asked for.
 """
 
@@ -21,7 +21,7 @@ from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import InputError
-from runtime.metrics import ConfusionMatrix, Scores
+from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.image_io.preprocess import normalize
 
 

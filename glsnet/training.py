@@ -38,7 +38,7 @@ from glsnet.global_window import activation_bytes_per_pixel, global_window
 from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
 from runtime.errors import GlsnetError, InputError
-from runtime.metrics import Scores
+from runtime.accuracy.metrics import Scores
 from runtime.algorithm.patch_grid import make_grid
 from runtime.image_io.preprocess import check_bands
 

@@ -26,7 +26,7 @@ from calibration.tiles import (
 )
 from runtime.errors import BundleError, InputError
 from runtime.bundle.manifest import read_manifest
-from runtime.metrics import ConfusionMatrix
+from runtime.accuracy.metrics import ConfusionMatrix
 
 SMALL_TILES = TileOptions(count=24, holdout=8, scene_size=256, scenes_per_image=2, candidates_per_scene=24, seed=3)
 

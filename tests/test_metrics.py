@@ -1,4 +1,4 @@
-"""Scores from a confusion matrix (runtime.metrics), checked against values computed by hand."""
+"""Scores from a confusion matrix (runtime.accuracy.metrics), checked against values computed by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import InputError
-from runtime.metrics import ConfusionMatrix
+from runtime.accuracy.metrics import ConfusionMatrix
 
 # 3 classes; 255 is ignored. Pairs (target, prediction):
 TARGET = np.array([[0, 0, 1, 1, 1], [2, 2, 2, 2, 255]])

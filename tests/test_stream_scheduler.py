@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.comparison import pixel_agreement
+from runtime.accuracy.comparison import pixel_agreement
 from runtime.cuda.recording import Call, HostAsyncBackend, RecordingDevice
 from runtime.errors import InputError
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler

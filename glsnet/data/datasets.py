@@ -3,7 +3,7 @@
 GLSNet's Table 2 reports Vaihingen over five classes (clutter left out); DeepGlobe results in this line
 of work (GLNet, MagNet, GLSNet) average six classes (unknown left out). Potsdam follows the ISPRS
 custom of Vaihingen; LoveDA's benchmark averages all seven classes. One rule by class name gives all
-of these (runtime.metrics.default_mean_exclusions: unknown and clutter are left out); it is only the
+of these (runtime.accuracy.metrics.default_mean_exclusions: unknown and clutter are left out); it is only the
 default: training and evaluation take an override (``--mean-exclude``).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from glsnet.config import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, GLSNetConfig
 from glsnet.data.palette import Palette
 from runtime.errors import InputError
-from runtime.metrics import default_mean_exclusions
+from runtime.accuracy.metrics import default_mean_exclusions
 
 ISPRS_CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
 ISPRS_PALETTE: Palette = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))

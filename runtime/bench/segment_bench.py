@@ -310,7 +310,7 @@ def _summary(run: ChildRun) -> dict:
 def _agreement(mask_path: Path, other: np.ndarray) -> float:
     import tifffile
 
-    from runtime.comparison import pixel_agreement
+    from runtime.accuracy.comparison import pixel_agreement
 
     return float(pixel_agreement(tifffile.imread(mask_path), other))
 
@@ -467,7 +467,7 @@ def _bands(args: argparse.Namespace) -> dict:
     if args.whole_mask:
         import tifffile
 
-        from runtime.comparison import pixel_agreement
+        from runtime.accuracy.comparison import pixel_agreement
 
         mask_halo = DEFAULT_HALO if DEFAULT_HALO in halos else halos[-1]
         banded_segmenter = Segmenter(
