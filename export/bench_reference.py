@@ -17,7 +17,7 @@ from pathlib import Path
 def make_bundle(out: Path, preset: str, seed: int) -> None:
     import torch
 
-    from export.onnx_export import ExportOptions, export_bundle
+    from export.graphs.onnx_export import ExportOptions, export_bundle
     from glsnet.checkpoint import save_checkpoint
     from glsnet.config import SMALL, GLSNetConfig
     from glsnet.model import build_glsnet

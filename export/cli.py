@@ -31,7 +31,7 @@ def onnx_command(
     """Export the global, local and fusion graphs and the manifest into a bundle directory."""
     from rich.console import Console
 
-    from export.onnx_export import ExportOptions, export_bundle
+    from export.graphs.onnx_export import ExportOptions, export_bundle
 
     options = ExportOptions(opset=opset, simplify=simplify, force=force, exporter=exporter, check_tensorrt=tensorrt_check)
     console = Console()
@@ -57,7 +57,7 @@ def verify_command(
     whole_image: bool = typer.Option(True, "--whole-image/--graphs-only", help="also compare whole-image masks"),
 ) -> None:
     """Compare the bundle's graphs (ONNX Runtime, CPU) with the PyTorch model; exit 1 when over tolerance."""
-    from export.verify import VerifyOptions, verify_bundle
+    from export.graphs.verify import VerifyOptions, verify_bundle
     from runtime.errors import AccuracyGateError
 
     options = VerifyOptions(
@@ -82,7 +82,7 @@ def inspect_command(
     """Print each graph's tensors, operator counts, parameters, FLOPs and TensorRT compatibility."""
     from rich.console import Console
 
-    from export.inspect_graphs import ExampleSize, inspect_bundle, summary_tables
+    from export.graphs.inspect_graphs import ExampleSize, inspect_bundle, summary_tables
     from export.tensorrt_compat import check_bundle
     from runtime.errors import AccuracyGateError
     from runtime.bundle.manifest import read_manifest

@@ -1,4 +1,4 @@
-"""Fusion graph cost before/after a change: FLOPs (export.inspect_graphs) and peak RSS in ONNX Runtime, one run.
+"""Fusion graph cost before/after a change: FLOPs (export.graphs.inspect_graphs) and peak RSS in ONNX Runtime, one run.
 
 Two steps, because the two graphs come from two versions of the code:
 
@@ -49,7 +49,7 @@ def export(out: Path = typer.Option(..., "--out", help="fusion .onnx to write"))
     """Write the fusion graph of the paper-sized GLSNet with the code on PYTHONPATH."""
     import torch
 
-    from export.onnx_export import ExportOptions, export_graph
+    from export.graphs.onnx_export import ExportOptions, export_graph
     from glsnet.config import GLSNetConfig
     from glsnet.model import build_glsnet
 
@@ -66,7 +66,7 @@ def compare(
     """FLOPs and ONNX Runtime peak RSS of two fusion graphs, and their ratios (after / before)."""
     import onnx
 
-    from export.inspect_graphs import ExampleSize, estimate_flops
+    from export.graphs.inspect_graphs import ExampleSize, estimate_flops
 
     example = ExampleSize(size, size, batch)
     dims = example.dims()

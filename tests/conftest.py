@@ -57,7 +57,7 @@ def small_model(small_config):
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory, small_model) -> Path:
     """The small model exported once per session as an fp32 bundle (three graphs + manifest)."""
-    from export.onnx_export import export_bundle
+    from export.graphs.onnx_export import export_bundle
 
     path = tmp_path_factory.mktemp("bundle") / "small"
     export_bundle(small_model, path)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from export.inspect_graphs import ExampleSize, inspect_bundle  # noqa: E402
+from export.graphs.inspect_graphs import ExampleSize, inspect_bundle  # noqa: E402
 
 
 def _torch_flops(module, *args) -> int:

@@ -12,8 +12,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-from export.onnx_export import ExportError, Exporter, ExportOptions, conform_io, export_bundle, export_graph, graph_io  # noqa: E402
-from export.verify import VerifyOptions, compare_graph, run_graph, torch_graph  # noqa: E402
+from export.graphs.onnx_export import ExportError, Exporter, ExportOptions, conform_io, export_bundle, export_graph, graph_io  # noqa: E402
+from export.graphs.verify import VerifyOptions, compare_graph, run_graph, torch_graph  # noqa: E402
 from runtime.errors import CheckpointError, InputError  # noqa: E402
 from runtime.bundle.manifest import GRAPH_ROLES, read_manifest, sha256_file  # noqa: E402
 
@@ -221,7 +221,7 @@ def test_an_existing_directory_that_is_not_a_bundle_is_left_alone(tmp_path, tiny
 
 
 def test_a_failure_during_export_leaves_nothing_behind(tmp_path, tiny_checkpoint, monkeypatch):
-    import export.onnx_export as onnx_export
+    import export.graphs.onnx_export as onnx_export
 
     real = onnx_export.export_graph
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from export.verify import VerifyOptions, verify_bundle  # noqa: E402
+from export.graphs.verify import VerifyOptions, verify_bundle  # noqa: E402
 from runtime.errors import CheckpointError, InputError  # noqa: E402
 from runtime.bundle.manifest import read_manifest, sha256_file  # noqa: E402
 
@@ -94,7 +94,7 @@ def test_a_bundle_exported_from_a_model_object_needs_a_checkpoint(small_bundle):
 @pytest.mark.slow
 def test_default_configuration_on_a_real_2448_image(deepglobe_dir, tmp_path):
     """Random-init (seeded) default GLSNet: export, then verify on a real DeepGlobe scene."""
-    from export.onnx_export import export_bundle
+    from export.graphs.onnx_export import export_bundle
     from glsnet.config import GLSNetConfig
     from glsnet.model import build_glsnet
 

@@ -28,7 +28,7 @@ TRAIN_STEPS = 400
 def trained_bundle(deepglobe_dir, tmp_path_factory):
     from glsnet.config import SMALL
     from glsnet.training import TrainOptions, train
-    from export.onnx_export import export_bundle
+    from export.graphs.onnx_export import export_bundle
 
     root = tmp_path_factory.mktemp("trained")
     options = TrainOptions(

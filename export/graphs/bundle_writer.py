@@ -98,7 +98,7 @@ def _swap_into_place(stage: Path, out_dir: Path) -> None:
 
 def describe_graph(stage: Path, path: Path, role: str, config: Any, opset: int, precision: str = "fp32") -> GraphSpec:
     """The manifest entry of one written graph: the contract's tensors, its checksum and opset."""
-    from export.onnx_export import graph_io
+    from export.graphs.onnx_export import graph_io
 
     inputs, outputs = graph_io(role, config)
     return GraphSpec(

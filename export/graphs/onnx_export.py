@@ -283,7 +283,7 @@ def check_graph(proto: Any, role: str) -> None:
 def bundle_flops(files: dict[str, Path]) -> dict[str, int]:
     """FLOPs of each graph at inspect's example size (a 2448 x 2448 image, batch 6), recorded in the manifest
     so the torch-free runtime can weigh its plans and the bench can say how close it runs to the machine."""
-    from export.inspect_graphs import ExampleSize, summarize_graph
+    from export.graphs.inspect_graphs import ExampleSize, summarize_graph
 
     example = ExampleSize()
     flops = {role: summarize_graph(path, role, "fp32", example).flops for role, path in files.items()}
@@ -297,8 +297,8 @@ def export_bundle(checkpoint_or_model: Any, out_dir: str | Path, options: Export
     is either the old bundle or the complete new one. An existing directory that is not a bundle is
     refused; an existing bundle is replaced only with ``options.force``.
     """
-    from export.bundle_writer import build_manifest, check_target, staged_bundle
-    from export.global_stages import STAGE_DIM_NAMES, export_global_stages
+    from export.graphs.bundle_writer import build_manifest, check_target, staged_bundle
+    from export.graphs.global_stages import STAGE_DIM_NAMES, export_global_stages
 
     options = options or ExportOptions()
     out_dir = Path(out_dir)

@@ -155,7 +155,7 @@ def torch_graph(model: Any, role: str, feed: Mapping[str, np.ndarray]) -> dict[s
     """The torch submodule that ``role``'s graph was exported from, on the same named inputs."""
     import torch
 
-    from export.onnx_export import graph_io, submodule
+    from export.graphs.onnx_export import graph_io, submodule
 
     inputs, outputs = graph_io(role, model.config)
     args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in inputs]

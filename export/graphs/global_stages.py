@@ -65,7 +65,7 @@ def export_global_stages(model: Any, stage_dir: Path, options: Any, image: Any) 
     """
     import torch
 
-    from export.onnx_export import ExportError, _dynamic_axes, check_graph, conform_io, simplify
+    from export.graphs.onnx_export import ExportError, _dynamic_axes, check_graph, conform_io, simplify
 
     onnx = require("onnx", "ONNX export")
     out = []
