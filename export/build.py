@@ -11,7 +11,7 @@ Order of work, and what a failure leaves behind:
    between leaves a bundle whose graph checksums all match (its old accuracy report for that
    precision may remain until the new one is written).
 4. Engines: TensorRT when asked (or ``auto`` with TensorRT importable), via
-   export.tensorrt_build; otherwise ONNX Runtime graphs optimised offline for the CPU
+   export.tensorrt.tensorrt_build; otherwise ONNX Runtime graphs optimised offline for the CPU
    (``engines/onnxruntime_cpu/<precision>/<role>.onnx``), recorded as an EngineSpec.
 """
 
@@ -83,7 +83,7 @@ class BuildOptions:
     int8: Int8Options = Int8Options()
     whole_images: bool = True  # gate on held-back scenes through the runtime's Segmenter
     threads: int | None = None  # ONNX Runtime intra-op threads for the checks
-    tensorrt: Any = None  # export.tensorrt_build.TensorRTBuildOptions; None: its defaults
+    tensorrt: Any = None  # export.tensorrt.tensorrt_build.TensorRTBuildOptions; None: its defaults
     synthetic_gate_size: int = 768  # fp16 without calibration tiles: the gate's synthetic scenes
 
     def __post_init__(self) -> None:
@@ -323,7 +323,7 @@ def build_onnxruntime_engines(bundle_dir: Path, precision: str) -> EngineSpec:
 def build_engines(bundle_dir: Path, precision: str, options: BuildOptions, say: Callable[[str], None]) -> EngineSpec:
     target = resolve_target(options.target)
     if target == BuildTarget.TENSORRT:
-        from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+        from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
 
         say(f"building TensorRT {precision} engines")
         return build_tensorrt_engines(bundle_dir, precision, options.tensorrt or TensorRTBuildOptions())

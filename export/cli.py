@@ -83,7 +83,7 @@ def inspect_command(
     from rich.console import Console
 
     from export.graphs.inspect_graphs import ExampleSize, inspect_bundle, summary_tables
-    from export.tensorrt_compat import check_bundle
+    from export.tensorrt.tensorrt_compat import check_bundle
     from runtime.errors import AccuracyGateError
     from runtime.bundle.manifest import read_manifest
 
@@ -181,7 +181,7 @@ def build_command(
     from calibration.accuracy_gate import GateThresholds
     from calibration.int8 import CalibrationMethod, Int8Options
     from export.build import BuildOptions, build_precision
-    from export.tensorrt_build import TensorRTBuildOptions
+    from export.tensorrt.tensorrt_build import TensorRTBuildOptions
     from runtime.errors import InputError
 
     if fp16 == int8:

@@ -120,7 +120,7 @@ def build_engines(bundle: Path, precision: str, images: list[Path], dla_core: in
     args = ["build", str(bundle), f"--{precision}", "--target", "tensorrt"]
     glsnet_export(*args)
     if dla_core is not None:
-        from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+        from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
 
         build_tensorrt_engines(bundle, precision, TensorRTBuildOptions(dla_core=dla_core))
     read_manifest(bundle)  # the build left a readable manifest

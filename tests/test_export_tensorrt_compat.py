@@ -8,7 +8,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from export.tensorrt_compat import TENSORRT_10, TENSORRT_11, check_bundle, check_graph_file, check_model  # noqa: E402
+from export.tensorrt.tensorrt_compat import TENSORRT_10, TENSORRT_11, check_bundle, check_graph_file, check_model  # noqa: E402
 
 F = TensorProto.FLOAT
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines, optimization_profiles
+from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines, optimization_profiles
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.bundle.manifest import read_manifest, sha256_file

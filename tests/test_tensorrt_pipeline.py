@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
 from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError

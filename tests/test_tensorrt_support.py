@@ -236,7 +236,7 @@ def fake_plan(role: str, inputs: dict[str, tuple], outputs: dict[str, tuple], ex
 
 def plans_for(manifest: Manifest, max_batch: int = 8, max_image: tuple[int, int] = (512, 512), min_batch: int = 1) -> dict[str, bytes]:
     """Fake plans of a manifest's three graphs, with profiles like the build's."""
-    from export.tensorrt_build import TensorRTBuildOptions, optimization_profiles
+    from export.tensorrt.tensorrt_build import TensorRTBuildOptions, optimization_profiles
 
     options = TensorRTBuildOptions(min_batch=min_batch, opt_batch=max(min_batch, min(6, max_batch)), max_batch=max_batch, opt_image_size=max_image, max_image_size=max_image)
     profiles = optimization_profiles(manifest, "fp32", options)

@@ -312,7 +312,7 @@ def export_bundle(checkpoint_or_model: Any, out_dir: str | Path, options: Export
             files[role] = export_graph(model, role, stage / f"{role}.onnx", options, args[role])
         stages = export_global_stages(model, stage, options, args["global"][0])
         if options.check_tensorrt:
-            from export.tensorrt_compat import check_graph_file
+            from export.tensorrt.tensorrt_compat import check_graph_file
 
             checks = [(role, path, None) for role, path in files.items()]
             checks += [(f"global stage {i}", path, STAGE_DIM_NAMES) for i, (path, _) in enumerate(stages)]
