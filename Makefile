@@ -43,7 +43,7 @@ bench: $(STAMP) cpp
 GPU_EXTRA ?= tensorrt
 gpu-check: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[$(GPU_EXTRA)]' || echo "gpu-check: could not install the $(GPU_EXTRA) extra; checking with what is installed"
-	$(BIN)/python -m export.gpu_check --level auto --out $(DEMO_OUT)/gpu-check
+	$(BIN)/python -m export.gpu.gpu_check --level auto --out $(DEMO_OUT)/gpu-check
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build/cpp build/cpp-asan

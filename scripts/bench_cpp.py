@@ -38,7 +38,7 @@ def measured(command: list[str], log: Path) -> tuple[float, int]:
 def default_bundle(out: Path) -> Path:
     made = out / "model-default-seed0"
     if not (made / "bundle" / "manifest.json").is_file():
-        measured([sys.executable, "-m", "export.bench_reference", "make-bundle", "--out", str(made), "--preset", "default", "--seed", "0"],
+        measured([sys.executable, "-m", "export.gpu.bench_reference", "make-bundle", "--out", str(made), "--preset", "default", "--seed", "0"],
                  out / "logs" / "make-bundle.log")
     return made / "bundle"
 

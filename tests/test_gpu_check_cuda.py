@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.gpu_check_cuda import CudaArrayView, TorchEngine, scheduled_mask, torch_engines  # noqa: E402
+from export.gpu.gpu_check_cuda import CudaArrayView, TorchEngine, scheduled_mask, torch_engines  # noqa: E402
 from runtime.cuda.device import DeviceTensor  # noqa: E402
 from runtime.cuda.recording import RecordingDevice  # noqa: E402
 from runtime.bundle.manifest import read_manifest  # noqa: E402
@@ -15,7 +15,7 @@ from runtime.image_io.preprocess import normalize  # noqa: E402
 
 
 class RecordingLauncher:
-    """The Launcher of export.gpu_check_cuda on the recording device: work runs as kernels on its streams, on its memory."""
+    """The Launcher of export.gpu.gpu_check_cuda on the recording device: work runs as kernels on its streams, on its memory."""
 
     def __init__(self, device: RecordingDevice, fail_capture: bool = False) -> None:
         self.device, self.fail_capture = device, fail_capture

@@ -75,7 +75,7 @@ def _bundle(options: BatchBenchOptions) -> Path:
     if not (made / "bundle" / "manifest.json").is_file():
         try:
             run_child(
-                ["-m", "export.bench_reference", "make-bundle", "--out", str(made), "--preset", options.preset, "--seed", str(options.seed)],
+                ["-m", "export.gpu.bench_reference", "make-bundle", "--out", str(made), "--preset", options.preset, "--seed", str(options.seed)],
                 options.out / "logs" / "make-bundle.log",
             )
         except GlsnetError as exc:

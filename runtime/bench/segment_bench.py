@@ -8,7 +8,7 @@ under each ``--max-memory`` of ``budgets`` and the lowest one accepted; an RSS t
 runtime run, tagged with the runtime's phase (runtime.process_memory.rss_timeline), plotted beside the report;
 the bundle's FLOPs (recorded in its manifest at export), the machine's sgemm rate and the
 runtime's fraction of it; and how close banded and stage-wise global features are to whole-image
-ones. The PyTorch half lives in export.bench_reference and is started with ``python -m`` only
+ones. The PyTorch half lives in export.gpu.bench_reference and is started with ``python -m`` only
 when torch is importable: this module never imports torch, and ``--no-torch --bundle DIR`` runs on
 a runtime-only install. With no bundle given, the bench exports a seeded random-init model of the
 default configuration (that needs torch).
@@ -33,7 +33,7 @@ from runtime.algorithm.memory_budget import parse_memory_size
 
 DEFAULT_HALOS = (0, 128, 256, 320, 384)
 DEFAULT_BUDGETS = ("700MB", "900MB", "1.2GB")
-REFERENCE_MODULE = "export.bench_reference"  # the PyTorch half, started by name only when torch is importable
+REFERENCE_MODULE = "export.gpu.bench_reference"  # the PyTorch half, started by name only when torch is importable
 
 
 @dataclass(frozen=True)

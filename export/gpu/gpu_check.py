@@ -5,7 +5,7 @@ Two levels; ``--level auto`` (what ``make gpu-check`` runs) takes the highest th
 - ``tensorrt`` (an NVIDIA GPU, TensorRT and cuda-python), below;
 - ``cuda`` (an NVIDIA GPU, CUDA, PyTorch and cuda-python; no TensorRT): the real stream scheduler on
   the real cuda-python Device drives the three graphs, each run by PyTorch on the scheduler's own
-  stream and buffers (export.gpu_check_cuda), against PyTorch eager on CUDA and the CPU fp32
+  stream and buffers (export.gpu.gpu_check_cuda), against PyTorch eager on CUDA and the CPU fp32
   reference in the same run. It needs no data ($GLSNET_DATA images when set, else a seeded scene)
   and no demo (a seeded random-init model of --preset when no --checkpoint or demo checkpoint).
 
@@ -213,7 +213,7 @@ def check(
     data = data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
     problems = missing_pieces(data) if level != "cuda" else ["skipped"]
     if level == "cuda" or (level == "auto" and problems):
-        from export.gpu_check_cuda import cuda_level_missing
+        from export.gpu.gpu_check_cuda import cuda_level_missing
 
         reason = cuda_level_missing()
         if reason is None:
@@ -273,8 +273,8 @@ def check_cuda(
     cuda_graphs: bool,
 ) -> None:
     """The CUDA-only level: export (if needed), CPU reference, scheduled PyTorch engines vs eager, report, gate."""
-    from export.gpu_check_cuda import MIN_AGREEMENT as CUDA_MIN_AGREEMENT
-    from export.gpu_check_cuda import measure_cuda
+    from export.gpu.gpu_check_cuda import MIN_AGREEMENT as CUDA_MIN_AGREEMENT
+    from export.gpu.gpu_check_cuda import measure_cuda
     from glsnet.checkpoint import load_model
     from runtime.image_io.readers import open_image
     from runtime.bundle.manifest import read_manifest
@@ -323,7 +323,7 @@ def model_and_bundle(out: Path, bundle: Path | None, checkpoint: Path | None, pr
     if checkpoint is None and (out.parent / "model.safetensors").is_file():
         checkpoint = out.parent / "model.safetensors"
     if checkpoint is None:
-        from export.bench_reference import make_bundle
+        from export.gpu.bench_reference import make_bundle
 
         if not (out / "bundle" / "manifest.json").is_file() or not (out / "model.safetensors").is_file():
             typer.echo(f"gpu-check: exporting a seeded random-init {preset} model into {out}")

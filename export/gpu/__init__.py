@@ -1,0 +1,1 @@
+"""GPU checks (make gpu-check): the TensorRT level, the CUDA-only level, and the PyTorch reference they compare with."""
