@@ -34,7 +34,7 @@ fi
 # records its verdict (accuracy.fp16.passed / forced); a refusal is explained on one demo: line.
 "$bin/glsnet-export" build "$out/bundle" --fp16 --force
 if ! "$bin/python" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["accuracy"]["fp16"]["passed"] else 1)' "$out/bundle/manifest.json"; then
-  echo "demo: the gate refused FP16 for this briefly trained model (near-tie logits flip under FP16 rounding; a trained model passes, see tests/test_precision_trained.py); kept with --force, and the manifest records the gate as failed and forced."
+  echo "demo: the gate refused FP16 for this briefly trained model (near-tie logits flip under FP16 rounding; a trained model passes, see tests/calibration/test_precision_trained.py); kept with --force, and the manifest records the gate as failed and forced."
 fi
 "$bin/glsnet" run "$image" --bundle "$out/bundle" --precision fp16 -o "$out/run" --overlay --stats
 "$bin/glsnet" info "$out/bundle"

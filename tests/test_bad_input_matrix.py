@@ -25,7 +25,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tests.test_segmenter import scene
+from tests.runtime.test_segmenter import scene
 
 ROOT = Path(__file__).resolve().parents[1]
 

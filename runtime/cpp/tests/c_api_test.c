@@ -1,5 +1,5 @@
 /* Every error path of the C API, run under AddressSanitizer and UndefinedBehaviorSanitizer by
- * tests/test_cpp_runtime.py: each failing call returns its status and a message naming the problem,
+ * tests/runtime/cpp/test_cpp_runtime.py: each failing call returns its status and a message naming the problem,
  * and no partial output file remains.
  * Usage: glsnet-c-api-test GOOD_BUNDLE TAMPERED_BUNDLE SCHEMA_BUNDLE ESCAPE_BUNDLE WORKDIR */
 #include <dirent.h>

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from tests.test_glsnet_cli import glsnet
+from tests.runtime.test_glsnet_cli import glsnet
 
 
 def test_info_verifies_every_checksum(small_bundle):

@@ -190,7 +190,7 @@ def test_calibrate_command(scene_files, small_bundle, tmp_path):
 def test_calibrate_from_a_dataset_layout(small_bundle, tmp_path):
     from export.cli import app
     from glsnet.data.synthetic import write_synthetic_folder
-    from tests.test_datasets_mmseg import write_mmseg_folder
+    from tests.glsnet.test_datasets_mmseg import write_mmseg_folder
 
     bundle = copy_bundle(small_bundle, tmp_path / "bundle")
     folder = tmp_path / "deepglobe"

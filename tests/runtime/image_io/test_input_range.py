@@ -13,7 +13,7 @@ from runtime.image_io.readers import ArraySource
 from runtime.image_io.input_range import InputRange, conform_source, parse_input_range
 from runtime.bundle.manifest import InputPixels, Normalization, read_manifest
 from runtime.segmenter import Segmenter, SegmenterOptions
-from tests.test_segmenter import scene
+from tests.runtime.test_segmenter import scene
 
 UINT8 = InputPixels("uint8", 0.0, 255.0)
 RGB = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -122,7 +122,7 @@ def test_a_wrong_mean_exclude_name_fails_before_any_step(tmp_path: Path, monkeyp
 
 
 def test_resume_keeps_the_checkpoints_mode(tmp_path: Path, monkeypatch, capsys):
-    from tests.test_train_cli import run_cli
+    from tests.glsnet.test_train_cli import run_cli
 
     common = ("--synthetic", "--synthetic-count", "2", "--synthetic-size", "160x160", "--batch-size", "2",
               "--val-fraction", "0", "--out", tmp_path / "m.safetensors", "--no-progress")
@@ -140,7 +140,7 @@ def test_bad_budget_is_an_input_error(tmp_path: Path):
 
 
 def test_train_cli_help_and_log_say_the_mode(tmp_path: Path, monkeypatch, capsys):
-    from tests.test_train_cli import run_cli
+    from tests.glsnet.test_train_cli import run_cli
 
     code, out, _ = run_cli(monkeypatch, capsys, "train", "--help")
     assert code == 0 and "--mode" in out and "differs from the paper" in out and "paper" in out

@@ -11,7 +11,7 @@ from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.bundle.manifest import read_manifest, sha256_file
-from test_tensorrt_support import fake_tensorrt, make_manifest, scratch_need, write_fake_bundle
+from tests.tensorrt_support import fake_tensorrt, make_manifest, scratch_need, write_fake_bundle
 
 ALL = ("fp32", "fp16", "int8")
 

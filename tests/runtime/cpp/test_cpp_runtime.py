@@ -23,7 +23,7 @@ from runtime.image_io.readers import open_image
 from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = ROOT / "runtime" / "cpp" / "build.sh"
 
 

@@ -11,7 +11,7 @@ from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
 from runtime.image_io.readers import ArraySource
 from runtime.image_io.preprocess import normalize
-from test_tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, scratch_need, write_fake_bundle
+from tests.tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, scratch_need, write_fake_bundle
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from runtime.backends.tensorrt.runner import ContextMemory, TensorRTBackend
 from runtime.cuda.device import DeviceTensor
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
-from test_tensorrt_support import FakeTensorRTError, NumpyGLSNet, fake_tensorrt, make_manifest, plans_for, scratch_need
+from tests.tensorrt_support import FakeTensorRTError, NumpyGLSNet, fake_tensorrt, make_manifest, plans_for, scratch_need
 
 
 @pytest.fixture(params=["10.3.0", "11.4.0"])

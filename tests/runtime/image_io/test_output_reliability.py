@@ -19,9 +19,9 @@ from runtime.atomic_file import create_temporary, remove_stale_temporaries, repl
 from runtime.errors import InputError
 from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import Segmenter
-from tests.test_segmenter import scene
+from tests.runtime.test_segmenter import scene
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ALL = OutputOptions(color=True, overlay=True, stats=True)
 
 

@@ -218,7 +218,7 @@ def test_address_of_a_cluster_that_is_not_there_fails_in_one_line(small_bundle, 
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "runtime.cli", "batch", str(tmp_path / "scenes"), "-b", str(small_bundle), "-o", str(tmp_path / "out"), "--address", address],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
     )
     seconds = time.monotonic() - start
     assert done.returncode == 1

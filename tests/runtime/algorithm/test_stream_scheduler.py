@@ -9,7 +9,7 @@ from runtime.accuracy.comparison import pixel_agreement
 from runtime.cuda.recording import Call, HostAsyncBackend, RecordingDevice
 from runtime.errors import InputError
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
-from test_tensorrt_support import NumpyGLSNet, make_manifest, manifest_for_config, normalized_image, reference_mask
+from tests.tensorrt_support import NumpyGLSNet, make_manifest, manifest_for_config, normalized_image, reference_mask
 
 
 def numpy_scheduler(priority=("local",), batch_size=4, lookahead=2, fixed_batch=False, manifest=None, seed=0):

@@ -60,7 +60,7 @@ def test_both_schedulers_share_one_batching():
     """The CPU and CUDA schedulers take their grid and batches from runtime.algorithm.patch_schedule."""
     import runtime.algorithm.scheduler as cpu
     import runtime.algorithm.stream_scheduler as gpu
-    from test_tensorrt_support import make_manifest
+    from tests.tensorrt_support import make_manifest
 
     assert cpu.batches is batches is gpu.batches and cpu.grid_for is grid_for is gpu.grid_for
     manifest = make_manifest()

@@ -9,7 +9,7 @@ import pytest
 from runtime.backends.tensorrt.api import TensorRTVersion, load_tensorrt, tensorrt_api
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
 from runtime.optional_import import available
-from test_tensorrt_support import fake_tensorrt
+from tests.tensorrt_support import fake_tensorrt
 
 
 @pytest.mark.parametrize(
