@@ -104,7 +104,7 @@ def batch(
     bundle and options. Exit status 1 when any scene failed.
     """
     from runtime.batch.dispatcher import BatchOptions, run_batch
-    from runtime.algorithm.memory_budget import parse_memory_size
+    from runtime.byte_sizes import parse_memory_size
 
     options = BatchOptions(
         inputs=tuple(inputs),
@@ -160,7 +160,7 @@ def bench(
         run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
         return
     from runtime.bench.segment_bench import BenchOptions, run_bench
-    from runtime.algorithm.memory_budget import parse_memory_size
+    from runtime.byte_sizes import parse_memory_size
 
     if preset not in ("default", "small"):
         raise InputError(f"--preset {preset!r}: choose default or small")

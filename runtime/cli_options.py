@@ -51,7 +51,7 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 
 def engine_and_provider(engine: str, provider: str | None, device: str | None) -> tuple[str, str | None]:
     """--engine/--provider, or the deprecated --device mapped onto them with a message."""
-    from runtime.engines.pipeline import deprecation_message, legacy_device
+    from runtime.options import deprecation_message, legacy_device
 
     if device is None:
         return engine, provider
@@ -77,9 +77,9 @@ def segmenter_options(
     dla_core: int | None = None,
 ):
     """The parsed flags as SegmenterOptions."""
+    from runtime.byte_sizes import parse_memory_size
     from runtime.image_io.input_range import parse_input_range
-    from runtime.algorithm.memory_budget import parse_memory_size
-    from runtime.segmenter import SegmenterOptions
+    from runtime.options import SegmenterOptions
 
     engine, provider = engine_and_provider(engine, provider, device)
     return SegmenterOptions(

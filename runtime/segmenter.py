@@ -10,80 +10,29 @@ images one at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from runtime.algorithm.memory_budget import MemoryPlan, lowest_budget
+from runtime.algorithm.scheduler import RowBand, Scheduler, normalization_for
 from runtime.bundle.loader import Bundle, open_bundle
-from runtime.errors import InputError
-from runtime.process_memory.heap_release import fixed_mmap_threshold
-from runtime.image_io.readers import DEFAULT_MAX_PIXELS, ArraySource, ImageSource, open_image
-from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
-from runtime.image_io.input_range import InputRange, conform_source
-from runtime.algorithm.memory_budget import MemoryPlan, lowest_budget, parse_memory_size
+from runtime.byte_sizes import parse_memory_size
 from runtime.engines.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
-from runtime.engines.pipeline import Pipeline, check_choice, make_pipeline, warn_legacy_device
+from runtime.engines.pipeline import Pipeline, make_pipeline
+from runtime.errors import InputError
+from runtime.image_io.input_range import conform_source
+from runtime.image_io.readers import ArraySource, ImageSource, open_image
+from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
+from runtime.options import TENSORRT_ENGINE, SegmenterOptions
+from runtime.process_memory.heap_release import fixed_mmap_threshold
 from runtime.process_memory.rss_timeline import phase
-from runtime.algorithm.scheduler import RowBand, ScheduleOptions, Scheduler, normalization_for
 
 if TYPE_CHECKING:
     from runtime.engines.tensorrt_pipeline import TensorRTPipeline
 
 __all__ = ["ACTIVATION_FACTORS", "Segmenter", "SegmenterOptions", "TENSORRT_ENGINE"]
-
-TENSORRT_ENGINE = "tensorrt-engine"  # the deprecated --device spelling of engine="tensorrt"
-
-
-@dataclass(frozen=True)
-class SegmenterOptions:
-    """Everything a Segmenter is built with (the CLI parses its flags into this).
-
-    ``device`` is the deprecated single option (cpu, cuda, tensorrt, tensorrt-engine); when given it
-    sets ``engine`` and ``provider`` and warns.
-    """
-
-    precision: str = "fp32"
-    engine: str = "onnxruntime"
-    provider: str | None = None  # ONNX Runtime execution provider; None: cpu
-    device: str | None = None
-    batch_size: int | None = None
-    max_memory: int | None = None  # bytes; see runtime.algorithm.memory_budget.parse_memory_size
-    threads: int | None = None
-    bands: tuple[int, ...] | None = None
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    global_band_rows: int | None = None
-    global_halo: int | None = None
-    cuda_graphs: bool = False  # TensorRT engine: replay fixed-shape local/fusion batches as CUDA graphs
-    dla_core: int | None = None  # TensorRT engine: run the bundle's DLA engine set on this core
-    input_range: InputRange | None = None  # how to map other pixel types onto the trained range (input_range.py)
-
-    def __post_init__(self) -> None:
-        if self.device is not None:
-            engine, provider = warn_legacy_device(self.device)
-            object.__setattr__(self, "engine", engine)
-            object.__setattr__(self, "provider", provider)
-            object.__setattr__(self, "device", None)
-        check_choice(self.engine, self.provider)
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise InputError(f"--max-pixels {self.max_pixels}: the pixel limit must be at least 1")
-
-    @property
-    def ort_provider(self) -> str:
-        return self.provider or "cpu"
-
-    def schedule(self) -> ScheduleOptions:
-        extra = {} if self.global_halo is None else {"global_halo": self.global_halo}
-        return ScheduleOptions(
-            batch_size=self.batch_size,
-            max_memory=self.max_memory,
-            global_band_rows=self.global_band_rows,
-            bands=self.bands,
-            serialize_graphs=self.engine == "onnxruntime" and self.ort_provider == "cpu",  # GPU providers overlap the branches on streams
-            **extra,
-        )
-
 
 class Segmenter:
     """Segments images with a bundle on the pipeline its options choose; safe to share between threads."""

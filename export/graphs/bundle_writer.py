@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from runtime.errors import InputError
 from runtime.bundle.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -27,6 +26,7 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from runtime.errors import InputError
 from runtime.optional_import import require
 
 TOOLKIT = "glsnet-deploy"
@@ -98,7 +98,7 @@ def _swap_into_place(stage: Path, out_dir: Path) -> None:
 
 def describe_graph(stage: Path, path: Path, role: str, config: Any, opset: int, precision: str = "fp32") -> GraphSpec:
     """The manifest entry of one written graph: the contract's tensors, its checksum and opset."""
-    from export.graphs.onnx_export import graph_io
+    from export.graphs.graph_io import graph_io
 
     inputs, outputs = graph_io(role, config)
     return GraphSpec(

@@ -65,7 +65,7 @@ def export_global_stages(model: Any, stage_dir: Path, options: Any, image: Any) 
     """
     import torch
 
-    from export.graphs.onnx_export import ExportError, _dynamic_axes, check_graph, conform_io, simplify
+    from export.graphs.graph_io import ExportError, check_graph, conform_io, dynamic_axes, simplify
 
     onnx = require("onnx", "ONNX export")
     out = []
@@ -82,7 +82,7 @@ def export_global_stages(model: Any, stage_dir: Path, options: Any, image: Any) 
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, (x,), str(path), input_names=[GLOBAL_STAGE_INPUT], output_names=[GLOBAL_STAGE_OUTPUT],
-                dynamic_axes=_dynamic_axes(inputs + outputs), opset_version=options.opset, do_constant_folding=True, dynamo=False,
+                dynamic_axes=dynamic_axes(inputs + outputs), opset_version=options.opset, do_constant_folding=True, dynamo=False,
             )
         proto = onnx.load(str(path))
         if options.simplify:

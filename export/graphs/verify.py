@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime.accuracy.comparison import ComparisonReport, compare_outputs, pixel_agreement
-from runtime.errors import CheckpointError, InputError
 from runtime.bundle.manifest import GRAPH_ROLES, Manifest, graph_path, read_manifest
+from runtime.errors import CheckpointError, InputError
 from runtime.image_io.preprocess import normalize
 
 DEFAULT_SYNTHETIC_SIZE = 1024
@@ -155,7 +155,8 @@ def torch_graph(model: Any, role: str, feed: Mapping[str, np.ndarray]) -> dict[s
     """The torch submodule that ``role``'s graph was exported from, on the same named inputs."""
     import torch
 
-    from export.graphs.onnx_export import graph_io, submodule
+    from export.graphs.graph_io import graph_io
+    from export.graphs.onnx_export import submodule
 
     inputs, outputs = graph_io(role, model.config)
     args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in inputs]
@@ -186,8 +187,8 @@ def graph_feeds(model: Any, normalized: np.ndarray, batch_size: int) -> tuple[di
     import torch
 
     from glsnet.inference import pad_to_grid
-    from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS
     from runtime.algorithm.patch_grid import make_grid
+    from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS
 
     c = model.config
     _, height, width = normalized.shape

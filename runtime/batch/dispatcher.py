@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.atomic_file import remove_temporaries_of
+from runtime.batch.cluster import ray_session
 from runtime.batch.inputs import expand_inputs
 from runtime.batch.report import FAILED, REPORT_NAME, SKIPPED, BatchSummary, ReportWriter, SceneResult, print_summary
 from runtime.batch.resume import batch_provenance, is_done
 from runtime.batch.worker import Scene, SceneWorker
+from runtime.byte_sizes import format_bytes
 from runtime.errors import ClusterError, InputError
 from runtime.image_io.writers import OutputOptions, OutputPaths
-from runtime.algorithm.memory_budget import format_bytes
-from runtime.batch.cluster import ray_session
-from runtime.segmenter import Segmenter, SegmenterOptions
+from runtime.options import SegmenterOptions
+from runtime.segmenter import Segmenter
 
 MAX_WORKER_RESTARTS = 8  # per worker: Ray restarts a dead worker this many times, then the batch goes on without it
 WAIT_TICK_S = 0.5  # how often the progress bar is refreshed while waiting for results

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from runtime.algorithm.memory_budget import format_bytes
+from runtime.byte_sizes import format_bytes
 
 REPORT_NAME = "batch-report.jsonl"
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"

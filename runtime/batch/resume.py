@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.image_io.writers import OutputOptions, OutputPaths
 from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
-from runtime.segmenter import SegmenterOptions
+from runtime.image_io.writers import OutputOptions, OutputPaths
+from runtime.options import SegmenterOptions
 
 EXECUTION_ONLY = ("threads", "max_pixels")  # SegmenterOptions fields that do not change the outputs
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.process_memory import peak_rss
 from runtime.batch.report import FAILED, OK, SceneResult
 from runtime.errors import GlsnetError
 from runtime.image_io.writers import OutputOptions
-from runtime.segmenter import Segmenter, SegmenterOptions
+from runtime.options import SegmenterOptions
+from runtime.process_memory import peak_rss
+from runtime.segmenter import Segmenter
 
 
 @dataclass(frozen=True)

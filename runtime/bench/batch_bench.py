@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic_file import write_text_atomic
+from runtime.batch.cluster import ray_session
 from runtime.batch.dispatcher import BatchOptions, run_batch
 from runtime.bench.segment_bench import run_child, synthetic_scene
+from runtime.byte_sizes import format_bytes
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
-from runtime.algorithm.memory_budget import format_bytes
-from runtime.batch.cluster import ray_session
-from runtime.segmenter import SegmenterOptions
+from runtime.options import SegmenterOptions
 
 DATA_ENV = "GLSNET_DATA"
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic_file import write_text_atomic
+from runtime.byte_sizes import parse_memory_size
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
-from runtime.algorithm.memory_budget import parse_memory_size
 
 DEFAULT_HALOS = (0, 128, 256, 320, 384)
 DEFAULT_BUDGETS = ("700MB", "900MB", "1.2GB")
@@ -394,12 +394,11 @@ def _worker(args: argparse.Namespace) -> dict:
     """Segment one image with the runtime, as `glsnet run` would, and time it."""
     import resource
 
-    from runtime.image_io.writers import OutputOptions
-    from runtime.segmenter import Segmenter, SegmenterOptions
-
+    from runtime.byte_sizes import parse_memory_size
     from runtime.image_io.readers import open_image
-    from runtime.algorithm.memory_budget import parse_memory_size
+    from runtime.image_io.writers import OutputOptions
     from runtime.process_memory.rss_timeline import RssSampler
+    from runtime.segmenter import Segmenter, SegmenterOptions
 
     with RssSampler() as sampler:
         start = time.perf_counter()
@@ -438,9 +437,9 @@ def _worker(args: argparse.Namespace) -> dict:
 def _bands(args: argparse.Namespace) -> dict:
     """Global features whole vs in bands for several halos, and the banded mask vs the whole-image mask."""
     from runtime.algorithm.global_features import DEFAULT_HALO, global_features, staged_global_features
+    from runtime.algorithm.scheduler import PaddedReader, normalization_for
     from runtime.image_io.readers import open_image
     from runtime.image_io.writers import OutputOptions
-    from runtime.algorithm.scheduler import PaddedReader, normalization_for
     from runtime.segmenter import Segmenter, SegmenterOptions
 
     halos = [int(h) for h in args.halos.split(",")]

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runtime.errors import BundleError
 from runtime.bundle.manifest import Manifest, read_manifest, sha256_file
-from runtime.algorithm.memory_budget import format_bytes
+from runtime.byte_sizes import format_bytes
+from runtime.errors import BundleError
 
 
 def print_summary(bundle_dir: str | Path, console: Console) -> Manifest:

@@ -12,18 +12,18 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
-from runtime.bundle.loader import Bundle
-from runtime.engines.graph_contract import check_graph
 from runtime.algorithm.global_features import GlobalStage
-from runtime.process_memory.heap_release import release_free_heap
-from runtime.image_io.readers import ArraySource, ImageSource
 from runtime.algorithm.memory_budget import MemoryPlan
 from runtime.algorithm.patch_schedule import ROLES, RowBand
 from runtime.algorithm.scheduler import Scheduler
+from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from runtime.bundle.loader import Bundle
+from runtime.engines.graph_contract import check_graph
+from runtime.image_io.readers import ArraySource, ImageSource
+from runtime.process_memory.heap_release import release_free_heap
 
 if TYPE_CHECKING:
-    from runtime.segmenter import SegmenterOptions
+    from runtime.options import SegmenterOptions
 
 # Working memory of each graph as a multiple of its input + output bytes (see OnnxRuntimeBackend.memory_estimate),
 # measured with ONNX Runtime 1.32 on the CPU for the default configuration (peak RSS of one run minus RSS

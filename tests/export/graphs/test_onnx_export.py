@@ -12,10 +12,11 @@ import pytest
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-from export.graphs.onnx_export import ExportError, Exporter, ExportOptions, conform_io, export_bundle, export_graph, graph_io  # noqa: E402
+from export.graphs.graph_io import ExportError, conform_io, graph_io  # noqa: E402
+from export.graphs.onnx_export import Exporter, ExportOptions, export_bundle, export_graph  # noqa: E402
 from export.graphs.verify import VerifyOptions, compare_graph, run_graph, torch_graph  # noqa: E402
-from runtime.errors import CheckpointError, InputError  # noqa: E402
 from runtime.bundle.manifest import GRAPH_ROLES, read_manifest, sha256_file  # noqa: E402
+from runtime.errors import CheckpointError, InputError  # noqa: E402
 
 EXPECTED_INPUT_DIMS = {
     "global": {"image": [1, 3, "height", "width"]},

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from runtime.algorithm.memory_budget import DEFAULT_BATCH_SIZE, DEFAULT_STAGED_BAND_ROWS, MemoryModel, lowest_budget, plan_memory
+from runtime.byte_sizes import parse_memory_size
 from runtime.errors import InputError
-from runtime.algorithm.memory_budget import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_STAGED_BAND_ROWS,
-    MemoryModel,
-    lowest_budget,
-    parse_memory_size,
-    plan_memory,
-)
 
 
 @pytest.mark.parametrize(
