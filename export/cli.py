@@ -137,7 +137,7 @@ def calibrate_command(
     if data is not None:
         if images:
             raise InputError("give either IMAGES or --data, not both")
-        from calibration.dataset_scenes import read_dataset_scenes
+        from export.dataset_scenes import read_dataset_scenes
 
         images, labels, names = read_dataset_scenes(bundle, data, layout, split, max_scenes, seed)
     elif not images:
