@@ -11,7 +11,7 @@
 
 #include "errors.hpp"
 #include "glsnet/glsnet.h"
-#include "pipeline.hpp"
+#include "onnxruntime_pipeline.hpp"
 
 struct glsnet_handle {
   std::unique_ptr<glsnet::Pipeline> pipeline;

@@ -1,4 +1,4 @@
-#include "pipeline.hpp"
+#include "onnxruntime_pipeline.hpp"
 
 #include <sys/stat.h>
 

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "algorithm.hpp"
-#include "global_stages.hpp"
+#include "global_features.hpp"
 #include "image_io.hpp"
 #include "manifest.hpp"
 

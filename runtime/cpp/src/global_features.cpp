@@ -1,4 +1,4 @@
-#include "global_stages.hpp"
+#include "global_features.hpp"
 
 #include <algorithm>
 #include <deque>
