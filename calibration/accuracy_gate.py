@@ -27,9 +27,9 @@ import numpy as np
 from calibration.data_readers import TileFeeds
 from calibration.tiles import CALIBRATION, HOLDOUT, TileSet
 from runtime.accuracy.comparison import compare_outputs
-from runtime.errors import AccuracyGateError
-from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
 from runtime.accuracy.metrics import ConfusionMatrix, default_mean_exclusions
+from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
+from runtime.errors import AccuracyGateError
 
 MIN_PIXEL_STD = 1.0  # a scene whose pixels vary less than this (in pixel units) is constant
 

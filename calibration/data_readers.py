@@ -24,8 +24,8 @@ from runtime.bundle.manifest import (
     Manifest,
     graph_path,
 )
-from runtime.optional_import import require
 from runtime.image_io.preprocess import normalize
+from runtime.optional_import import require
 
 Feed = dict[str, np.ndarray]
 

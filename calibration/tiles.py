@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from runtime.atomic_file import atomic_path
+from runtime.bundle.manifest import Manifest, sha256_file
 from runtime.errors import BundleError, InputError
 from runtime.image_io.readers import ArraySource, open_image
-from runtime.bundle.manifest import Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,6 @@ from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions
 from calibration.fp16 import FP16Options, convert_graph_to_fp16, kept_nodes_summary
 from calibration.int8 import Int8Options, build_int8_graphs
 from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, TileSet, bundle_tiles, sample_tiles
-from runtime.errors import BundleError, InputError
 from runtime.bundle.manifest import (
     GRAPH_ROLES,
     EngineSpec,
@@ -57,6 +56,7 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from runtime.errors import BundleError, InputError
 from runtime.optional_import import available, require
 
 log = logging.getLogger(__name__)

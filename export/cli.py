@@ -84,8 +84,8 @@ def inspect_command(
 
     from export.graphs.inspect_graphs import ExampleSize, inspect_bundle, summary_tables
     from export.tensorrt.tensorrt_compat import check_bundle
-    from runtime.errors import AccuracyGateError
     from runtime.bundle.manifest import read_manifest
+    from runtime.errors import AccuracyGateError
 
     example = ExampleSize(height=height, width=width, batch=batch)
     summaries = inspect_bundle(bundle, example)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError
 from runtime.bundle.manifest import read_manifest
+from runtime.errors import InputError
 
 
 def read_dataset_scenes(

@@ -14,8 +14,8 @@ import torch
 from glsnet.config import GLSNetConfig
 from glsnet.model import GLSNet, build_glsnet
 from runtime.atomic_file import atomic_path
-from runtime.errors import CheckpointError
 from runtime.bundle.manifest import sha256_file
+from runtime.errors import CheckpointError
 
 FORMAT = "glsnet-checkpoint/1"
 

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import CheckpointError, InputError
 from runtime.bundle.manifest import Normalization
+from runtime.errors import CheckpointError, InputError
 from runtime.image_io.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 DEEPGLOBE_CLASSES = ("unknown", "urban", "agriculture", "rangeland", "forest", "water", "barren")

@@ -19,9 +19,9 @@ from glsnet.config import GLSNetConfig
 from glsnet.data.datasets import mean_exclusions
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
+from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import InputError
-from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.image_io.preprocess import normalize
 
 

@@ -37,9 +37,9 @@ from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score
 from glsnet.global_window import activation_bytes_per_pixel, global_window
 from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
-from runtime.errors import GlsnetError, InputError
 from runtime.accuracy.metrics import Scores
 from runtime.algorithm.patch_grid import make_grid
+from runtime.errors import GlsnetError, InputError
 from runtime.image_io.preprocess import check_bands
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from runtime.cuda.device import DeviceBuffer
-from runtime.cuda.recording import RecordingDevice
+from runtime.algorithm.patch_grid import make_grid
+from runtime.algorithm.stitching import patch_weights, upsample_logits
 from runtime.bundle.manifest import (
     SCHEMA_VERSION,
     GraphSpec,
@@ -43,8 +43,8 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
-from runtime.algorithm.patch_grid import make_grid
-from runtime.algorithm.stitching import patch_weights, upsample_logits
+from runtime.cuda.device import DeviceBuffer
+from runtime.cuda.recording import RecordingDevice
 
 # ----------------------------------------------------------------------------------- manifest
 

@@ -36,8 +36,8 @@ def run_reference(checkpoint: Path, image: Path, mask_out: Path, batch_size: int
 
     from glsnet.checkpoint import load_model
     from glsnet.inference import predict_mask
-    from runtime.image_io.readers import open_image
     from runtime.image_io.preprocess import normalize
+    from runtime.image_io.readers import open_image
 
     start = time.perf_counter()
     model, _ = load_model(checkpoint)

@@ -135,9 +135,9 @@ def measure(
     dla_core: int | None,
     cuda_graphs: bool,
 ) -> list[Measurement]:
-    from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
     from runtime.accuracy.comparison import pixel_agreement
     from runtime.cuda import open_device
+    from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
     from runtime.image_io.readers import open_image
 
     device = open_device()
@@ -276,9 +276,9 @@ def check_cuda(
     from export.gpu.gpu_check_cuda import MIN_AGREEMENT as CUDA_MIN_AGREEMENT
     from export.gpu.gpu_check_cuda import measure_cuda
     from glsnet.checkpoint import load_model
-    from runtime.image_io.readers import open_image
     from runtime.bundle.manifest import read_manifest
     from runtime.image_io.preprocess import normalize
+    from runtime.image_io.readers import open_image
     from runtime.segmenter import Segmenter
 
     checkpoint, bundle_dir = model_and_bundle(out, bundle, checkpoint, preset)

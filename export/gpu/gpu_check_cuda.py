@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from runtime.cuda.device import Device, DeviceTensor
-from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
+from runtime.bundle.manifest import FUSION_INPUTS, FUSION_OUTPUT, GLOBAL_INPUT, GLOBAL_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest
+from runtime.cuda.device import Device, DeviceTensor
 
 ROLE_IO = {
     "global": ((GLOBAL_INPUT,), (GLOBAL_OUTPUT,)),

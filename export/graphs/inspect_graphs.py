@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import InputError
 from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, TensorSpec, graph_path, read_manifest
+from runtime.errors import InputError
 from runtime.optional_import import require
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")

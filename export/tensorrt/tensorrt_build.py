@@ -26,13 +26,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from runtime.algorithm.device_buffers import tensor_shape
 from runtime.atomic_file import write_bytes_atomic
 from runtime.backends.tensorrt.api import TensorRTApi, tensorrt_api
-from runtime.algorithm.device_buffers import tensor_shape
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, TARGET, engine_directory, slug
+from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
 from runtime.cuda.device import Device, DeviceInfo
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
 

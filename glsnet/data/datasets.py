@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from glsnet.config import DEEPGLOBE_CLASSES, DEEPGLOBE_PALETTE, GLSNetConfig
 from glsnet.data.palette import Palette
-from runtime.errors import InputError
 from runtime.accuracy.metrics import default_mean_exclusions
+from runtime.errors import InputError
 
 ISPRS_CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
 ISPRS_PALETTE: Palette = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))

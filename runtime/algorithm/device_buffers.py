@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.errors import BundleError, InputError
+from runtime.algorithm.patch_grid import make_grid
 from runtime.bundle.manifest import (
     FUSION_INPUTS,
     FUSION_OUTPUT,
@@ -31,7 +31,7 @@ from runtime.bundle.manifest import (
     PatchSpec,
     TensorSpec,
 )
-from runtime.algorithm.patch_grid import make_grid
+from runtime.errors import BundleError, InputError
 
 HOST_SLOTS = 2  # double-buffered pinned staging
 DEFAULT_LOOKAHEAD = 2

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.bundle.manifest import Manifest
 from runtime.algorithm.patch_grid import PatchGrid, make_grid
+from runtime.bundle.manifest import Manifest
 
 ROLES = ("global", "local", "fusion")  # the three graphs (engines) of a bundle, in the order they run
 RowBand = tuple[int, np.ndarray]  # (first image row, uint8 class indices [rows, width])

@@ -25,18 +25,33 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.errors import InputError
-from runtime.algorithm.global_features import DEFAULT_HALO, FEATURE_STRIDE, GlobalStage, global_features, stage_band_rows, staged_global_features
-from runtime.process_memory.heap_release import release_free_heap
-from runtime.image_io.readers import ImageSource
-from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_STAGE_INPUT, GLOBAL_STAGE_OUTPUT, LOCAL_INPUT, LOCAL_OUTPUTS, Manifest, Normalization
+from runtime.algorithm.global_features import (
+    DEFAULT_HALO,
+    FEATURE_STRIDE,
+    GlobalStage,
+    global_features,
+    stage_band_rows,
+    staged_global_features,
+)
 from runtime.algorithm.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.algorithm.patch_grid import PatchGrid
 from runtime.algorithm.patch_schedule import RowBand, batches, grid_for
-from runtime.image_io.preprocess import normalize
-from runtime.process_memory.rss_timeline import phase
 from runtime.algorithm.stitching import Stitcher, upsample_logits
+from runtime.backends.base import Backend
+from runtime.bundle.manifest import (
+    FUSION_OUTPUT,
+    GLOBAL_STAGE_INPUT,
+    GLOBAL_STAGE_OUTPUT,
+    LOCAL_INPUT,
+    LOCAL_OUTPUTS,
+    Manifest,
+    Normalization,
+)
+from runtime.errors import InputError
+from runtime.image_io.preprocess import normalize
+from runtime.image_io.readers import ImageSource
+from runtime.process_memory.heap_release import release_free_heap
+from runtime.process_memory.rss_timeline import phase
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features
 # The interpreter, numpy and ONNX Runtime's libraries before any session: measured 35-60 MB.

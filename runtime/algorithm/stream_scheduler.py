@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 
 from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, HOST_SLOTS, Allocation, BufferPlan, plan_buffers
-from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
-from runtime.errors import InputError
+from runtime.algorithm.patch_grid import PatchGrid
+from runtime.algorithm.patch_schedule import ROLES, RowBand, batches, grid_for
+from runtime.algorithm.stitching import Stitcher, upsample_logits
 from runtime.bundle.manifest import (
     FUSION_INPUTS,
     FUSION_OUTPUT,
@@ -36,9 +37,8 @@ from runtime.bundle.manifest import (
     LOCAL_OUTPUTS,
     Manifest,
 )
-from runtime.algorithm.patch_grid import PatchGrid
-from runtime.algorithm.patch_schedule import ROLES, RowBand, batches, grid_for
-from runtime.algorithm.stitching import Stitcher, upsample_logits
+from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
+from runtime.errors import InputError
 
 __all__ = ["AsyncEngine", "ROLES", "RowBand", "StreamScheduleOptions", "StreamScheduler"]
 

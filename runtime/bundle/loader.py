@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import BundleError, InputError
 from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, verify_file
+from runtime.errors import BundleError, InputError
 
 ORT_TARGET = "onnxruntime"
 TENSORRT_EP_CACHE = Path("engines") / "ort-tensorrt-cache"

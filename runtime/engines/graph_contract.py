@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 
 from runtime.backends.base import TensorMeta
-from runtime.errors import BundleError
 from runtime.bundle.manifest import FUSION_OUTPUT, GLOBAL_INPUT, LOCAL_INPUT, Manifest, TensorSpec
+from runtime.errors import BundleError
 
 # (role, tensor, is_input, axis, what the manifest says it must be)
 _SEMANTIC_DIMS = (

@@ -25,18 +25,18 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from runtime.backends.tensorrt.api import tensorrt_api
 from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, largest_batch_within
+from runtime.algorithm.memory_budget import MemoryPlan
+from runtime.algorithm.patch_schedule import RowBand
+from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
+from runtime.backends.tensorrt.api import tensorrt_api
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, Platform, engine_paths, select_engines
 from runtime.backends.tensorrt.runner import ContextMemory, TensorRTBackend
+from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
-from runtime.algorithm.memory_budget import MemoryPlan
-from runtime.algorithm.patch_schedule import RowBand
 from runtime.image_io.preprocess import normalize
-from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import InputError
-from runtime.image_io.readers import ImageSource
 from runtime.bundle.manifest import InputPixels, Normalization
+from runtime.errors import InputError
 from runtime.image_io.preprocess import check_bands
+from runtime.image_io.readers import ImageSource
 
 PERCENTILE_SAMPLE_ROWS = 64
 OPTION = "--input-range"

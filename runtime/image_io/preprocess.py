@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.errors import InputError
 from runtime.bundle.manifest import Normalization
+from runtime.errors import InputError
 
 # The ImageNet statistics the backbones were pretrained with: the training config's default
 # (glsnet.config), recorded in every bundle's manifest from there.

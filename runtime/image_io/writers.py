@@ -23,9 +23,9 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from runtime.atomic_file import create_temporary, remove_stale_temporaries, replace_all
+from runtime.bundle.manifest import Manifest
 from runtime.errors import InputError
 from runtime.image_io.readers import ImageSource
-from runtime.bundle.manifest import Manifest
 
 FORMATS = ("png", "tif")
 DEFAULT_ROWS_PER_STRIP = 64

@@ -24,9 +24,9 @@ from calibration.tiles import (
     save_tiles,
     tiles_digest,
 )
-from runtime.errors import BundleError, InputError
-from runtime.bundle.manifest import read_manifest
 from runtime.accuracy.metrics import ConfusionMatrix
+from runtime.bundle.manifest import read_manifest
+from runtime.errors import BundleError, InputError
 
 SMALL_TILES = TileOptions(count=24, holdout=8, scene_size=256, scenes_per_image=2, candidates_per_scene=24, seed=3)
 

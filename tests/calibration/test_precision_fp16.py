@@ -19,8 +19,8 @@ from calibration.fp16 import (  # noqa: E402
     name_nodes,
     remove_fp16_round_trips,
 )
-from runtime.errors import BundleError  # noqa: E402
 from runtime.bundle.manifest import graph_path, read_manifest  # noqa: E402
+from runtime.errors import BundleError  # noqa: E402
 
 
 def elem_types(model) -> dict[str, int]:

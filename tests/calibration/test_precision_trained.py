@@ -26,9 +26,9 @@ TRAIN_STEPS = 400
 
 @pytest.fixture(scope="module")
 def trained_bundle(deepglobe_dir, tmp_path_factory):
+    from export.graphs.onnx_export import export_bundle
     from glsnet.config import SMALL
     from glsnet.training import TrainOptions, train
-    from export.graphs.onnx_export import export_bundle
 
     root = tmp_path_factory.mktemp("trained")
     options = TrainOptions(

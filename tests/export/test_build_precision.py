@@ -16,8 +16,8 @@ from calibration.accuracy_gate import GateThresholds, PrecisionThresholds
 from calibration.tiles import TileOptions, calibrate_bundle
 from export.build import BuildOptions, build_precision
 from export.cli import app
-from runtime.errors import AccuracyGateError, BundleError, InputError
 from runtime.bundle.manifest import read_manifest, verify_file
+from runtime.errors import AccuracyGateError, BundleError, InputError
 
 TILES = TileOptions(count=12, holdout=6, scene_size=256, scenes_per_image=1, candidates_per_scene=24, seed=0)
 LENIENT = GateThresholds(fp16=PrecisionThresholds(0.99, None), int8=PrecisionThresholds(0.5, None))

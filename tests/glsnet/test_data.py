@@ -17,8 +17,8 @@ from glsnet.data.palette import colorize, decode_mask
 from glsnet.data.samples import make_sample
 from glsnet.data.synthetic import SyntheticScenes, synthetic_scene, write_synthetic_folder
 from glsnet.data.vaihingen import VAIHINGEN_PALETTE, vaihingen_scenes
-from runtime.errors import InputError
 from runtime.algorithm.patch_grid import make_grid
+from runtime.errors import InputError
 
 VAIHINGEN = DATASETS["vaihingen"].config()
 

@@ -11,8 +11,8 @@ from PIL import Image
 from glsnet.config import SMALL, with_bands
 from glsnet.data.datasets import DATASETS, LOVEDA_CLASSES, mean_exclusions, parse_class_names
 from glsnet.data.layouts import Layout, open_scenes
-from runtime.errors import InputError
 from runtime.accuracy.metrics import ConfusionMatrix, default_mean_exclusions
+from runtime.errors import InputError
 
 
 def write_mmseg_folder(root: Path, num_classes: int, bands: int = 3, size: int = 64, per_split: int = 2, seed: int = 0) -> Path:

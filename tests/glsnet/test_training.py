@@ -10,10 +10,10 @@ import torch
 
 from glsnet.checkpoint import load_model, save_checkpoint
 from glsnet.config import SMALL
+from glsnet.data.datasets import DATASETS
 from glsnet.data.deepglobe import deepglobe_scenes
 from glsnet.data.layouts import Layout
 from glsnet.data.samples import make_sample
-from glsnet.data.datasets import DATASETS
 from glsnet.losses import GLSNetLoss
 from glsnet.model import build_glsnet
 from glsnet.training import TrainOptions, preset_config, scene_for_step, split_scenes, train

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import BundleError, InputError
 from runtime.algorithm.global_features import global_features, plan_bands
 from runtime.algorithm.scheduler import PaddedReader, normalization_for
+from runtime.errors import BundleError, InputError
 from runtime.segmenter import Segmenter
 
 

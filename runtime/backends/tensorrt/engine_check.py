@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends.tensorrt.api import TensorRTVersion
-from runtime.errors import BundleError
 from runtime.bundle.manifest import GRAPH_ROLES, EngineSpec, Manifest, verify_file
+from runtime.errors import BundleError
 
 TARGET = "tensorrt"
 DLA_ROLE = "local"  # the one engine a DLA build puts on DLA (ResNet-50 convolutions); the others stay on the GPU

@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.gpu.gpu_check_cuda import CudaArrayView, TorchEngine, scheduled_mask, torch_engines  # noqa: E402
+from runtime.bundle.manifest import read_manifest  # noqa: E402
 from runtime.cuda.device import DeviceTensor  # noqa: E402
 from runtime.cuda.recording import RecordingDevice  # noqa: E402
-from runtime.bundle.manifest import read_manifest  # noqa: E402
 from runtime.image_io.preprocess import normalize  # noqa: E402
 
 

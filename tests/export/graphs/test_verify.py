@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from export.graphs.verify import VerifyOptions, verify_bundle  # noqa: E402
-from runtime.errors import CheckpointError, InputError  # noqa: E402
 from runtime.bundle.manifest import read_manifest, sha256_file  # noqa: E402
+from runtime.errors import CheckpointError, InputError  # noqa: E402
 
 
 def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:

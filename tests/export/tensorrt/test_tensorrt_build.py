@@ -8,9 +8,9 @@ import struct
 import pytest
 
 from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines, optimization_profiles
+from runtime.bundle.manifest import read_manifest, sha256_file
 from runtime.cuda.recording import RecordingDevice
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.bundle.manifest import read_manifest, sha256_file
 from tests.tensorrt_support import fake_tensorrt, make_manifest, scratch_need, write_fake_bundle
 
 ALL = ("fp32", "fp16", "int8")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.errors import InputError
 from runtime.accuracy.metrics import ConfusionMatrix
+from runtime.errors import InputError
 
 # 3 classes; 255 is ignored. Pairs (target, prediction):
 TARGET = np.array([[0, 0, 1, 1, 1], [2, 2, 2, 2, 255]])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from runtime.algorithm.device_buffers import largest_batch_within, numpy_dtype, plan_buffers, tensor_shape
-from runtime.errors import BundleError, InputError
 from runtime.bundle.manifest import TensorSpec
+from runtime.errors import BundleError, InputError
 from tests.tensorrt_support import make_manifest
 
 GLSNET = dict(patch=508, overlap=50, width=256, skip=48, classes=7)  # the paper's configuration

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from runtime.errors import BundleError  # noqa: E402
 from runtime.algorithm.global_features import GlobalStage, global_features, stage_band_rows, staged_global_features  # noqa: E402
-from runtime.bundle.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
 from runtime.algorithm.scheduler import PaddedReader, normalization_for  # noqa: E402
-from runtime.segmenter import Segmenter  # noqa: E402
+from runtime.bundle.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from runtime.errors import BundleError  # noqa: E402
 from runtime.image_io.readers import ArraySource  # noqa: E402
+from runtime.segmenter import Segmenter  # noqa: E402
 
 
 def _reader(segmenter: Segmenter, height: int, width: int, seed: int = 3) -> tuple[PaddedReader, int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import InputError
 from runtime.algorithm.patch_grid import axis_starts, make_grid
+from runtime.errors import InputError
 
 
 def coverage(grid) -> np.ndarray:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from runtime.accuracy.comparison import pixel_agreement
+from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 from runtime.cuda.recording import Call, HostAsyncBackend, RecordingDevice
 from runtime.errors import InputError
-from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 from tests.tensorrt_support import NumpyGLSNet, make_manifest, manifest_for_config, normalized_image, reference_mask
 
 
@@ -209,10 +209,10 @@ def test_matches_the_pytorch_reference_with_the_model_branches(small_model, smal
 def test_matches_the_cpu_scheduler_with_onnx_runtime_sessions(small_bundle):
     """Async engines wrapping ONNX Runtime sessions: the same mask as the runtime's CPU scheduler."""
     pytest.importorskip("onnxruntime")
+    from runtime.algorithm.scheduler import ScheduleOptions, Scheduler
     from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
     from runtime.bundle.loader import open_bundle
     from runtime.image_io.readers import ArraySource
-    from runtime.algorithm.scheduler import ScheduleOptions, Scheduler
 
     bundle = open_bundle(small_bundle)
     graphs = bundle.graph_set("fp32")

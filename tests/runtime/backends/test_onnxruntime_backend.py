@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
+from runtime.algorithm.global_features import GlobalStage
+from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions, providers_for
 from runtime.errors import BundleError, GlsnetError, InputError, MissingDependencyError
-from runtime.algorithm.global_features import GlobalStage
 from runtime.image_io.readers import ArraySource
-from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter
 
 

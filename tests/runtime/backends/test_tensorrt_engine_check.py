@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from runtime.backends.tensorrt.engine_check import Platform, engine_directory, engine_paths, rebuild_command, select_engines, slug
-from runtime.errors import BundleError
 from runtime.bundle.manifest import EngineSpec, sha256_file
+from runtime.errors import BundleError
 from tests.tensorrt_support import make_manifest
 
 ORIN = Platform("10.3.0", "Orin", "8.7")

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from runtime.atomic_file import TEMP_MARK
 from PIL import Image
 from typer.testing import CliRunner
 
+from runtime.atomic_file import TEMP_MARK
 from runtime.batch.dispatcher import BatchOptions, run_batch
 from runtime.batch.report import REPORT_NAME
-from runtime.cli import app
 from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
+from runtime.cli import app
 
 ray = pytest.importorskip("ray", reason="glsnet batch needs Ray: pip install 'glsnet-deploy[cluster]'")
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from runtime.bundle.loader import Bundle, open_bundle
-from runtime.errors import BundleError, InputError
 from runtime.bundle.manifest import EngineSpec, read_manifest, sha256_file, write_manifest
+from runtime.errors import BundleError, InputError
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 
-from runtime.errors import BundleError
 from runtime.bundle.manifest import (
     SCHEMA_VERSION,
     GraphSpec,
@@ -23,6 +22,7 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from runtime.errors import BundleError
 
 ROLE_IO = {
     "global": ((("image", (1, 3, "height", "width")),), (("global_features", (1, 8, "feat_height", "feat_width")),)),

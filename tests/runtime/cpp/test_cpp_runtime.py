@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.errors import InputError
 from runtime.image_io.readers import open_image
-from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -291,9 +291,8 @@ def _run_cpp(build: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("suffix,fmt", [(".png", "png"), (".jpg", "tif"), (".tif", "png")])
 def test_cli_writes_the_same_files_as_glsnet_run(cpp_build, small_bundle, python_segmenter, tmp_path, suffix, fmt):
-    from PIL import Image
-
     import tifffile
+    from PIL import Image
 
     image = _scene(150, 230, seed=5)
     path = tmp_path / f"scene{suffix}"

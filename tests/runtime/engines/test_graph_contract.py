@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from runtime.backends.base import TensorMeta
-from runtime.errors import BundleError
-from runtime.engines.graph_contract import check_graph
 from runtime.bundle.manifest import read_manifest
+from runtime.engines.graph_contract import check_graph
+from runtime.errors import BundleError
 from runtime.segmenter import Segmenter
 
 

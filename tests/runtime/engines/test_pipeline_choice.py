@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from runtime.algorithm.patch_schedule import batches, grid_for
 from runtime.cli import app
+from runtime.engines.onnxruntime_pipeline import OnnxRuntimePipeline
 from runtime.errors import InputError
 from runtime.image_io.readers import ArraySource
-from runtime.engines.onnxruntime_pipeline import OnnxRuntimePipeline
-from runtime.algorithm.patch_schedule import batches, grid_for
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
-from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.cuda.recording import RecordingDevice
+from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.image_io.readers import ArraySource
 from runtime.image_io.preprocess import normalize
+from runtime.image_io.readers import ArraySource
 from tests.tensorrt_support import NumpyGLSNet, fake_tensorrt, make_manifest, reference_mask, scratch_need, write_fake_bundle
 
 

@@ -9,11 +9,11 @@ import pytest
 import tifffile
 from PIL import Image
 
+from runtime.atomic_file import _UMASK
+from runtime.bundle.manifest import Manifest, Normalization, PatchSpec
 from runtime.errors import InputError
 from runtime.image_io.readers import ArraySource, PillowSource, TiffSource, open_image
-from runtime.atomic_file import _UMASK
 from runtime.image_io.writers import OutputOptions, OutputPaths, write_outputs
-from runtime.bundle.manifest import Manifest, Normalization, PatchSpec
 
 GEO_EXTRATAGS = [
     (33550, "d", 3, (0.5, 0.5, 0.0), True),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from runtime.errors import InputError
-from runtime.image_io.readers import ArraySource
-from runtime.image_io.input_range import InputRange, conform_source, parse_input_range
 from runtime.bundle.manifest import InputPixels, Normalization, read_manifest
+from runtime.errors import InputError
+from runtime.image_io.input_range import InputRange, conform_source, parse_input_range
+from runtime.image_io.readers import ArraySource
 from runtime.segmenter import Segmenter, SegmenterOptions
 from tests.runtime.test_segmenter import scene
 
