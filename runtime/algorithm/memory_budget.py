@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from runtime.byte_sizes import format_bytes
 from runtime.errors import InputError
 
 DEFAULT_BATCH_SIZE = 6  # GLNet's 6 patches per batch; also the reference's default

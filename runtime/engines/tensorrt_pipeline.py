@@ -1,10 +1,11 @@
 """A bundle's three TensorRT engines and the stream scheduler, opened together: what ``glsnet run`` uses on a GPU.
 
 Opening checks the engines against this machine (engine_check), verifies their checksums, and wires
-context memory: the local and fusion engines share one scratch allocation (same stream, never
-concurrent), sized at open for the larger of their profiles' needs; the global engine has its own (it
-runs concurrently with the local batches). A DLA engine is deserialised by a runtime whose DLA core
-is set first.
+context memory: each engine has its own scratch allocation, reserved at open for its profile's
+need, because the three run concurrently on their own streams (global, local, fusion; local on
+the DLA where the engine was built for it). A DLA engine is deserialised by a runtime whose DLA
+core is set first. Images go up as their pixels (uint8 for most) and are normalised on the device;
+mask rows come down (runtime.algorithm.stream_scheduler).
 
 It offers the pipeline interface (runtime.engines.pipeline: open, plan, iter_rows, close). It opens once (a
 second ``open`` warns and does nothing) and lazily on first use. One device, one pair of streams and
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, largest_batch_within
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, PixelLayout, largest_batch_within
 from runtime.algorithm.memory_budget import MemoryPlan
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
@@ -36,7 +37,7 @@ from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.image_io.preprocess import normalize
+from runtime.image_io.preprocess import check_bands
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +115,26 @@ class TensorRTPipeline:
         platform = Platform(str(api.version), info.name, info.compute_capability)
         self.spec = select_engines(self.manifest, self.bundle_dir, o.precision, platform, o.dla_core)
         paths = engine_paths(self.bundle_dir, self.spec)
-        shared = ContextMemory(self.device)  # local and fusion: one stream, never concurrent
-        self._shared_memory = shared
+        # one scratch allocation per engine: global, local and fusion run concurrently on their own streams
+        self._context_memory = {role: ContextMemory(self.device) for role in ("global", "local", "fusion")}
 
         def engine(role: str, memory: ContextMemory | None, graphs: bool) -> TensorRTBackend:
             return TensorRTBackend(
                 paths[role], self.device, role=role, context_memory=memory, cuda_graphs=graphs, dla_core=self._dla_core_of(role), trt=api.trt
             )
 
+        memory = self._context_memory
         self.engines = {
-            "global": engine("global", None, False),
-            "local": engine("local", shared, o.cuda_graphs),
-            "fusion": engine("fusion", shared, o.cuda_graphs),
+            "global": engine("global", memory["global"], False),
+            "local": engine("local", memory["local"], o.cuda_graphs),
+            "fusion": engine("fusion", memory["fusion"], o.cuda_graphs),
         }
         try:
             for role, backend in self.engines.items():
                 backend.activate()
                 self._check_io(role, backend)
-            # sized now for the larger profile need, so no batch frees and reallocates it (and synchronises) mid-image
-            shared.reserve(max(self.engines[r].profile_device_memory for r in ("local", "fusion")))
+                # sized now for the profile's need, so no batch frees and reallocates it (and synchronises) mid-image
+                memory[role].reserve(backend.profile_device_memory)
             self._batch_profile = self._profile_batches()
         except BaseException:
             self._release()
@@ -162,8 +164,8 @@ class TensorRTPipeline:
         for engine in self.engines.values():
             engine.deactivate()
         self.engines = {}
-        if hasattr(self, "_shared_memory"):
-            self._shared_memory.release()
+        for memory in getattr(self, "_context_memory", {}).values():
+            memory.release()
         self.scheduler = None
         self._opened = False
 
@@ -195,16 +197,21 @@ class TensorRTPipeline:
             self._running_thread = threading.get_ident()
             try:
                 self._ensure_open()
+                self.device.make_current()  # CUDA's current device is per thread; the Segmenter is shared between threads
                 norm = normalization or self.options.normalization or self.manifest.normalization
                 height, width = source.height, source.width
+                first = _as_bands(source.read_rows(0, min(READ_ROWS, height)))
+                check_bands(first.shape[2], norm)
                 scheduler = self._scheduler_for(height, width)
 
-                def write_image(target: np.ndarray) -> None:
-                    for top in range(0, height, READ_ROWS):
+                def write_pixels(target: np.ndarray) -> None:
+                    target[: first.shape[0]] = first
+                    for top in range(first.shape[0], height, READ_ROWS):
                         bottom = min(top + READ_ROWS, height)
-                        target[:, top:bottom, :width] = normalize(source.read_rows(top, bottom), norm)
+                        target[top:bottom] = _as_bands(source.read_rows(top, bottom))
 
-                yield from scheduler.iter_rows(height, width, write_image, progress)
+                layout = PixelLayout(first.shape[2], first.dtype)
+                yield from scheduler.iter_pixel_rows(height, width, layout, write_pixels, norm, progress)
             finally:
                 self._running_thread = None
 
@@ -230,8 +237,8 @@ class TensorRTPipeline:
         if o.batch_size is not None:
             batch = o.batch_size
         elif o.max_memory is not None:
-            # the global engine has its own scratch memory; local and fusion share one allocation
-            scratch = self.device_memory_of("global") + max(self.device_memory_of("local"), self.device_memory_of("fusion"))
+            # each engine has its own scratch memory (they run concurrently)
+            scratch = sum(self.device_memory_of(role) for role in ("global", "local", "fusion"))
             batch = largest_batch_within(self.manifest, o.precision, (height, width), o.max_memory, scratch, high, o.lookahead)
         else:
             batch = opt
@@ -276,6 +283,11 @@ class TensorRTPipeline:
                 f"{self.bundle_dir}: the {role} engine's tensors {sorted(found[0])} -> {sorted(found[1])} do not match "
                 f"the manifest's {sorted(expected[0])} -> {sorted(expected[1])}; rebuild the engines"
             )
+
+
+def _as_bands(rows: np.ndarray) -> np.ndarray:
+    """Rows [r, W] of a one-band image as [r, W, 1]; [r, W, C] as they are."""
+    return rows[:, :, None] if rows.ndim == 2 else rows
 
 
 class _ArrayRows:

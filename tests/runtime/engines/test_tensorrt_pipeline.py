@@ -38,8 +38,9 @@ def test_the_built_engines_segment_like_the_reference(built, version):
     with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt) as pipeline:
         mask = pipeline.segment(image)
         assert pipeline.batch_size_for(230, 310) == 4  # the profile's optimal batch
-        shared = {c[2] for c in trt.calls if c[0] == "set_device_memory" and c[1] in ("local", "fusion")}
-        assert len(shared) == 1  # local and fusion use one scratch allocation
+        scratch = {role: {c[2] for c in trt.calls if c[0] == "set_device_memory" and c[1] == role} for role in ("global", "local", "fusion")}
+        # local and fusion run concurrently on their own streams now: each has its own scratch allocation
+        assert all(len(ptrs) == 1 for ptrs in scratch.values()) and len(set.union(*scratch.values())) == 3
     expected = reference_mask(net, manifest, normalize(image, manifest.normalization), 4)
     np.testing.assert_array_equal(mask, expected)
     assert device.allocated_bytes == 0
@@ -140,7 +141,7 @@ def test_a_dla_engine_is_deserialised_on_its_core_and_missing_cores_are_refused(
         build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(dla_core=1), trt=trt, device=device)
 
 
-def test_the_pipeline_opens_once_and_reserves_shared_scratch_at_open(built):
+def test_the_pipeline_opens_once_and_reserves_each_engines_scratch_at_open(built):
     """Defects 7 and 5: three engines deserialised for the first image (not nine); a second open warns; scratch never regrows."""
     root, manifest, net = built
     device = RecordingDevice(name="Orin")
@@ -149,16 +150,18 @@ def test_the_pipeline_opens_once_and_reserves_shared_scratch_at_open(built):
     trt.calls.clear()
     pipeline = TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt)
     pipeline.open()
-    shared = pipeline._shared_memory.buffer
-    assert shared is not None and shared.nbytes >= scratch_need("fusion", 8)  # the larger profile need of local and fusion
+    reserved = {role: memory.buffer for role, memory in pipeline._context_memory.items()}
+    assert reserved["fusion"] is not None and reserved["fusion"].nbytes >= scratch_need("fusion", 8)  # the profile's need
+    assert reserved["local"] is not None and reserved["local"].nbytes >= scratch_need("local", 8)
     with pytest.warns(RuntimeWarning, match="already open"):
         assert pipeline.open() is pipeline
     mask = pipeline.segment(pixels(230, 310, seed=5))
     pipeline.segment(pixels(100, 90, seed=6))  # another size: new buffers, same engines
     assert len([c for c in trt.calls if c[0] == "deserialize_cuda_engine"]) == 3
-    assert pipeline._shared_memory.buffer is shared  # never freed and reallocated mid-image
-    scratch = {(c[2], c[3]) for c in trt.calls if c[0] == "set_device_memory" and c[1] in ("local", "fusion")}
-    assert scratch == {(shared.ptr, shared.nbytes)}
+    for role in ("local", "fusion"):
+        assert pipeline._context_memory[role].buffer is reserved[role]  # never freed and reallocated mid-image
+        scratch = {(c[2], c[3]) for c in trt.calls if c[0] == "set_device_memory" and c[1] == role}
+        assert scratch == {(reserved[role].ptr, reserved[role].nbytes)}
     pipeline.close()
     assert device.allocated_bytes == 0 and mask.shape == (230, 310)
 
