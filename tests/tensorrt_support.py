@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from runtime.algorithm.patch_grid import make_grid
+from runtime.algorithm.scheduler import Scheduler
 from runtime.algorithm.stitching import patch_weights, upsample_logits
 from runtime.bundle.manifest import (
     SCHEMA_VERSION,
@@ -43,6 +44,7 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from runtime.backends.base import Backend, TensorMeta
 from runtime.cuda.device import DeviceBuffer
 from runtime.cuda.recording import RecordingDevice
 
@@ -172,6 +174,40 @@ def reference_mask(net: NumpyGLSNet, manifest: Manifest, image: np.ndarray, batc
             total[:, y : y + p, x : x + p] += patch_logits * weights
             weight_sum[y : y + p, x : x + p] += weights
     return (total / weight_sum).argmax(0).astype(np.uint8)[:height, :width]
+
+
+class NumpyBackend(Backend):
+    """A NumpyGLSNet function as a CPU Backend, so the CPU Scheduler and the stream scheduler run the same graphs."""
+
+    def __init__(self, function: Callable, inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]) -> None:
+        super().__init__()
+        self.function = function
+        self._inputs = {n: TensorMeta(n, np.dtype(np.float32), s) for n, s in inputs.items()}
+        self._outputs = {n: TensorMeta(n, np.dtype(np.float32), s) for n, s in outputs.items()}
+
+    def _activate_impl(self) -> None: ...
+
+    def _deactivate_impl(self) -> None: ...
+
+    def _input_metadata_impl(self) -> dict[str, TensorMeta]:
+        return self._inputs
+
+    def _output_metadata_impl(self) -> dict[str, TensorMeta]:
+        return self._outputs
+
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(self.function(dict(feed)))
+
+
+def cpu_scheduler(manifest: Manifest, net: NumpyGLSNet) -> Scheduler:
+    """The runtime's CPU Scheduler over the numpy graphs: the reference the GPU schedule must equal byte for byte."""
+    graphs = manifest.graphs["fp32"]
+
+    def backend(role: str) -> NumpyBackend:
+        graph = graphs[role]
+        return NumpyBackend(net.functions[role], {t.name: t.shape for t in graph.inputs}, {t.name: t.shape for t in graph.outputs}).activate()
+
+    return Scheduler(manifest, backend("global"), backend("local"), backend("fusion"))
 
 
 def normalized_image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -1,13 +1,15 @@
 """The host-side steps of the runtime algorithm written as array code that runs where the arrays live.
 
 Normalisation, padding, patch cutting, bilinear upsampling, pyramid blending, argmax and colour
-mapping, for the GPU schedule (runtime.algorithm.stream_scheduler): with CuPy arrays they run on
-the GPU, so only the image's pixels go up and uint8 mask rows come down. Every function takes the
-array module ``xp`` and repeats, operation for operation and in the same float32 precision, what
-runtime.image_io.preprocess.normalize and runtime.algorithm.stitching do on the host, so the
-masks equal the CPU Stitcher's: with numpy (the recording fake's memory) bit for bit, which the
-tests check; with CuPy each step is its own elementwise kernel (no fused multiply-add across the
-steps), IEEE float32 division and a first-maximum argmax, the same operations.
+mapping, for the GPU schedule (runtime.algorithm.stream_scheduler): with CuPy (or, at gpu-check's
+CUDA-only level, PyTorch) arrays they run on the GPU, so only the image's pixels go up and uint8
+mask rows come down. Every function takes an Array API namespace ``xp`` (array_api_compat's
+wrapper of numpy, CuPy or torch: ``Device.array_module()``) and repeats, operation for operation
+and in the same float32 precision, what runtime.image_io.preprocess.normalize and
+runtime.algorithm.stitching do on the host, so the masks equal the CPU Stitcher's: with numpy (the
+recording fake's memory) bit for bit, which the tests check; on a GPU each step is its own
+elementwise kernel (no fused multiply-add across the steps), with IEEE float32 division and a
+first-maximum argmax, the same operations.
 
 ``DeviceStitcher`` keeps the Stitcher's bookkeeping (band top, next patch, finished rows) on the
 host, where it depends only on the patch grid, and queues the arithmetic on a stream through
@@ -48,15 +50,19 @@ def normalization_constants(norm: Normalization) -> tuple[np.ndarray, np.ndarray
 
 
 class DeviceConstants:
-    """Small constant arrays uploaded once per array module (weights, taps, normalisation, palette)."""
+    """Small constant arrays uploaded once per device (weights, taps, normalisation, palette).
 
-    def __init__(self, xp: ModuleType) -> None:
+    ``to_device`` uploads a numpy array (``Device.constant``); the default is ``xp.asarray``.
+    """
+
+    def __init__(self, xp: ModuleType, to_device: Callable[[np.ndarray], Any] | None = None) -> None:
         self.xp = xp
+        self.to_device = to_device or xp.asarray
         self._cache: dict[tuple, Any] = {}
 
     def get(self, key: tuple, make: Callable[[], np.ndarray]) -> Any:
         if key not in self._cache:
-            self._cache[key] = self.xp.asarray(make())
+            self._cache[key] = self.to_device(np.ascontiguousarray(make()))
         return self._cache[key]
 
     def weights(self, patch: int) -> Any:
@@ -70,6 +76,11 @@ class DeviceConstants:
             self.get(("w0", n, size), lambda: w0),
             self.get(("w1", n, size), lambda: w1),
         )
+
+    def column_taps(self, n: int, size: int) -> tuple[Any, Any]:
+        """(w0, w1) as [size, 1] columns, for resampling along the height."""
+        _, _, w0, w1 = upsample_taps(n, size)
+        return self.get(("w0col", n, size), lambda: w0[:, None]), self.get(("w1col", n, size), lambda: w1[:, None])
 
 
 def normalize_into(pixels: Any, norm: Normalization, out: Any, xp: ModuleType, constants: DeviceConstants | None = None) -> None:
@@ -85,10 +96,11 @@ def normalize_into(pixels: Any, norm: Normalization, out: Any, xp: ModuleType, c
     mean_np, inv_np = normalization_constants(norm)
     mean = constants.get(("mean", tuple(mean_np.tolist())), lambda: mean_np)
     inv_std = constants.get(("inv_std", tuple(inv_np.tolist())), lambda: inv_np)
-    selected = pixels[:, :, list(norm.bands)]
-    normalised = (selected.astype(xp.float32) - mean) * inv_std
+    bands = constants.get(("bands", norm.bands), lambda: np.asarray(norm.bands, dtype=np.int64))
+    selected = xp.take(pixels, bands, axis=2)
+    normalised = (xp.astype(selected, xp.float32) - mean) * inv_std
     out[...] = 0
-    out[:, :height, :width] = normalised.transpose(2, 0, 1)
+    out[:, :height, :width] = xp.astype(xp.permute_dims(normalised, (2, 0, 1)), out.dtype)
 
 
 def cut_patches(image: Any, origins: list[tuple[int, int]], patch: int, out: Any) -> None:
@@ -102,16 +114,18 @@ def cut_patches(image: Any, origins: list[tuple[int, int]], patch: int, out: Any
 def upsample_logits_xp(logits: Any, size: int, xp: ModuleType, constants: DeviceConstants | None = None) -> Any:
     """runtime.algorithm.stitching.upsample_logits in array module ``xp``: width first, then height, float32."""
     constants = constants or DeviceConstants(xp)
-    logits = logits.astype(xp.float32, copy=False)
+    logits = xp.astype(logits, xp.float32, copy=False)
     lo, up, w0, w1 = constants.taps(logits.shape[-1], size)
-    wide = logits[..., lo] * w0 + logits[..., up] * w1
-    lo, up, w0, w1 = constants.taps(logits.shape[-2], size)
-    return wide[..., lo, :] * w0[:, None] + wide[..., up, :] * w1[:, None]
+    wide = xp.take(logits, lo, axis=-1) * w0 + xp.take(logits, up, axis=-1) * w1
+    lo, up, _, _ = constants.taps(logits.shape[-2], size)
+    w0, w1 = constants.column_taps(logits.shape[-2], size)
+    return xp.take(wide, lo, axis=-2) * w0 + xp.take(wide, up, axis=-2) * w1
 
 
 def colour_rows(mask: Any, palette: Any, xp: ModuleType) -> Any:
     """uint8 [rows, W, 3] colours of class indices, as runtime.image_io.writers maps them (clamped to the palette)."""
-    return palette[xp.minimum(mask, palette.shape[0] - 1)]
+    indices = xp.clip(xp.astype(xp.reshape(mask, (-1,)), xp.int64), 0, palette.shape[0] - 1)
+    return xp.reshape(xp.take(palette, indices, axis=0), (*mask.shape, palette.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -155,7 +169,7 @@ class DeviceStitcher:
         self.next_index = 0
         self.origins = grid.origins()
         self._total, self._weight_sum, self._mask = total, weight_sum, mask
-        self.constants = constants or DeviceConstants(device.array_module())
+        self.constants = constants or DeviceConstants(device.array_module(), device.constant)
 
     def reset(self, stream: Stream) -> None:
         """Queue zeroing of the band (a new image)."""
@@ -235,13 +249,14 @@ class DeviceStitcher:
 
         def finalize() -> None:
             total, weight_sum = device.array(self._total), device.array(self._weight_sum)
+            xp = device.array_module()
             if image_rows:
                 blended = total[:, :count] / weight_sum[None, :count]
-                device.array(self._mask)[:image_rows] = blended[:, :image_rows, :width].argmax(axis=0).astype("uint8")
+                device.array(self._mask)[:image_rows] = xp.astype(xp.argmax(blended[:, :image_rows, :width], axis=0), xp.uint8)
             # the band moves up by ``count`` rows; copies first, as source and target overlap
-            total[:, :keep] = total[:, count:].copy()
+            total[:, :keep] = xp.asarray(total[:, count:], copy=True)
             total[:, keep:] = 0.0
-            weight_sum[:keep] = weight_sum[count:].copy()
+            weight_sum[:keep] = xp.asarray(weight_sum[count:], copy=True)
             weight_sum[keep:] = 0.0
 
         device.launch(stream, finalize, "stitch:argmax")

@@ -27,6 +27,12 @@ def load_cupy() -> ModuleType:
     return require("cupy", FEATURE)
 
 
+def cupy_namespace() -> ModuleType:
+    """array_api_compat's Array API wrapper of CuPy, the namespace the device-side array code is written against."""
+    load_cupy()
+    return require("array_api_compat.cupy", FEATURE)
+
+
 def cupy_view(ptr: int, nbytes: int, owner: object, shape: tuple[int, ...], dtype: np.dtype, ordinal: int = 0) -> Any:
     """A ``cupy.ndarray`` of ``shape`` and ``dtype`` over ``nbytes`` of device memory at ``ptr``, kept alive by ``owner``."""
     cupy = load_cupy()

@@ -161,10 +161,14 @@ class Device(abc.ABC):
 
     # -------------------------------------------------------------- array code on the device
     def array_module(self) -> ModuleType:
-        """The array module whose arrays live in this device's memory: CuPy on a GPU (imported on first use)."""
-        from runtime.cuda.cupy_arrays import load_cupy
+        """The Array API namespace of this device's arrays: array_api_compat's CuPy on a GPU (imported on first use)."""
+        from runtime.cuda.cupy_arrays import cupy_namespace
 
-        return load_cupy()
+        return cupy_namespace()
+
+    def constant(self, array: np.ndarray) -> Any:
+        """A small host array uploaded once, as an array of ``array_module()`` (weights, taps, a palette)."""
+        return self.array_module().asarray(array)
 
     def array(self, tensor: DeviceTensor) -> Any:
         """An array of ``array_module()`` viewing ``tensor``'s device memory (no copy)."""

@@ -183,8 +183,13 @@ class RecordingDevice(Device):
         return operation.sequence
 
     def array_module(self) -> ModuleType:
-        """numpy: the fake's device memory is host memory, so device-side array code is numpy code."""
-        return np
+        """array_api_compat's numpy: the fake's device memory is host memory, so device-side array code runs on numpy."""
+        from runtime.optional_import import require
+
+        return require("array_api_compat.numpy", "device-side array code on the recording device")
+
+    def constant(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array)
 
     def array(self, tensor: DeviceTensor) -> np.ndarray:
         return self.view(tensor)

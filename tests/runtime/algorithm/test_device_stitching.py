@@ -7,11 +7,11 @@ runtime.algorithm.stitching, runtime.algorithm.scheduler, runtime.image_io.write
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 import pytest
 from PIL import Image
+
+xp = pytest.importorskip("array_api_compat.numpy", reason="the device-side array code is written against the Array API (pip install array-api-compat)")
 
 from runtime.algorithm.device_buffers import PixelLayout
 from runtime.algorithm.device_stitching import (
@@ -22,17 +22,16 @@ from runtime.algorithm.device_stitching import (
     upsample_logits_xp,
 )
 from runtime.algorithm.patch_grid import make_grid
-from runtime.algorithm.scheduler import ScheduleOptions, Scheduler
+from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.algorithm.stitching import Stitcher, upsample_logits
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
-from runtime.backends.base import Backend, TensorMeta
 from runtime.bundle.manifest import Normalization
 from runtime.cuda.device import DeviceTensor
 from runtime.cuda.recording import HostAsyncBackend, RecordingDevice
 from runtime.errors import InputError
 from runtime.image_io.preprocess import normalize
 from runtime.image_io.readers import ArraySource
-from tests.tensorrt_support import NumpyGLSNet, make_manifest
+from tests.tensorrt_support import NumpyGLSNet, cpu_scheduler, make_manifest
 
 AWKWARD = [(1, 1), (63, 64), (64, 65), (127, 509), (200, 129), (331, 97)]
 
@@ -48,7 +47,7 @@ def test_normalisation_on_the_device_equals_preprocess_normalize(dtype, size):
     pixels = (rng.random((*size, 4)) * 255).astype(dtype)
     norm = _norm(bands=(2, 0, 3))
     out = np.full((3, size[0] + 9, size[1] + 4), 7.0, dtype=np.float32)
-    normalize_into(pixels, norm, out, np)
+    normalize_into(pixels, norm, out, xp)
     expected = np.zeros_like(out)
     expected[:, : size[0], : size[1]] = normalize(pixels, norm)
     np.testing.assert_array_equal(out, expected)  # padding zeroed, values bit-identical
@@ -57,10 +56,10 @@ def test_normalisation_on_the_device_equals_preprocess_normalize(dtype, size):
 def test_normalisation_into_an_fp16_buffer_rounds_as_fp16_staging_does():
     pixels = np.random.default_rng(1).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
     out = np.zeros((3, 20, 30), dtype=np.float16)
-    normalize_into(pixels, _norm(), out, np)
+    normalize_into(pixels, _norm(), out, xp)
     np.testing.assert_array_equal(out, normalize(pixels, _norm()).astype(np.float16))
     with pytest.raises(InputError, match="cannot hold"):
-        normalize_into(pixels, _norm(), np.zeros((3, 10, 30), np.float32), np)
+        normalize_into(pixels, _norm(), np.zeros((3, 10, 30), np.float32), xp)
 
 
 def test_patches_cut_on_the_device_are_the_image_windows_and_padding_rows_are_zero():
@@ -75,14 +74,14 @@ def test_patches_cut_on_the_device_are_the_image_windows_and_padding_rows_are_ze
 @pytest.mark.parametrize("h,w,size", [(16, 16, 64), (7, 5, 29), (127, 127, 508)])
 def test_upsampling_in_an_array_module_equals_the_cpu_upsampling(h, w, size):
     logits = np.random.default_rng(h).normal(size=(2, 3, h, w)).astype(np.float16 if h == 7 else np.float32)
-    np.testing.assert_array_equal(upsample_logits_xp(logits, size, np), upsample_logits(logits, size))
+    np.testing.assert_array_equal(upsample_logits_xp(logits, size, xp), upsample_logits(logits, size))
 
 
 def test_colours_on_the_device_are_the_writer_palette_lookup_clamped():
     palette = np.array([(0, 255, 255), (255, 255, 0), (10, 20, 30)], dtype=np.uint8)
     mask = np.array([[0, 1, 2, 7]], dtype=np.uint8)
     expected = palette[np.minimum(mask, len(palette) - 1)]  # runtime.image_io.writers' mapping
-    np.testing.assert_array_equal(colour_rows(mask, palette, np), expected)
+    np.testing.assert_array_equal(colour_rows(mask, palette, xp), expected)
 
 
 def _device_stitch(grid, classes, logits_batches, device):
@@ -132,42 +131,9 @@ def test_the_device_stitcher_hands_out_the_cpu_stitchers_rows(size, batch):
     assert sum(len(r) for _, r in got) == size[0]
 
 
-class _NumpyBackend(Backend):
-    """A NumpyGLSNet function as a CPU Backend, so the CPU Scheduler and the stream scheduler run the same graphs."""
-
-    def __init__(self, function, inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]) -> None:
-        super().__init__()
-        self.function = function
-        self._inputs = {n: TensorMeta(n, np.dtype(np.float32), s) for n, s in inputs.items()}
-        self._outputs = {n: TensorMeta(n, np.dtype(np.float32), s) for n, s in outputs.items()}
-
-    def _activate_impl(self) -> None: ...
-
-    def _deactivate_impl(self) -> None: ...
-
-    def _input_metadata_impl(self):
-        return self._inputs
-
-    def _output_metadata_impl(self):
-        return self._outputs
-
-    def _infer_impl(self, feed):
-        return dict(self.function(dict(feed)))
-
-
-def _cpu_scheduler(manifest, net):
-    graphs = manifest.graphs["fp32"]
-
-    def backend(role):
-        graph = graphs[role]
-        return _NumpyBackend(net.functions[role], {t.name: t.shape for t in graph.inputs}, {t.name: t.shape for t in graph.outputs}).activate()
-
-    return Scheduler(manifest, backend("global"), backend("local"), backend("fusion"))
-
-
 def _masks(pixels, manifest, batch, priority=("copy", "local", "fusion")):
     net = NumpyGLSNet(manifest, seed=3)
-    cpu = _cpu_scheduler(manifest, net).segment(ArraySource(pixels), ScheduleOptions(batch_size=batch))
+    cpu = cpu_scheduler(manifest, net).segment(ArraySource(pixels), ScheduleOptions(batch_size=batch))
     device = RecordingDevice(priority=priority)
     engines = {role: HostAsyncBackend(device, fn, role) for role, fn in net.functions.items()}
     with StreamScheduler(device, engines, manifest, "fp32", StreamScheduleOptions(batch_size=batch)) as scheduler:
