@@ -47,6 +47,7 @@ def make_pipeline(bundle: "Bundle", options: "SegmenterOptions") -> Pipeline:
             precision=options.precision,
             batch_size=options.batch_size,
             max_memory=options.max_memory,
+            max_device_memory=options.max_device_memory,
             cuda_graphs=options.cuda_graphs,
             dla_core=options.dla_core,
             normalization=normalization,

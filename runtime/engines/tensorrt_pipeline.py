@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, PixelLayout, largest_batch_within
-from runtime.algorithm.memory_budget import MemoryPlan
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, PixelLayout, plan_buffers
+from runtime.algorithm.memory_budget import AUTO_BATCH, DevicePlan, MemoryPlan, plan_device_batch
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 from runtime.backends.tensorrt.api import tensorrt_api
@@ -57,8 +57,10 @@ class RowSource(Protocol):
 @dataclass(frozen=True)
 class TensorRTPipelineOptions:
     precision: str = "fp16"
-    batch_size: int | None = None  # None: the engines' optimal batch, or the largest within max_memory
-    max_memory: int | None = None  # bytes of device memory for I/O buffers and engine scratch
+    # None: the engines' optimal batch (or the largest within the budget); "auto": the largest that free device memory holds
+    batch_size: int | str | None = None
+    max_memory: int | None = None  # deprecated spelling of max_device_memory (it was the device budget here)
+    max_device_memory: int | None = None  # bytes of device memory for engines, scratch and the schedule's buffers
     lookahead: int = DEFAULT_LOOKAHEAD
     dla_core: int | None = None
     cuda_graphs: bool = False
@@ -90,6 +92,7 @@ class TensorRTPipeline:
         self._run_lock = threading.Lock()  # one image at a time on the shared streams and staging buffers
         self._running_thread: int | None = None
         self._schedulers: dict[int, StreamScheduler] = {}
+        self._device_plans: dict[tuple[int, int], DevicePlan] = {}
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> "TensorRTPipeline":
@@ -161,6 +164,7 @@ class TensorRTPipeline:
         for scheduler in self._schedulers.values():
             scheduler.close()
         self._schedulers = {}
+        self._device_plans = {}
         for engine in self.engines.values():
             engine.deactivate()
         self.engines = {}
@@ -217,7 +221,11 @@ class TensorRTPipeline:
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         """The batch this pipeline uses for an image of this size (the global engine always sees the whole image)."""
-        return MemoryPlan(self.batch_size_for(height, width), None, 0, self.options.max_memory)
+        o = self.options
+        batch = self.batch_size_for(height, width)
+        planned = self._device_plans.get((height, width))
+        estimate = planned.estimate_bytes if planned is not None else 0
+        return MemoryPlan(batch, None, estimate, o.max_device_memory if o.max_device_memory is not None else o.max_memory)
 
     def segment(self, pixels: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
         """uint8 image [H, W, C] (or [H, W]) -> uint8 class-index mask [H, W]."""
@@ -234,12 +242,14 @@ class TensorRTPipeline:
         self._ensure_open()
         low, opt, high = self._batch_profile
         o = self.options
-        if o.batch_size is not None:
-            batch = o.batch_size
-        elif o.max_memory is not None:
-            # each engine has its own scratch memory (they run concurrently)
-            scratch = sum(self.device_memory_of(role) for role in ("global", "local", "fusion"))
-            batch = largest_batch_within(self.manifest, o.precision, (height, width), o.max_memory, scratch, high, o.lookahead)
+        budget = o.max_device_memory if o.max_device_memory is not None else o.max_memory
+        if o.batch_size == AUTO_BATCH or budget is not None:
+            key = (height, width)
+            if key not in self._device_plans:  # once per size: later, this pipeline's own buffers are no longer free
+                self._device_plans[key] = self.device_plan(height, width)
+            batch = self._device_plans[key].batch_size
+        elif o.batch_size is not None:
+            batch = int(o.batch_size)
         else:
             batch = opt
         if not low <= batch <= high:
@@ -248,6 +258,35 @@ class TensorRTPipeline:
                 "choose a batch in that range or rebuild the engines with --max-batch"
             )
         return batch
+
+    def device_plan(self, height: int, width: int) -> DevicePlan:
+        """The device memory plan for an image of this size: --batch-size auto and --max-device-memory.
+
+        Engines and their scratch memory are already on the device (opened, reserved at open), so
+        free memory is what the schedule's buffers may take; a budget counts them too (engine files
+        for the weights, the reserved scratch).
+        """
+        self._ensure_open()
+        o = self.options
+        low, _, high = self._batch_profile
+        budget = o.max_device_memory if o.max_device_memory is not None else o.max_memory
+        free = self.device.memory_info()[0]  # a budget above what is free still has to fit what is free
+        scratch = sum(m.buffer.nbytes for m in self._context_memory.values() if m.buffer is not None)
+        weights = sum(path.stat().st_size for path in engine_paths(self.bundle_dir, self.spec).values()) if self.spec else 0
+
+        def buffers(batch: int) -> int:
+            return plan_buffers(self.manifest, o.precision, batch, (height, width), o.lookahead).device_bytes
+
+        return plan_device_batch(
+            buffers,
+            0,
+            free_bytes=free,
+            budget_bytes=budget,
+            batch_size=o.batch_size if o.batch_size is not None else AUTO_BATCH,
+            max_batch=high,
+            min_batch=low,
+            fixed_bytes=(scratch + weights) if budget is not None else 0,
+        )
 
     def device_memory_of(self, role: str) -> int:
         """Scratch memory the build recorded for ``role``'s engine (0 when unknown)."""

@@ -231,3 +231,58 @@ def test_cuda_graphs_through_the_whole_schedule_on_images_of_two_sizes(built):
             np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 2))
     assert [c.op for c in device.calls].count("launch_graph") > 0
     assert device.live_graphs == 0 and device.allocated_bytes == 0
+
+
+def test_batch_size_auto_takes_the_largest_batch_free_device_memory_holds(built):
+    from runtime.algorithm.device_buffers import plan_buffers
+    from runtime.algorithm.memory_budget import DEVICE_HEADROOM
+
+    root, manifest, net = built
+    size = (230, 310)
+    per_batch = plan_buffers(manifest, "fp16", 2, size).device_bytes - plan_buffers(manifest, "fp16", 1, size).device_bytes
+    results = {}
+    opened = {}
+    for name in ("roomy", "tight"):
+        # the tight GPU: what the engines took at open, plus room for the buffers of 3 patches and a little
+        total = 1 << 30 if name == "roomy" else opened["roomy"] + int((plan_buffers(manifest, "fp16", 3, size).device_bytes + per_batch // 2) / (1 - DEVICE_HEADROOM))
+        device = RecordingDevice(name="Orin", total_memory=total)
+        trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+        build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+        with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", batch_size="auto"), device=device, trt=trt) as pipeline:
+            opened[name] = total - device.memory_info()[0]
+            free = device.memory_info()[0]
+            batch = pipeline.batch_size_for(*size)
+            mask = pipeline.segment(pixels(*size, seed=9))
+            buffers = plan_buffers(manifest, "fp16", batch, size).device_bytes
+            assert buffers <= free * (1 - DEVICE_HEADROOM)
+            if batch < 8:
+                assert buffers + per_batch > free * (1 - DEVICE_HEADROOM)  # one more patch would not fit
+        results[name] = (batch, mask)
+    assert results["roomy"][0] == 8  # the profile's maximum, not its optimum (4)
+    assert results["tight"][0] == 3
+    np.testing.assert_array_equal(results["tight"][1], results["roomy"][1])  # the batch never changes the mask
+
+
+def test_max_device_memory_is_honoured_by_what_the_pipeline_really_allocates(built):
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    trt.calls.clear()
+    size = (230, 310)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt) as pipeline:
+        pipeline.segment(pixels(*size))
+        engines = sum(p.stat().st_size for p in (root / "engines").rglob("*") if p.is_file() and "fp16" in str(p))
+    base = device.peak_allocated_bytes
+    budget = base + engines - 1  # too small for what batch 4 took
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    options = TensorRTPipelineOptions(precision="fp16", max_device_memory=budget)
+    with TensorRTPipeline(root, options, device=device, trt=trt) as pipeline:
+        batch = pipeline.batch_size_for(*size)
+        pipeline.segment(pixels(*size))
+        plan = pipeline.plan(*size)
+    assert batch < 4 and plan.budget_bytes == budget
+    assert device.peak_allocated_bytes <= budget  # scratch and buffers on the device, within the budget
+    with pytest.raises(InputError, match="max-device-memory"):
+        TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=1000), device=RecordingDevice(name="Orin"), trt=trt).batch_size_for(*size)
