@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, PixelLayout, plan_buffers
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, PixelLayout, numpy_dtype, plan_buffers
 from runtime.algorithm.memory_budget import AUTO_BATCH, DevicePlan, MemoryPlan, plan_device_batch
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
@@ -314,14 +314,25 @@ class TensorRTPipeline:
         return int(low[0]), int(opt[0]), int(high[0])
 
     def _check_io(self, role: str, engine: TensorRTBackend) -> None:
-        graph = self.manifest.graph(role, self.options.precision if self.options.precision in self.manifest.graphs else "fp32")
+        """Names and dtypes (the engine's ``get_tensor_dtype``) against the manifest graph the buffers are sized from."""
+        precision = self.options.precision if self.options.precision in self.manifest.graphs else "fp32"
+        graph = self.manifest.graph(role, precision)
         expected = {t.name for t in graph.inputs}, {t.name for t in graph.outputs}
-        found = set(engine.input_metadata()), set(engine.output_metadata())
+        inputs, outputs = engine.input_metadata(), engine.output_metadata()
+        found = set(inputs), set(outputs)
         if expected != found:
             raise BundleError(
                 f"{self.bundle_dir}: the {role} engine's tensors {sorted(found[0])} -> {sorted(found[1])} do not match "
                 f"the manifest's {sorted(expected[0])} -> {sorted(expected[1])}; rebuild the engines"
             )
+        metadata = {**inputs, **outputs}
+        for spec in (*graph.inputs, *graph.outputs):
+            want = numpy_dtype(spec.dtype)
+            if metadata[spec.name].dtype != want:
+                raise BundleError(
+                    f"{self.bundle_dir}: the {role} engine's tensor {spec.name!r} is {metadata[spec.name].dtype} but the manifest's "
+                    f"{precision} graph says {want}; the schedule's buffers follow the manifest: rebuild the engines from this bundle's graphs"
+                )
 
 
 def _as_bands(rows: np.ndarray) -> np.ndarray:

@@ -286,3 +286,15 @@ def test_max_device_memory_is_honoured_by_what_the_pipeline_really_allocates(bui
     assert device.peak_allocated_bytes <= budget  # scratch and buffers on the device, within the budget
     with pytest.raises(InputError, match="max-device-memory"):
         TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=1000), device=RecordingDevice(name="Orin"), trt=trt).batch_size_for(*size)
+
+
+def test_engine_io_types_are_checked_against_the_manifest_not_only_their_names(built):
+    """The schedule sizes and fills its buffers from the manifest's dtypes: an fp16 engine input fed fp32 bytes is garbage."""
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    trt.engine_dtypes = {"local": {"patches": "HALF"}}  # built without keeping fp32 I/O types
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    with pytest.raises(BundleError, match=r"local engine's tensor 'patches' is float16 but the manifest's fp16 graph says float32"):
+        TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt).open()
+    assert device.allocated_bytes == 0  # what the failed open took is released
