@@ -148,7 +148,10 @@ class StreamScheduler:
         manifest: Manifest,
         precision: str = "fp32",
         options: StreamScheduleOptions = StreamScheduleOptions(),
+        streams: Mapping[str, Any] | None = None,
     ) -> None:
+        """``streams``: the four streams by name (global, copy, local, fusion) when the engines are bound to
+        given streams (ONNX Runtime's user_compute_stream); they stay the caller's. None: the scheduler makes its own."""
         missing = [role for role in ROLES if role not in engines]
         if missing:
             raise InputError(f"the stream scheduler needs engines for {ROLES}; missing {missing}")
@@ -157,7 +160,10 @@ class StreamScheduler:
         self.manifest = manifest
         self.precision = precision
         self.options = options
-        self.streams = {name: device.create_stream(name) for name in STREAMS}
+        if streams is not None and set(streams) != set(STREAMS):
+            raise InputError(f"the stream scheduler runs on the streams {STREAMS}; got {sorted(streams)}")
+        self._owns_streams = streams is None
+        self.streams = dict(streams) if streams is not None else {name: device.create_stream(name) for name in STREAMS}
         self.global_stream, self.copy_stream = self.streams["global"], self.streams["copy"]
         self.local_stream, self.fusion_stream = self.streams["local"], self.streams["fusion"]
         lookahead = options.lookahead
@@ -278,8 +284,9 @@ class StreamScheduler:
         )
         for event in events:
             self.device.destroy_event(event)
-        for stream in self.streams.values():
-            self.device.destroy_stream(stream)
+        if self._owns_streams:
+            for stream in self.streams.values():
+                self.device.destroy_stream(stream)
 
     def __enter__(self) -> "StreamScheduler":
         return self

@@ -22,11 +22,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, PixelLayout, numpy_dtype, plan_buffers
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, numpy_dtype, plan_buffers
 from runtime.algorithm.memory_budget import AUTO_BATCH, DevicePlan, MemoryPlan, plan_device_batch
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
@@ -37,21 +37,11 @@ from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.image_io.preprocess import check_bands
+from runtime.engines.pixel_upload import RowSource, iter_source_rows
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 6
-READ_ROWS = 512  # rows normalised at a time while filling the pinned image
-
-
-class RowSource(Protocol):
-    """What the pipeline reads images through (runtime.image_io.readers.ImageSource fits)."""
-
-    height: int
-    width: int
-
-    def read_rows(self, top: int, bottom: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -203,19 +193,7 @@ class TensorRTPipeline:
                 self._ensure_open()
                 self.device.make_current()  # CUDA's current device is per thread; the Segmenter is shared between threads
                 norm = normalization or self.options.normalization or self.manifest.normalization
-                height, width = source.height, source.width
-                first = _as_bands(source.read_rows(0, min(READ_ROWS, height)))
-                check_bands(first.shape[2], norm)
-                scheduler = self._scheduler_for(height, width)
-
-                def write_pixels(target: np.ndarray) -> None:
-                    target[: first.shape[0]] = first
-                    for top in range(first.shape[0], height, READ_ROWS):
-                        bottom = min(top + READ_ROWS, height)
-                        target[top:bottom] = _as_bands(source.read_rows(top, bottom))
-
-                layout = PixelLayout(first.shape[2], first.dtype)
-                yield from scheduler.iter_pixel_rows(height, width, layout, write_pixels, norm, progress)
+                yield from iter_source_rows(self._scheduler_for, source, norm, progress)
             finally:
                 self._running_thread = None
 
@@ -333,11 +311,6 @@ class TensorRTPipeline:
                     f"{self.bundle_dir}: the {role} engine's tensor {spec.name!r} is {metadata[spec.name].dtype} but the manifest's "
                     f"{precision} graph says {want}; the schedule's buffers follow the manifest: rebuild the engines from this bundle's graphs"
                 )
-
-
-def _as_bands(rows: np.ndarray) -> np.ndarray:
-    """Rows [r, W] of a one-band image as [r, W, 1]; [r, W, C] as they are."""
-    return rows[:, :, None] if rows.ndim == 2 else rows
 
 
 class _ArrayRows:
