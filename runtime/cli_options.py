@@ -20,7 +20,7 @@ DEVICE = typer.Option(None, "--device", hidden=True, help="Deprecated: cpu|cuda|
 CUDA_GRAPHS = typer.Option(False, "--cuda-graphs", help="--engine tensorrt: replay fixed-shape local/fusion batches as CUDA graphs.")
 DLA_CORE = typer.Option(None, "--dla-core", help="--engine tensorrt: use the bundle's DLA engines built for this core (Jetson).")
 def parse_batch_size(text: str | int | None) -> int | str | None:
-    """``--batch-size``: a positive number of patches, or ``auto``."""
+    """``--batch-size``: a number of patches (SegmenterOptions checks it is positive), or ``auto``."""
     from runtime.errors import InputError
 
     if text is None or isinstance(text, int):
@@ -28,16 +28,17 @@ def parse_batch_size(text: str | int | None) -> int | str | None:
     value = str(text).strip().lower()
     if value == "auto":
         return value
-    if value.isdigit() and int(value) >= 1:
+    if value.lstrip("-").isdigit():
         return int(value)
     raise InputError(f"--batch-size {text!r}: give a positive number of patches or 'auto'")
 
 
 def _batch_size_flag(text: str) -> int | str | None:
+    """Numbers and 'auto' parsed; anything else passed on, so the one error line comes from segmenter_options."""
     try:
         return parse_batch_size(text)
-    except Exception as exc:  # InputError: said as click says a bad flag (usage, exit status 2)
-        raise typer.BadParameter(str(exc)) from exc
+    except Exception:  # noqa: BLE001 - refused later, with the CLI's own one-line error
+        return text
 
 
 BATCH_SIZE = typer.Option(
@@ -121,7 +122,7 @@ def segmenter_options(
         provider=provider,
         cuda_graphs=cuda_graphs,
         dla_core=dla_core,
-        batch_size=batch_size,
+        batch_size=parse_batch_size(batch_size),
         max_memory=parse_memory_size(max_memory),
         max_device_memory=parse_memory_size(max_device_memory),
         threads=threads,

@@ -59,8 +59,11 @@ class SegmenterOptions:
             object.__setattr__(self, "provider", provider)
             object.__setattr__(self, "device", None)
         check_choice(self.engine, self.provider)
-        if self.batch_size is not None and self.batch_size != AUTO_BATCH and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise InputError(f"--batch-size {self.batch_size!r}: give a positive number of patches or {AUTO_BATCH!r}")
+        if self.batch_size is not None and self.batch_size != AUTO_BATCH:
+            if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
+                raise InputError(f"--batch-size {self.batch_size!r}: give a positive number of patches or {AUTO_BATCH!r}")
+            if self.batch_size < 1:
+                raise InputError(f"batch size must be >= 1, got {self.batch_size} (or use --batch-size {AUTO_BATCH})")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise InputError(f"--max-pixels {self.max_pixels}: the pixel limit must be at least 1")
 
