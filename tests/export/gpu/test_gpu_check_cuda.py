@@ -127,3 +127,22 @@ def test_cuda_array_interface_describes_the_scheduler_buffer():
     buffer = device.alloc_device(2 * 3 * 4)
     view = CudaArrayView(DeviceTensor(buffer, (2, 3), np.float32)).__cuda_array_interface__
     assert view == {"shape": (2, 3), "typestr": "<f4", "data": (buffer.ptr, False), "strides": None, "stream": None, "version": 3}
+
+
+@pytest.mark.integration
+def test_stitching_in_pytorch_equals_the_cpu_scheduler_on_real_images(deepglobe_dir):
+    pytest.importorskip("array_api_compat")
+    from PIL import Image
+
+    manifest = make_manifest(patch=128, overlap=20, classes=5)
+    net = NumpyGLSNet(manifest, seed=4)
+    for path in sorted(deepglobe_dir.glob("*_sat.jpg"))[:2]:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))[:509, :763].copy()
+        expected = cpu_scheduler(manifest, net).segment(ArraySource(pixels), ScheduleOptions(batch_size=5))
+        device = torch_recording_device(priority=("copy", "local", "fusion"))
+        engines = {role: HostAsyncBackend(device, fn, role) for role, fn in net.functions.items()}
+        with StreamScheduler(device, engines, manifest, "fp32", StreamScheduleOptions(batch_size=5)) as scheduler:
+            mask = scheduler.segment_pixels(pixels, manifest.normalization)
+        assert len(np.unique(expected)) > 1, path
+        np.testing.assert_array_equal(mask, expected, err_msg=str(path))
