@@ -120,7 +120,7 @@ class TorchArrays:
     def constant(self, array: np.ndarray) -> Any:
         import torch
 
-        return torch.as_tensor(np.ascontiguousarray(array), device=self.torch_device)
+        return torch.tensor(np.ascontiguousarray(array), device=self.torch_device)  # a copy: constants are small, weights read-only
 
     def launch(self, stream: Any, kernel: Callable[[], None], label: str) -> None:
         self.launcher.launch(stream, kernel, label)

@@ -424,7 +424,7 @@ class StreamScheduler:
 
     def _device_constants(self) -> DeviceConstants:
         if self._constants is None:
-            self._constants = DeviceConstants(self.device.array_module())
+            self._constants = DeviceConstants(self.device.array_module(), self.device.constant)
         return self._constants
 
     def _buffers_for(self, height: int, width: int, layout: PixelLayout | None) -> _Buffers:

@@ -45,6 +45,11 @@ class RecordingLauncher:
 class TorchRecordingDevice(TorchArrays, RecordingDevice):
     """The recording device with the scheduler's array code in PyTorch on its CPU device, as the CUDA level runs it on CUDA."""
 
+    def constant(self, array):
+        made = super().constant(array)
+        self.__dict__.setdefault("constants", []).append(made)
+        return made
+
 
 def torch_recording_device(priority=()):
     device = TorchRecordingDevice(priority=priority)
@@ -65,8 +70,11 @@ def test_stitching_in_pytorch_on_its_cpu_device_equals_the_cpu_scheduler(size):
     engines = {role: HostAsyncBackend(device, fn, role) for role, fn in net.functions.items()}
     with StreamScheduler(device, engines, manifest, "fp32", StreamScheduleOptions(batch_size=3)) as scheduler:
         mask = scheduler.segment_pixels(pixels, manifest.normalization)
+        cached = list(scheduler._device_constants()._cache.values())
     np.testing.assert_array_equal(mask, expected)
     assert device.array_module().__name__ == "array_api_compat.torch"
+    # every constant went up through the device (on CUDA: torch.as_tensor(..., device="cuda:0"), never a CPU tensor)
+    assert cached and all(any(c is made for made in device.constants) for c in cached)
 
 
 def image_for(bundle, height=150, width=170, seed=0):
