@@ -36,14 +36,15 @@ bench: $(STAMP) cpp
 	$(BIN)/glsnet bench --out $(DEMO_OUT)/bench
 	$(BIN)/python scripts/bench_cpp.py --cpp $(CPP_BUILD)/glsnet-cpp --out $(DEMO_OUT)/bench-cpp
 
-# The highest level this machine allows: TensorRT engines, else the CUDA-only level (PyTorch engines
-# on the stream scheduler); exit 2 with the reason when neither can run. GPU_EXTRA: tensorrt
+# One prepared run (docs/gpu-check.md): one table of every engine this machine has (PyTorch on the
+# stream scheduler and eager, ONNX Runtime CUDA, TensorRT) against the CPU fp32 reference; rows whose
+# pieces are missing say why in one line. --level auto/tensorrt/cuda keep the older per-level checks. GPU_EXTRA: tensorrt
 # (CUDA 12 driver), tensorrt-cu13 (CUDA 13 driver), jetson or cuda; an extra that cannot be
 # installed here (no index, no wheel) is skipped and the check says what is missing.
 GPU_EXTRA ?= tensorrt
 gpu-check: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[$(GPU_EXTRA)]' || echo "gpu-check: could not install the $(GPU_EXTRA) extra; checking with what is installed"
-	$(BIN)/python -m export.gpu.gpu_check --level auto --out $(DEMO_OUT)/gpu-check
+	$(BIN)/python -m export.gpu.gpu_check --level table --repeats 5 --out $(DEMO_OUT)/gpu-check
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build/cpp build/cpp-asan

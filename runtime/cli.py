@@ -34,8 +34,9 @@ def run(
     device: Optional[str] = opt.DEVICE,
     cuda_graphs: bool = opt.CUDA_GRAPHS,
     dla_core: Optional[int] = opt.DLA_CORE,
-    batch_size: Optional[int] = opt.BATCH_SIZE,
+    batch_size: Optional[str] = opt.BATCH_SIZE,
     max_memory: Optional[str] = opt.MAX_MEMORY,
+    max_device_memory: Optional[str] = opt.MAX_DEVICE_MEMORY,
     threads: Optional[int] = opt.THREADS,
     bands: Optional[str] = opt.BANDS,
     input_range: Optional[str] = opt.INPUT_RANGE,
@@ -54,6 +55,7 @@ def run(
     options = opt.segmenter_options(
         precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
         threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
+        max_device_memory=max_device_memory,
     )
     outputs = opt.output_options(fmt, color, overlay, stats, bands)
     console = Console(stderr=True)
@@ -87,8 +89,9 @@ def batch(
     device: Optional[str] = opt.DEVICE,
     cuda_graphs: bool = opt.CUDA_GRAPHS,
     dla_core: Optional[int] = opt.DLA_CORE,
-    batch_size: Optional[int] = opt.BATCH_SIZE,
+    batch_size: Optional[str] = opt.BATCH_SIZE,
     max_memory: Optional[str] = opt.MAX_MEMORY,
+    max_device_memory: Optional[str] = opt.MAX_DEVICE_MEMORY,
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph in each worker (default: --cpus-per-worker, rounded)."),
     bands: Optional[str] = opt.BANDS,
     input_range: Optional[str] = opt.INPUT_RANGE,
@@ -113,6 +116,7 @@ def batch(
         segmenter=opt.segmenter_options(
             precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
             threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
+            max_device_memory=max_device_memory,
         ),
         outputs=opt.output_options(fmt, color, overlay, True, bands),
         address=address,

@@ -19,7 +19,40 @@ PROVIDER = typer.Option(None, "--provider", help="ONNX Runtime execution provide
 DEVICE = typer.Option(None, "--device", hidden=True, help="Deprecated: cpu|cuda|tensorrt (= --provider) or tensorrt-engine (= --engine tensorrt).")
 CUDA_GRAPHS = typer.Option(False, "--cuda-graphs", help="--engine tensorrt: replay fixed-shape local/fusion batches as CUDA graphs.")
 DLA_CORE = typer.Option(None, "--dla-core", help="--engine tensorrt: use the bundle's DLA engines built for this core (Jetson).")
-BATCH_SIZE = typer.Option(None, "--batch-size", help="Patches per batch (default: chosen by the memory plan).")
+def parse_batch_size(text: str | int | None) -> int | str | None:
+    """``--batch-size``: a number of patches (SegmenterOptions checks it is positive), or ``auto``."""
+    from runtime.errors import InputError
+
+    if text is None or isinstance(text, int):
+        return text
+    value = str(text).strip().lower()
+    if value == "auto":
+        return value
+    if value.lstrip("-").isdigit():
+        return int(value)
+    raise InputError(f"--batch-size {text!r}: give a positive number of patches or 'auto'")
+
+
+def _batch_size_flag(text: str) -> int | str | None:
+    """Numbers and 'auto' parsed; anything else passed on, so the one error line comes from segmenter_options."""
+    try:
+        return parse_batch_size(text)
+    except Exception:  # noqa: BLE001 - refused later, with the CLI's own one-line error
+        return text
+
+
+BATCH_SIZE = typer.Option(
+    None,
+    "--batch-size",
+    parser=_batch_size_flag,
+    metavar="N|auto",
+    help="Patches per batch (default: chosen by the memory plan); 'auto' on a GPU: the largest batch free device memory holds.",
+)
+MAX_DEVICE_MEMORY = typer.Option(
+    None,
+    "--max-device-memory",
+    help="GPU memory budget for --engine tensorrt, e.g. 1.4GB: engines, their scratch and the schedule's buffers must fit; the batch is the largest that does.",
+)
 MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget, e.g. 900MB: the quickest batch size and global banding that fit (glsnet bench --budgets shows the cost).")
 THREADS = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core).")
 BANDS = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's).")
@@ -67,7 +100,7 @@ def segmenter_options(
     engine: str,
     provider: str | None,
     device: str | None,
-    batch_size: int | None,
+    batch_size: int | str | None,
     max_memory: str | None,
     threads: int | None,
     bands: str | None,
@@ -75,6 +108,7 @@ def segmenter_options(
     input_range: str | None = None,
     cuda_graphs: bool = False,
     dla_core: int | None = None,
+    max_device_memory: str | None = None,
 ):
     """The parsed flags as SegmenterOptions."""
     from runtime.byte_sizes import parse_memory_size
@@ -88,8 +122,9 @@ def segmenter_options(
         provider=provider,
         cuda_graphs=cuda_graphs,
         dla_core=dla_core,
-        batch_size=batch_size,
+        batch_size=parse_batch_size(batch_size),
         max_memory=parse_memory_size(max_memory),
+        max_device_memory=parse_memory_size(max_device_memory),
         threads=threads,
         bands=parse_bands(bands),
         max_pixels=max_pixels,

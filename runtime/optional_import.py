@@ -20,6 +20,8 @@ EXTRAS: dict[str, str] = {
     "cuda": "tensorrt",
     "cuda.bindings": "tensorrt",
     "pycuda": "tensorrt (or the pycuda that JetPack ships)",
+    "array_api_compat": "tensorrt (or cuda, jetson, dev)",
+    "cupy": "tensorrt (cupy-cuda12x; tensorrt-cu13 for CUDA 13)",
     "ray": "cluster",
 }
 

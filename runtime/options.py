@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from runtime.algorithm.memory_budget import AUTO_BATCH
 from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.errors import InputError
 from runtime.image_io.input_range import InputRange
@@ -39,8 +40,9 @@ class SegmenterOptions:
     engine: str = "onnxruntime"
     provider: str | None = None  # ONNX Runtime execution provider; None: cpu
     device: str | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # a number, or "auto" (GPU: the largest batch free device memory holds)
     max_memory: int | None = None  # bytes; see runtime.byte_sizes.parse_memory_size
+    max_device_memory: int | None = None  # bytes of GPU memory (TensorRT engine): engines, scratch and buffers
     threads: int | None = None
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -57,6 +59,11 @@ class SegmenterOptions:
             object.__setattr__(self, "provider", provider)
             object.__setattr__(self, "device", None)
         check_choice(self.engine, self.provider)
+        if self.batch_size is not None and self.batch_size != AUTO_BATCH:
+            if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
+                raise InputError(f"--batch-size {self.batch_size!r}: give a positive number of patches or {AUTO_BATCH!r}")
+            if self.batch_size < 1:
+                raise InputError(f"batch size must be >= 1, got {self.batch_size} (or use --batch-size {AUTO_BATCH})")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise InputError(f"--max-pixels {self.max_pixels}: the pixel limit must be at least 1")
 
@@ -67,7 +74,7 @@ class SegmenterOptions:
     def schedule(self) -> ScheduleOptions:
         extra = {} if self.global_halo is None else {"global_halo": self.global_halo}
         return ScheduleOptions(
-            batch_size=self.batch_size,
+            batch_size=None if self.batch_size == AUTO_BATCH else self.batch_size,  # on the CPU, auto is the memory plan's choice
             max_memory=self.max_memory,
             global_band_rows=self.global_band_rows,
             bands=self.bands,

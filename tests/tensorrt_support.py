@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from runtime.algorithm.patch_grid import make_grid
+from runtime.algorithm.scheduler import Scheduler
 from runtime.algorithm.stitching import patch_weights, upsample_logits
 from runtime.bundle.manifest import (
     SCHEMA_VERSION,
@@ -43,6 +44,7 @@ from runtime.bundle.manifest import (
     sha256_file,
     write_manifest,
 )
+from runtime.backends.base import Backend, TensorMeta
 from runtime.cuda.device import DeviceBuffer
 from runtime.cuda.recording import RecordingDevice
 
@@ -174,6 +176,40 @@ def reference_mask(net: NumpyGLSNet, manifest: Manifest, image: np.ndarray, batc
     return (total / weight_sum).argmax(0).astype(np.uint8)[:height, :width]
 
 
+class NumpyBackend(Backend):
+    """A NumpyGLSNet function as a CPU Backend, so the CPU Scheduler and the stream scheduler run the same graphs."""
+
+    def __init__(self, function: Callable, inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]) -> None:
+        super().__init__()
+        self.function = function
+        self._inputs = {n: TensorMeta(n, np.dtype(np.float32), s) for n, s in inputs.items()}
+        self._outputs = {n: TensorMeta(n, np.dtype(np.float32), s) for n, s in outputs.items()}
+
+    def _activate_impl(self) -> None: ...
+
+    def _deactivate_impl(self) -> None: ...
+
+    def _input_metadata_impl(self) -> dict[str, TensorMeta]:
+        return self._inputs
+
+    def _output_metadata_impl(self) -> dict[str, TensorMeta]:
+        return self._outputs
+
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(self.function(dict(feed)))
+
+
+def cpu_scheduler(manifest: Manifest, net: NumpyGLSNet) -> Scheduler:
+    """The runtime's CPU Scheduler over the numpy graphs: the reference the GPU schedule must equal byte for byte."""
+    graphs = manifest.graphs["fp32"]
+
+    def backend(role: str) -> NumpyBackend:
+        graph = graphs[role]
+        return NumpyBackend(net.functions[role], {t.name: t.shape for t in graph.inputs}, {t.name: t.shape for t in graph.outputs}).activate()
+
+    return Scheduler(manifest, backend("global"), backend("local"), backend("fusion"))
+
+
 def normalized_image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     """A seeded scene with structure (blocks) so the masks are not noise."""
     rng = np.random.default_rng(seed)
@@ -258,6 +294,7 @@ def fake_tensorrt(
     trt.capture_failure = None  # type: ignore[attr-defined]
     trt.zero_memory_sizes = False  # type: ignore[attr-defined]
     trt.num_dla_cores = 2  # type: ignore[attr-defined]
+    trt.engine_dtypes = {}  # type: ignore[attr-defined]  # role -> {tensor: "HALF"...}: I/O types of the engines built next
     scratch_users: dict[int, tuple[int, int, int]] = {}  # scratch ptr -> (id of context, stream index, sequence)
     major = int(version.split(".")[0])
     calls: list[tuple] = trt.calls  # type: ignore[attr-defined]
@@ -266,15 +303,16 @@ def fake_tensorrt(
     class Logger:
         ERROR, WARNING, INFO, VERBOSE = 1, 2, 3, 4
 
-        def __init__(self, severity: int = 2) -> None:
-            self.severity = severity
+        def __init__(self, min_severity: int = 2) -> None:
+            self.min_severity = min_severity
+            calls.append(("Logger", min_severity))
 
     trt.Logger = Logger
     trt.init_libnvinfer_plugins = lambda logger, namespace: calls.append(("init_libnvinfer_plugins", namespace)) or True
     trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", ["EXPLICIT_BATCH", "STRONGLY_TYPED"] if major == 10 else ["_RESERVED", "STRONGLY_TYPED"])
     if major >= 11:
         del trt.NetworkDefinitionCreationFlag._RESERVED
-    builder_flags = ["GPU_FALLBACK", "REFIT", "DEBUG", "SPARSE_WEIGHTS"] + (["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"] if major == 10 else [])
+    builder_flags = ["GPU_FALLBACK", "REFIT", "DEBUG", "SPARSE_WEIGHTS", "TF32"] + (["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"] if major == 10 else [])
     trt.BuilderFlag = _enum("BuilderFlag", builder_flags)
     trt.MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM"])
     trt.DeviceType = _enum("DeviceType", ["GPU", "DLA"])
@@ -352,6 +390,7 @@ def fake_tensorrt(
     class Config:
         def __init__(self) -> None:
             object.__setattr__(self, "flags", [])
+            object.__setattr__(self, "cleared", [])
             object.__setattr__(self, "profiles", [])
             object.__setattr__(self, "settings", {})
 
@@ -364,6 +403,10 @@ def fake_tensorrt(
         def set_flag(self, flag: _Member) -> None:
             calls.append(("set_flag", flag))
             self.flags.append(flag)
+
+        def clear_flag(self, flag: _Member) -> None:
+            calls.append(("clear_flag", flag))
+            self.cleared.append(flag)
 
         def set_memory_pool_limit(self, pool: _Member, size: int) -> None:
             calls.append(("set_memory_pool_limit", pool, size))
@@ -415,7 +458,12 @@ def fake_tensorrt(
                 network.role,
                 {n: tuple(tuple(s) for s in profile[n]) for n in profile},
                 {n: tuple(s) for n, s in outputs.items()},
-                {"network_flags": network.flags, "builder_flags": [repr(f) for f in config.flags], "settings": {k: repr(v) for k, v in config.settings.items()}},
+                {
+                    "network_flags": network.flags,
+                    "builder_flags": [repr(f) for f in config.flags],
+                    "settings": {k: repr(v) for k, v in config.settings.items()},
+                    "dtypes": dict(trt.engine_dtypes.get(network.role, {})),  # type: ignore[attr-defined]
+                },
             )
 
     # ---------------------------------------------------------------- running
@@ -445,7 +493,7 @@ def fake_tensorrt(
             return trt.TensorIOMode.INPUT if name in self.body["inputs"] else trt.TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name: str) -> _Member:
-            return trt.DataType.FLOAT
+            return getattr(trt.DataType, self.body.get("dtypes", {}).get(name, "FLOAT"))
 
         def get_tensor_shape(self, name: str) -> list:
             if name in self.body["outputs"]:

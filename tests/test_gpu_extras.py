@@ -43,3 +43,18 @@ def test_the_cuda_13_extra_pairs_tensorrt_and_cuda_python_13():
     pins = extra("tensorrt-cu13")
     assert allows(pins["cuda-python"], "13.4.4") and not allows(pins["cuda-python"], "12.9.0")
     assert "tensorrt-cu13" in pins
+
+
+def test_the_jetson_extra_keeps_numpy_below_2_on_aarch64():
+    """JetPack 6's TensorRT 10.3 bindings are built against numpy 1.x: numpy 2 breaks their import."""
+    numpy = extra("jetson")["numpy"]
+    assert allows(numpy, "1.26.4") and not allows(numpy, "2.0.0") and not allows(numpy, "2.3.1")
+    assert numpy.marker is not None and numpy.marker.evaluate({"platform_machine": "aarch64"})
+    assert not numpy.marker.evaluate({"platform_machine": "x86_64"})
+
+
+@pytest.mark.parametrize("name,cupy", [("tensorrt", "cupy-cuda12x"), ("tensorrt-cu13", "cupy-cuda13x"), ("cuda", "cupy-cuda12x"), ("jetson", "cupy-cuda12x")])
+def test_every_gpu_extra_installs_the_cupy_of_its_cuda_major(name, cupy):
+    """The device-side stitching needs CuPy; its CUDA major must be the extra's cuda-python major."""
+    pins = extra(name)
+    assert cupy in pins and not [other for other in pins if other.startswith("cupy-") and other != cupy]

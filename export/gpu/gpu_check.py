@@ -61,7 +61,7 @@ class Measurement:
     batch_size: int
 
 
-LEVELS = ("auto", "tensorrt", "cuda")
+LEVELS = ("auto", "tensorrt", "cuda", "table")
 
 
 def missing_pieces(data: Path | None) -> list[str]:
@@ -202,7 +202,11 @@ def check(
     build: bool = typer.Option(True, "--build/--no-build", help="Build the engines first (otherwise use the bundle's)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Also put the local engine on this DLA core (Jetson)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay fixed-shape local/fusion batches as CUDA graphs."),
-    level: str = typer.Option("auto", "--level", help="auto (the highest this machine allows), tensorrt, or cuda (no TensorRT needed)."),
+    level: str = typer.Option(
+        "auto",
+        "--level",
+        help="table (every engine here and PyTorch eager in one table: what `make gpu-check` runs), auto (the highest level this machine allows), tensorrt, or cuda (no TensorRT needed).",
+    ),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="cuda level: the torch checkpoint (default: the demo's, else a seeded random-init model)."),
     preset: str = typer.Option("default", "--preset", help="cuda level, random-init model: default (the paper's GLSNet) or small."),
     batch_size: int = typer.Option(6, "--batch-size", help="cuda level: patches per batch."),
@@ -211,6 +215,8 @@ def check(
     if level not in LEVELS:
         raise InputError(f"--level {level!r}: choose from {', '.join(LEVELS)}")
     data = data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
+    if level == "table":
+        return check_table(out, bundle, checkpoint, preset, data, repeats, batch_size)
     problems = missing_pieces(data) if level != "cuda" else ["skipped"]
     if level == "cuda" or (level == "auto" and problems):
         from export.gpu.gpu_check_cuda import cuda_level_missing
@@ -314,6 +320,69 @@ def check_cuda(
             "scheduled CUDA path below the pixel agreement threshold: "
             + ", ".join(f"{r.image} {r.scheduled_vs_cpu:.5f} < {CUDA_MIN_AGREEMENT}" for r in failed)
         )
+
+
+TABLE_MIN_AGREEMENT = {"fp32 (TF32)": 0.999, "fp32": 0.999, "fp16": 0.99, "int8": 0.97}
+
+
+def check_table(out: Path, bundle: Path | None, checkpoint: Path | None, preset: str, data: Path | None, repeats: int, batch_size: int) -> None:
+    """`make gpu-check`: one table of every engine this machine has against the CPU fp32 reference (export.gpu.gpu_table)."""
+    from export.gpu.gpu_table import RAN, Image, nvml_sampler, print_table, run_table, write_chart, write_report
+    from export.gpu.gpu_table_candidates import gpu_candidates
+    from runtime.image_io.readers import open_image
+    from runtime.segmenter import Segmenter
+
+    if bundle is None or checkpoint is not None:
+        checkpoint, bundle = model_and_bundle(out, bundle, checkpoint, preset)
+    images = sorted(data.glob("*_sat.jpg")) if data is not None else []
+    if images:
+        path = images[0]
+
+        def decode() -> np.ndarray:
+            source = open_image(path)
+            try:
+                return source.read_rows(0, source.height)
+            finally:
+                source.close()
+
+        image = Image(path.name, decode(), decode)
+    else:
+        pixels = synthetic_scene(bundle)
+        typer.echo(f"gpu-check: no ${DATA_ENV} images; a seeded synthetic {pixels.shape[0]} x {pixels.shape[1]} scene (decode = a copy)")
+        image = Image("synthetic", pixels, pixels.copy)
+    with Segmenter(bundle, precision="fp32") as reference_segmenter:
+        reference = reference_segmenter.segment(image.pixels)
+
+    def model() -> object:
+        if checkpoint is None:
+            raise InputError("the PyTorch rows need the model: pass --checkpoint (the checkpoint the bundle was exported from)")
+        from glsnet.checkpoint import load_model
+
+        return load_model(checkpoint)[0]
+
+    sampler, why = nvml_sampler()
+    if why:
+        typer.echo(f"gpu-check: {why}")
+    rows = run_table(gpu_candidates(bundle, model, batch_size), image, reference, repeats, sampler, say=typer.echo)
+    text = print_table(rows, f"gpu-check on {image.name} ({image.pixels.shape[0]} x {image.pixels.shape[1]}): every engine here vs the CPU fp32 reference")
+    out.mkdir(parents=True, exist_ok=True)
+    report = write_report(rows, out, {"image": image.name, "bundle": str(bundle), "repeats": repeats, "batch_size": batch_size, "table": text})
+    chart = write_chart(rows, out, say=typer.echo)
+    typer.echo(f"report: {report}" + (f", chart: {chart}" if chart else ""))
+    low = [r for r in rows if r.status == RAN and r.agreement is not None and r.agreement < TABLE_MIN_AGREEMENT.get(r.precision, 0.99)]
+    if low:
+        raise AccuracyGateError("pixel agreement below threshold: " + ", ".join(f"{r.engine} {r.precision} {r.agreement:.5f}" for r in low))
+
+
+def synthetic_scene(bundle: Path) -> np.ndarray:
+    """A seeded scene with structure: 2448 x 2448 for the paper's patch size, 1024 x 1024 for small models."""
+    from runtime.bundle.manifest import read_manifest
+
+    side = 2448 if read_manifest(bundle).patch.size >= 500 else 1024
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (side // 64 + 1, side // 64 + 1, 3), dtype=np.uint8)
+    scene = np.repeat(np.repeat(coarse, 64, 0), 64, 1)[:side, :side]
+    return np.clip(scene.astype(np.int16) + rng.integers(-20, 21, scene.shape), 0, 255).astype(np.uint8)
 
 
 def model_and_bundle(out: Path, bundle: Path | None, checkpoint: Path | None, preset: str) -> tuple[Path, Path]:

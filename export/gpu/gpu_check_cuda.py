@@ -97,6 +97,47 @@ class CudaLauncher:
         return replay
 
 
+class TorchArrays:
+    """Device-side array code (the scheduler's normalisation, cutting and stitching) in PyTorch, on a Device's own memory.
+
+    Mixed into a Device so that, at this level, stitching runs where the engines run without CuPy:
+    ``array`` views a buffer through the ``launcher`` (``__cuda_array_interface__`` on CUDA),
+    ``launch`` runs the array code on the scheduler's stream, and the namespace is array_api_compat's
+    torch, the Array API the code is written against.
+    """
+
+    launcher: Launcher
+    torch_device: str = "cpu"
+
+    def array_module(self) -> Any:
+        from runtime.optional_import import require
+
+        return require("array_api_compat.torch", "device-side stitching in PyTorch")
+
+    def array(self, tensor: DeviceTensor) -> Any:
+        return self.launcher.view(tensor)
+
+    def constant(self, array: np.ndarray) -> Any:
+        import torch
+
+        return torch.tensor(np.ascontiguousarray(array), device=self.torch_device)  # a copy: constants are small, weights read-only
+
+    def launch(self, stream: Any, kernel: Callable[[], None], label: str) -> None:
+        self.launcher.launch(stream, kernel, label)
+
+
+def torch_cuda_device(torch: Any, ordinal: int = 0) -> Device:
+    """cuda-python's Device with the scheduler's array code in PyTorch on the same streams and memory."""
+    from runtime.cuda.cuda_python import CudaPythonDevice
+
+    class TorchCudaDevice(TorchArrays, CudaPythonDevice):
+        torch_device = f"cuda:{ordinal}"
+
+    device = TorchCudaDevice(ordinal)
+    device.launcher = CudaLauncher(torch, device, ordinal)
+    return device
+
+
 class TorchEngine:
     """An AsyncEngine for the stream scheduler: one model sub-module on the scheduler's stream and buffers."""
 
@@ -230,13 +271,11 @@ def measure_cuda(
 
     from glsnet.inference import predict_mask
     from runtime.accuracy.comparison import pixel_agreement
-    from runtime.cuda.cuda_python import CudaPythonDevice
-
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 against the CPU's fp32
     torch.backends.cudnn.allow_tf32 = False
     model = model.cuda().eval()
-    device = CudaPythonDevice(0)
-    launcher = CudaLauncher(torch, device)
+    device = torch_cuda_device(torch, 0)
+    launcher = device.launcher
     results = []
     try:
         for name, image in images:

@@ -28,7 +28,7 @@ from typing import Any
 
 from runtime.algorithm.device_buffers import tensor_shape
 from runtime.atomic_file import write_bytes_atomic
-from runtime.backends.tensorrt.api import TensorRTApi, tensorrt_api
+from runtime.backends.tensorrt.api import TensorRTApi, process_logger, tensorrt_api
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, TARGET, engine_directory, slug
 from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
 from runtime.cuda.device import Device, DeviceInfo
@@ -199,7 +199,7 @@ class _Builder:
     def __init__(self, api: TensorRTApi, bundle_dir: Path, info: DeviceInfo, options: TensorRTBuildOptions) -> None:
         trt = api.trt
         self.api, self.bundle_dir, self.options = api, bundle_dir, options
-        self.logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
+        self.logger = process_logger(trt, verbose=options.verbose)  # one per process: TensorRT keeps the first it sees
         trt.init_libnvinfer_plugins(self.logger, "")
         self.builder = trt.Builder(self.logger)
         self.cache_path = bundle_dir / "engines" / f"{slug(info.name)}_{api.version}" / TIMING_CACHE
@@ -217,6 +217,9 @@ class _Builder:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace)
         if options.optimization_level is not None:
             config.builder_optimization_level = options.optimization_level
+        if precision == "fp32":
+            # the strict fp32 reference: TF32 is on by default and would round inner products to 10-bit mantissas
+            config.clear_flag(trt.BuilderFlag.TF32)
         self._attach_timing_cache(config)
         trt_profile = self.builder.create_optimization_profile()
         names = [network.get_input(i).name for i in range(network.num_inputs)]

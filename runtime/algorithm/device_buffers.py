@@ -4,10 +4,15 @@ The stream scheduler allocates exactly what ``plan_buffers`` lists, so the byte 
 the schedule's real I/O footprint; what they leave out is each engine's scratch memory
 (``device_memory_size_v2``, known only once an engine exists) and the engines' weights.
 
-Device buffers: the padded image and the global features (one each); one batch of patches;
-``lookahead`` ring slots of local outputs and boxes, so that local batches can run ahead of the
-global branch; one batch of logits. Pinned host staging: the padded image once, and patches, boxes
-and logits twice each (double-buffered: the host fills one slot while the copy engine reads the other).
+Only the image's pixels go up and uint8 mask rows come down; everything between stays on the
+device (runtime.algorithm.device_stitching). Device buffers: the pixels as read (uint8 for most
+images) and the normalised, padded image (one each); the global features (one); ``PATCH_SLOTS``
+batches of patches cut on the device, so that batch k+1 is cut while batch k runs; ``lookahead``
+ring slots of local outputs and boxes, so that local batches can run ahead of the global branch;
+one batch of logits; the stitching band (logit sums and weight sums, one patch high) and one
+band of mask rows. Pinned host staging: the pixels once, the boxes twice (tiny, double-buffered)
+and ``MASK_SLOTS`` bands of mask rows. A caller that hands the scheduler an already normalised
+image (``pixels=None``) stages that instead of the pixels.
 """
 
 from __future__ import annotations
@@ -33,8 +38,14 @@ from runtime.bundle.manifest import (
 )
 from runtime.errors import BundleError, InputError
 
-HOST_SLOTS = 2  # double-buffered pinned staging
+HOST_SLOTS = 2  # double-buffered pinned staging of the boxes
+PATCH_SLOTS = 2  # device patch buffers: batch k+1 is cut on the copy stream while batch k runs
+MASK_SLOTS = 4  # pinned bands of mask rows in flight to the host (a batch may finish several grid rows)
 DEFAULT_LOOKAHEAD = 2
+IMAGE_PIXELS = "image/pixels"
+STITCH_TOTAL = "stitch/total"
+STITCH_WEIGHTS = "stitch/weight_sum"
+STITCH_MASK = "stitch/mask"
 
 _ONNX_DTYPES = {
     "float": "float32",
@@ -151,14 +162,32 @@ def graph_tensors(graph: GraphSpec) -> dict[str, TensorSpec]:
     return {t.name: t for t in (*graph.inputs, *graph.outputs)}
 
 
+@dataclass(frozen=True)
+class PixelLayout:
+    """The pixels the scheduler uploads: ``channels`` samples of ``dtype`` per pixel (uint8 for most images)."""
+
+    channels: int
+    dtype: np.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        if self.channels < 1:
+            raise InputError(f"an image needs at least one band, got {self.channels}")
+
+
 def plan_buffers(
     manifest: Manifest,
     precision: str,
     batch: int,
     image_hw: tuple[int, int],
     lookahead: int = DEFAULT_LOOKAHEAD,
+    pixels: PixelLayout | None = PixelLayout(3, np.uint8),
 ) -> BufferPlan:
-    """Every buffer of the GPU schedule for ``batch`` patches of an image of ``image_hw`` (unpadded) pixels."""
+    """Every buffer of the GPU schedule for ``batch`` patches of an image of ``image_hw`` (unpadded) pixels.
+
+    ``pixels``: the layout of the uploaded pixels; None when the caller uploads an already
+    normalised image (then the normalised image is staged instead).
+    """
     if batch < 1 or lookahead < 1:
         raise InputError(f"batch ({batch}) and lookahead ({lookahead}) must be at least 1")
     patch = manifest.patch
@@ -174,18 +203,32 @@ def plan_buffers(
         return Allocation(f"{role}/{name}", shape, numpy_dtype(spec.dtype), copies, pinned)
 
     boxes = FUSION_INPUTS[3]
+    k, p = manifest.num_classes, patch.size
+    stitching = (
+        Allocation(STITCH_TOTAL, (k, p, padded[1]), np.dtype(np.float32), 1, False),
+        Allocation(STITCH_WEIGHTS, (p, padded[1]), np.dtype(np.float32), 1, False),
+        Allocation(STITCH_MASK, (p, image_hw[1]), np.dtype(np.uint8), 1, False),
+        Allocation(STITCH_MASK, (p, image_hw[1]), np.dtype(np.uint8), MASK_SLOTS, True),
+    )
+    if pixels is not None:
+        shape = (image_hw[0], image_hw[1], pixels.channels)
+        upload: tuple[Allocation, ...] = (
+            Allocation(IMAGE_PIXELS, shape, pixels.dtype, 1, False),
+            Allocation(IMAGE_PIXELS, shape, pixels.dtype, 1, True),
+        )
+    else:
+        upload = (allocation("global", GLOBAL_INPUT, 1, pinned=True),)
     allocations = (
         allocation("global", GLOBAL_INPUT, 1, pinned=False),
         allocation("global", GLOBAL_OUTPUT, 1, pinned=False),
-        allocation("local", LOCAL_INPUT, 1, pinned=False),
+        allocation("local", LOCAL_INPUT, PATCH_SLOTS, pinned=False),
         allocation("local", LOCAL_OUTPUTS[0], lookahead, pinned=False),
         allocation("local", LOCAL_OUTPUTS[1], lookahead, pinned=False),
         allocation("fusion", boxes, lookahead, pinned=False),
         allocation("fusion", FUSION_OUTPUT, 1, pinned=False),
-        allocation("global", GLOBAL_INPUT, 1, pinned=True),
-        allocation("local", LOCAL_INPUT, HOST_SLOTS, pinned=True),
+        *upload,
         allocation("fusion", boxes, HOST_SLOTS, pinned=True),
-        allocation("fusion", FUSION_OUTPUT, HOST_SLOTS, pinned=True),
+        *stitching,
     )
     return BufferPlan(batch, padded[0], padded[1], lookahead, allocations)
 

@@ -135,3 +135,96 @@ def _align(rows: int) -> int:
 def _total(model: MemoryModel, batch: int, band_rows: int | None) -> int:
     rows = band_rows if model.staged else model.band_input_rows(band_rows)
     return model.fixed_bytes + model.batch_bytes(batch) + model.global_bytes(rows)
+
+
+# ------------------------------------------------------------------------------------------ device memory
+# The GPU schedule's plan: what must fit on the device is the schedule's buffers (a function of the
+# batch, exact: runtime.algorithm.device_buffers), each engine's scratch memory (a function of the
+# batch, from the engines) and the engines' weights. Free memory is what the driver reports
+# (cudaMemGetInfo) before the buffers exist; a share of it is left for the CUDA context, the array
+# library's temporaries (the stitching's upsampled batch) and fragmentation.
+DEVICE_HEADROOM = 0.10  # of free device memory, never planned
+AUTO_BATCH = "auto"
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """The batch the GPU schedule runs with, and the device bytes that chose it."""
+
+    batch_size: int
+    buffer_bytes: int  # the schedule's own buffers (exact)
+    scratch_bytes: int  # engines' scratch memory (as the engines report it)
+    limit_bytes: int  # what the plan had to fit: the budget, or free memory less the headroom
+    free_bytes: int | None  # free device memory when planned (None: not asked)
+    budget_bytes: int | None  # --max-device-memory
+
+    @property
+    def estimate_bytes(self) -> int:
+        return self.buffer_bytes + self.scratch_bytes
+
+    def describe(self) -> str:
+        limit = "budget" if self.budget_bytes is not None else "free device memory"
+        return (
+            f"batch {self.batch_size}: buffers {format_bytes(self.buffer_bytes)} + engine scratch {format_bytes(self.scratch_bytes)} "
+            f"within {format_bytes(self.limit_bytes)} ({limit})"
+        )
+
+
+def plan_device_batch(
+    buffer_bytes: Callable[[int], int],
+    scratch_bytes: Callable[[int], int] | int = 0,
+    *,
+    free_bytes: int | None = None,
+    budget_bytes: int | None = None,
+    batch_size: int | str | None = AUTO_BATCH,
+    max_batch: int = 64,
+    min_batch: int = 1,
+    fixed_bytes: int = 0,
+) -> DevicePlan:
+    """The batch for the GPU schedule under ``--max-device-memory`` and what the device has free.
+
+    ``batch_size``: a number (checked against the limit), or ``auto`` (the largest batch in
+    ``min_batch..max_batch`` that fits; on a GPU with room, many more than the paper's 6).
+    The limit is the budget when given, capped by free memory less DEVICE_HEADROOM when that is
+    known; without a budget it is that share of free memory. ``fixed_bytes``: weights and anything
+    else already resident that the budget must include. Raises InputError naming the bytes needed.
+    """
+    if budget_bytes is None and free_bytes is None:
+        raise InputError("a device plan needs --max-device-memory or the device's free memory")
+    usable = None if free_bytes is None else int(free_bytes * (1 - DEVICE_HEADROOM))
+    if budget_bytes is not None:
+        limit = budget_bytes - fixed_bytes if usable is None else min(budget_bytes - fixed_bytes, usable)
+    else:
+        assert usable is not None
+        limit = usable
+
+    def scratch(batch: int) -> int:
+        return int(scratch_bytes(batch) if callable(scratch_bytes) else scratch_bytes)
+
+    def needed(batch: int) -> int:
+        return buffer_bytes(batch) + scratch(batch)
+
+    def plan(batch: int) -> DevicePlan:
+        return DevicePlan(batch, buffer_bytes(batch), scratch(batch), limit, free_bytes, budget_bytes)
+
+    what = "--max-device-memory" if budget_bytes is not None and (usable is None or budget_bytes - fixed_bytes <= usable) else "free device memory"
+    if batch_size is not None and batch_size != AUTO_BATCH:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"--batch-size must be a positive number or {AUTO_BATCH!r}, got {batch_size!r}")
+        if needed(batch_size) > limit:
+            raise InputError(
+                f"batch {batch_size} needs about {format_bytes(needed(batch_size))} of device memory but {what} leaves "
+                f"{format_bytes(max(limit, 0))}; lower --batch-size (or use --batch-size auto) or raise --max-device-memory"
+            )
+        return plan(batch_size)
+    if needed(min_batch) > limit:
+        raise InputError(
+            f"{what} ({format_bytes(max(limit, 0))} usable) cannot hold even a batch of {min_batch} "
+            f"({format_bytes(needed(min_batch))} needed); raise --max-device-memory or free device memory"
+        )
+    best = min_batch
+    for batch in range(min_batch + 1, max_batch + 1):
+        if needed(batch) > limit:
+            break
+        best = batch
+    return plan(best)

@@ -1,33 +1,56 @@
-"""The GPU schedule: global and local engines concurrently on two CUDA streams, fusion once the global features exist.
+"""The GPU schedule: four CUDA streams, only pixels in and mask rows out, the host never waiting on the GPU's work.
 
-Per image:
-1. Stream A ("global"): copy the padded image from pinned staging, run the global engine, record
-   event G. Its features stay on the device.
-2. Stream B ("local"): the first ``lookahead`` batches of patches are copied (from pinned,
-   double-buffered staging) and run through the local engine *at once*: they do not wait for G.
-3. Before the first fusion, stream B waits on G with ``stream_wait_event``, a device-side wait:
-   the host never blocks on the global branch. Then per batch: fusion, logits copied back to
-   pinned memory, and the next local batch.
-4. The host stitches each batch's logits (runtime.algorithm.stitching.Stitcher) while the GPU works on
-   the next ones, and hands out mask rows as soon as no later patch touches them.
+Per image (every wait below is device-side, ``stream_wait_event``, unless it says "host"):
+1. Stream "global": the pixels go up once from pinned staging (uint8 for most images: 18 MB for a
+   2448 x 2448 RGB scene, where a normalised float32 copy would be 72 MB), are normalised and
+   zero-padded on the device (event "image ready"), then the global engine runs (event G). Its
+   features stay on the device for every fusion batch.
+2. Stream "copy": after "image ready", cuts each batch's patches out of the normalised image on the
+   device into one of two device patch buffers, so batch k+1 is cut while the local engine runs
+   batch k; it waits for the local engine to have read a buffer before cutting into it again.
+3. Stream "local": the first ``lookahead`` local batches run at once, not waiting for G; the boxes
+   (a few bytes) go up from double-buffered pinned staging; local outputs go to a ring of
+   ``lookahead`` slots. A slot is refilled only after the fusion that read it has run.
+4. Stream "fusion": waits once for G, then per batch for that batch's local outputs; runs fusion,
+   then the stitching (runtime.algorithm.device_stitching): upsampling, pyramid blending into a
+   band one patch high, and, when a grid row is complete, argmax of the finished rows into a
+   device mask band, copied to a pinned mask slot (event "rows ready").
+5. The host hands out mask rows as their copies land (host waits only on "rows ready", and before
+   refilling a pinned boxes slot whose previous copy has not run).
 
-Host waits are only those that protect reused memory: before refilling a staging slot (its
-previous copy must have run) and before reading a batch's logits. Written against the Device
-interface and asynchronous engines (anything with ``enqueue(inputs, outputs, stream)``), never
-against TensorRT, so it runs unchanged on the recording fake in tests.
+Local and fusion on separate streams let a DLA (Jetson) or the GPU run the local batch k+1 while
+fusion k runs; they must then not share engine scratch memory (runtime.engines.tensorrt_pipeline).
+Written against the Device interface (runtime.cuda.device), asynchronous engines (anything with
+``enqueue(inputs, outputs, stream)``) and array code in the device's array module, never against
+TensorRT or CuPy, so it runs unchanged on the recording fake in tests, where its masks equal the
+CPU Stitcher's bit for bit.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, HOST_SLOTS, Allocation, BufferPlan, plan_buffers
+from runtime.algorithm.device_buffers import (
+    DEFAULT_LOOKAHEAD,
+    HOST_SLOTS,
+    IMAGE_PIXELS,
+    MASK_SLOTS,
+    PATCH_SLOTS,
+    STITCH_MASK,
+    STITCH_TOTAL,
+    STITCH_WEIGHTS,
+    Allocation,
+    BufferPlan,
+    PixelLayout,
+    plan_buffers,
+)
+from runtime.algorithm.device_stitching import DeviceConstants, DeviceStitcher, FinishedRows, cut_patches, normalize_into
 from runtime.algorithm.patch_grid import PatchGrid
 from runtime.algorithm.patch_schedule import ROLES, RowBand, batches, grid_for
-from runtime.algorithm.stitching import Stitcher, upsample_logits
 from runtime.bundle.manifest import (
     FUSION_INPUTS,
     FUSION_OUTPUT,
@@ -36,11 +59,14 @@ from runtime.bundle.manifest import (
     LOCAL_INPUT,
     LOCAL_OUTPUTS,
     Manifest,
+    Normalization,
 )
 from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
 from runtime.errors import InputError
 
 __all__ = ["AsyncEngine", "ROLES", "RowBand", "StreamScheduleOptions", "StreamScheduler"]
+
+STREAMS = ("global", "copy", "local", "fusion")
 
 
 class AsyncEngine(Protocol):
@@ -99,8 +125,21 @@ def _with_batch(allocation: Allocation, batch: int | None) -> tuple[int, ...]:
     return allocation.shape if batch is None else (batch, *allocation.shape[1:])
 
 
+@dataclass
+class _Image:
+    """What the schedule of the image in flight needs between its batches."""
+
+    grid: PatchGrid
+    buffers: _Buffers
+    batches: list[list[int]]
+    stitcher: DeviceStitcher
+    pending: deque  # (mask slot, FinishedRows) whose copies are queued, oldest first
+    ready: list  # (top, rows) copied out of pinned memory, not yet handed out
+    masks_queued: int = 0
+
+
 class StreamScheduler:
-    """Segments normalised images [C, H, W] with three asynchronous engines on one device."""
+    """Segments images with three asynchronous engines on one device; pixels in, uint8 mask rows out."""
 
     def __init__(
         self,
@@ -109,7 +148,10 @@ class StreamScheduler:
         manifest: Manifest,
         precision: str = "fp32",
         options: StreamScheduleOptions = StreamScheduleOptions(),
+        streams: Mapping[str, Any] | None = None,
     ) -> None:
+        """``streams``: the four streams by name (global, copy, local, fusion) when the engines are bound to
+        given streams (ONNX Runtime's user_compute_stream); they stay the caller's. None: the scheduler makes its own."""
         missing = [role for role in ROLES if role not in engines]
         if missing:
             raise InputError(f"the stream scheduler needs engines for {ROLES}; missing {missing}")
@@ -118,15 +160,58 @@ class StreamScheduler:
         self.manifest = manifest
         self.precision = precision
         self.options = options
-        self.global_stream = device.create_stream("global")
-        self.local_stream = device.create_stream("local")
+        if streams is not None and set(streams) != set(STREAMS):
+            raise InputError(f"the stream scheduler runs on the streams {STREAMS}; got {sorted(streams)}")
+        self._owns_streams = streams is None
+        self.streams = dict(streams) if streams is not None else {name: device.create_stream(name) for name in STREAMS}
+        self.global_stream, self.copy_stream = self.streams["global"], self.streams["copy"]
+        self.local_stream, self.fusion_stream = self.streams["local"], self.streams["fusion"]
+        lookahead = options.lookahead
+        self.image_ready = device.create_event()
         self.global_done = device.create_event()
-        self.staged_free = [device.create_event() for _ in range(HOST_SLOTS)]
-        self.logits_ready = [device.create_event() for _ in range(HOST_SLOTS)]
+        self.patches_ready = [device.create_event() for _ in range(PATCH_SLOTS)]
+        self.patches_free = [device.create_event() for _ in range(PATCH_SLOTS)]
+        self.local_done = [device.create_event() for _ in range(lookahead)]
+        self.fusion_done = [device.create_event() for _ in range(lookahead)]
+        self.boxes_free = [device.create_event() for _ in range(HOST_SLOTS)]
+        self.rows_ready = [device.create_event() for _ in range(MASK_SLOTS)]
         self._buffers: _Buffers | None = None
-        self._size: tuple[int, int] | None = None
+        self._key: tuple | None = None
+        self._constants: DeviceConstants | None = None
+        self._image: _Image | None = None
 
     # -------------------------------------------------------------- public
+    def iter_pixel_rows(
+        self,
+        height: int,
+        width: int,
+        layout: PixelLayout,
+        write_pixels: Callable[[np.ndarray], None],
+        normalization: Normalization,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[RowBand]:
+        """Yield (first row, uint8 class indices [rows, width]) top to bottom as rows are finished.
+
+        ``write_pixels(target)`` fills the image's pixels as read, [height, width, channels] of
+        ``layout.dtype``, into ``target``, a pinned array: the only copy of the image on the host.
+        Normalisation (``normalization``, the bundle's or a --bands choice) happens on the device.
+        """
+        buffers = self._buffers_for(height, width, layout)
+        self._settle()
+        self.device.make_current()
+        host = buffers.staging(IMAGE_PIXELS, 0)
+        write_pixels(host)
+        device_pixels = buffers.tensor(IMAGE_PIXELS)
+        image = buffers.tensor(f"global/{GLOBAL_INPUT}")
+        self.device.memcpy_htod_async(device_pixels, host, self.global_stream)
+        constants = self._device_constants()
+
+        def normalise() -> None:
+            normalize_into(self.device.array(device_pixels), normalization, self.device.array(image)[0], self.device.array_module(), constants)
+
+        self.device.launch(self.global_stream, normalise, "normalize")
+        yield from self._schedule(height, width, buffers, progress)
+
     def iter_rows(
         self,
         height: int,
@@ -134,38 +219,19 @@ class StreamScheduler:
         write_image: Callable[[np.ndarray], None],
         progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[RowBand]:
-        """Yield (first row, uint8 class indices [rows, width]) top to bottom as rows are finished.
+        """The same rows from an image normalised on the host (a reference, or a caller with its own preprocessing).
 
         ``write_image(target)`` fills the normalised image into ``target`` [C, padded H, padded W], a
-        zeroed pinned array, at [:, :height, :width]; it is the only copy of the image on the host.
-        ``progress(done, total)`` is called after each batch of patches is stitched.
+        zeroed pinned array, at [:, :height, :width].
         """
-        grid = grid_for(self.manifest, height, width)
-        buffers = self._buffers_for(height, width)
+        buffers = self._buffers_for(height, width, None)
         self._settle()
+        self.device.make_current()
         host_image = buffers.staging(f"global/{GLOBAL_INPUT}", 0)
         host_image[...] = 0
         write_image(host_image[0])
-
-        self._enqueue_global(buffers, host_image)
-        batches = self._batches(grid)
-        stitcher = Stitcher(grid, self.manifest.num_classes)
-        lookahead = self.options.lookahead
-        done = 0
-        for k in range(min(lookahead, len(batches))):
-            self._enqueue_local(k, batches[k], grid, buffers, host_image)
-        for k, batch in enumerate(batches):
-            self._enqueue_fusion(k, len(batch), buffers, wait_for_global=k == 0)
-            if k >= 1:
-                yield from self._consume(k - 1, len(batches[k - 1]), buffers, stitcher)
-                done += len(batches[k - 1])
-                if progress is not None:
-                    progress(done, len(grid))
-            if k + lookahead < len(batches):
-                self._enqueue_local(k + lookahead, batches[k + lookahead], grid, buffers, host_image)
-        yield from self._consume(len(batches) - 1, len(batches[-1]), buffers, stitcher)
-        if progress is not None:
-            progress(len(grid), len(grid))
+        self.device.memcpy_htod_async(buffers.tensor(f"global/{GLOBAL_INPUT}"), host_image, self.global_stream)
+        yield from self._schedule(height, width, buffers, progress)
 
     def run(self, image: np.ndarray) -> Iterator[RowBand]:
         """Finished mask rows of a normalised image [C, H, W] already in memory."""
@@ -180,10 +246,21 @@ class StreamScheduler:
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """The whole uint8 mask [H, W] of a normalised image [C, H, W]."""
-        mask = np.zeros(image.shape[1:], dtype=np.uint8)
-        for row, rows in self.run(image):
-            mask[row : row + rows.shape[0]] = rows
-        return mask
+        return _collect(self.run(image), image.shape[1:])
+
+    def segment_pixels(self, pixels: np.ndarray, normalization: Normalization) -> np.ndarray:
+        """The whole uint8 mask [H, W] of pixels [H, W, C] (or [H, W]), normalised on the device."""
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        if pixels.ndim != 3:
+            raise InputError(f"expected pixels [H, W, C] or [H, W], got shape {pixels.shape}")
+        height, width, channels = pixels.shape
+
+        def write_pixels(target: np.ndarray) -> None:
+            target[...] = pixels
+
+        rows = self.iter_pixel_rows(height, width, PixelLayout(channels, pixels.dtype), write_pixels, normalization)
+        return _collect(rows, (height, width))
 
     @property
     def plan(self) -> BufferPlan | None:
@@ -195,10 +272,21 @@ class StreamScheduler:
         if self._buffers is not None:
             self._buffers.free(self.device)
             self._buffers = None
-        for event in (self.global_done, *self.staged_free, *self.logits_ready):
+        events = (
+            self.image_ready,
+            self.global_done,
+            *self.patches_ready,
+            *self.patches_free,
+            *self.local_done,
+            *self.fusion_done,
+            *self.boxes_free,
+            *self.rows_ready,
+        )
+        for event in events:
             self.device.destroy_event(event)
-        self.device.destroy_stream(self.global_stream)
-        self.device.destroy_stream(self.local_stream)
+        if self._owns_streams:
+            for stream in self.streams.values():
+                self.device.destroy_stream(stream)
 
     def __enter__(self) -> "StreamScheduler":
         return self
@@ -207,40 +295,89 @@ class StreamScheduler:
         self.close()
 
     # -------------------------------------------------------------- the schedule
-    def _enqueue_global(self, buffers: _Buffers, host_image: np.ndarray) -> None:
+    def _schedule(self, height: int, width: int, buffers: _Buffers, progress: Callable[[int, int], None] | None) -> Iterator[RowBand]:
+        """Everything after the normalised image is queued on the global stream."""
+        grid = grid_for(self.manifest, height, width)
+        device = self.device
+        device.record_event(self.image_ready, self.global_stream)
+        self._enqueue_global(buffers)
+        device.stream_wait_event(self.copy_stream, self.image_ready)
+        stitcher = DeviceStitcher(
+            device,
+            grid,
+            self.manifest.num_classes,
+            buffers.tensor(STITCH_TOTAL),
+            buffers.tensor(STITCH_WEIGHTS),
+            buffers.tensor(STITCH_MASK),
+            self._device_constants(),
+        )
+        stitcher.reset(self.fusion_stream)
+        self._image = image = _Image(grid, buffers, self._batches(grid), stitcher, deque(), [])
+        plan = image.batches
+        lookahead = self.options.lookahead
+        queued = 0
+        for k in range(min(lookahead, len(plan))):
+            self._enqueue_local(k, plan[k], grid, buffers)
+        for k, batch in enumerate(plan):
+            self._enqueue_fusion(k, len(batch), buffers, wait_for_global=k == 0)
+            queued += len(batch)
+            if k + lookahead < len(plan):
+                self._enqueue_local(k + lookahead, plan[k + lookahead], grid, buffers)
+            yield from self._hand_out(image, keep=1)
+            if progress is not None:
+                progress(queued, len(grid))
+        yield from self._hand_out(image, keep=0)
+        self._image = None
+
+    def _enqueue_global(self, buffers: _Buffers) -> None:
         stream = self.global_stream
         image = buffers.tensor(f"global/{GLOBAL_INPUT}")
-        self.device.memcpy_htod_async(image, host_image, stream)
         features = buffers.tensor(f"global/{GLOBAL_OUTPUT}")
         self.engines["global"].enqueue({GLOBAL_INPUT: image}, {GLOBAL_OUTPUT: features}, stream)
         self.device.record_event(self.global_done, stream)
 
-    def _enqueue_local(self, k: int, indices: list[int], grid: PatchGrid, buffers: _Buffers, host_image: np.ndarray) -> None:
-        stream, slot, ring, b = self.local_stream, k % HOST_SLOTS, k % self.options.lookahead, len(indices)
-        run = self._run_batch(b)
-        self.device.event_synchronize(self.staged_free[slot])  # the copy that last read this slot has run
-        patches = buffers.staging(f"local/{LOCAL_INPUT}", slot, run)
-        p = grid.patch_size
-        origins = grid.origins()
-        for j, index in enumerate(indices):
-            y, x = origins[index]
-            patches[j] = host_image[0, :, y : y + p, x : x + p]
-        boxes = buffers.staging(f"fusion/{FUSION_INPUTS[3]}", slot, run)
+    def _enqueue_local(self, k: int, indices: list[int], grid: PatchGrid, buffers: _Buffers) -> None:
+        device, b = self.device, len(indices)
+        run, ring, box_slot = self._run_batch(b), k % self.options.lookahead, k % HOST_SLOTS
+        patches = self._cut_patches(k, indices, grid, buffers)
+        device.event_synchronize(self.boxes_free[box_slot])  # host: the copy that last read this pinned slot has run
+        boxes = buffers.staging(f"fusion/{FUSION_INPUTS[3]}", box_slot, run)
         boxes[:b] = grid.boxes(indices)
-        if run > b:  # padding of a static-batch engine: blank patches with a valid box, never stitched
-            patches[b:] = 0
+        if run > b:  # padding of a static-batch engine: a valid box, never stitched
             boxes[b:] = boxes[0]
-        device_patches = buffers.tensor(f"local/{LOCAL_INPUT}", run)
-        self.device.memcpy_htod_async(device_patches, patches, stream)
-        self.device.memcpy_htod_async(buffers.tensor(f"fusion/{FUSION_INPUTS[3]}", run, ring), boxes, stream)
-        self.device.record_event(self.staged_free[slot], stream)
+        stream = self.local_stream
+        device.stream_wait_event(stream, self.fusion_done[ring])  # the fusion that read this ring slot has run
+        device.memcpy_htod_async(buffers.tensor(f"fusion/{FUSION_INPUTS[3]}", run, ring), boxes, stream)
+        device.record_event(self.boxes_free[box_slot], stream)
+        slot = k % PATCH_SLOTS
+        device.stream_wait_event(stream, self.patches_ready[slot])
         outputs = {name: buffers.tensor(f"local/{name}", run, ring) for name in LOCAL_OUTPUTS}
-        self.engines["local"].enqueue({LOCAL_INPUT: device_patches}, outputs, stream)
+        self.engines["local"].enqueue({LOCAL_INPUT: patches}, outputs, stream)
+        device.record_event(self.patches_free[slot], stream)
+        device.record_event(self.local_done[ring], stream)
+
+    def _cut_patches(self, k: int, indices: list[int], grid: PatchGrid, buffers: _Buffers) -> DeviceTensor:
+        """Queue on the copy stream: batch k's patches cut from the normalised image into device slot k % 2."""
+        device, stream, slot = self.device, self.copy_stream, k % PATCH_SLOTS
+        device.stream_wait_event(stream, self.patches_free[slot])  # the local engine has read this slot's last batch
+        patches = buffers.tensor(f"local/{LOCAL_INPUT}", self._run_batch(len(indices)), slot)
+        image = buffers.tensor(f"global/{GLOBAL_INPUT}")
+        origins = grid.origins()
+        where = [origins[i] for i in indices]
+
+        def cut() -> None:
+            cut_patches(device.array(image)[0], where, grid.patch_size, device.array(patches))
+
+        device.launch(stream, cut, "cut")
+        device.record_event(self.patches_ready[slot], stream)
+        return patches
 
     def _enqueue_fusion(self, k: int, b: int, buffers: _Buffers, wait_for_global: bool) -> None:
-        stream, ring, slot, run = self.local_stream, k % self.options.lookahead, k % HOST_SLOTS, self._run_batch(b)
+        device, stream = self.device, self.fusion_stream
+        ring, run = k % self.options.lookahead, self._run_batch(b)
         if wait_for_global:
-            self.device.stream_wait_event(stream, self.global_done)  # device-side: the host does not block
+            device.stream_wait_event(stream, self.global_done)  # device-side: the host does not block
+        device.stream_wait_event(stream, self.local_done[ring])
         inputs = {
             LOCAL_OUTPUTS[0]: buffers.tensor(f"local/{LOCAL_OUTPUTS[0]}", run, ring),
             LOCAL_OUTPUTS[1]: buffers.tensor(f"local/{LOCAL_OUTPUTS[1]}", run, ring),
@@ -249,14 +386,34 @@ class StreamScheduler:
         }
         logits = buffers.tensor(f"fusion/{FUSION_OUTPUT}", run)
         self.engines["fusion"].enqueue(inputs, {FUSION_OUTPUT: logits}, stream)
-        self.device.memcpy_dtoh_async(buffers.staging(f"fusion/{FUSION_OUTPUT}", slot, b), logits, stream)
-        self.device.record_event(self.logits_ready[slot], stream)
+        device.record_event(self.fusion_done[ring], stream)
+        assert self._image is not None
+        self._image.stitcher.add(logits, b, stream, self._copy_rows)
 
-    def _consume(self, k: int, b: int, buffers: _Buffers, stitcher: Stitcher) -> Iterator[tuple[int, np.ndarray]]:
-        slot = k % HOST_SLOTS
-        self.device.event_synchronize(self.logits_ready[slot])
-        logits = buffers.staging(f"fusion/{FUSION_OUTPUT}", slot, b).astype(np.float32)
-        yield from stitcher.add(upsample_logits(logits, self.manifest.patch.size))
+    def _copy_rows(self, rows: FinishedRows) -> None:
+        """Queue the copy of a finished band of mask rows to a pinned slot (after the argmax, same stream)."""
+        image = self._image
+        assert image is not None
+        if len(image.pending) == MASK_SLOTS:  # every pinned slot is in flight: take the oldest first
+            self._take(image)
+        slot = image.masks_queued % MASK_SLOTS
+        image.masks_queued += 1
+        target = image.buffers.staging(STITCH_MASK, slot, rows.count)
+        self.device.memcpy_dtoh_async(target, rows.mask, self.fusion_stream)
+        self.device.record_event(self.rows_ready[slot], self.fusion_stream)
+        image.pending.append((slot, rows))
+
+    def _take(self, image: _Image) -> None:
+        slot, rows = image.pending.popleft()
+        self.device.event_synchronize(self.rows_ready[slot])  # host: this band's copy has landed
+        image.ready.append((rows.top, image.buffers.staging(STITCH_MASK, slot, rows.count).copy()))
+
+    def _hand_out(self, image: _Image, keep: int) -> Iterator[RowBand]:
+        """Rows that have landed, leaving the ``keep`` newest copies in flight (0: all, at the end)."""
+        while len(image.pending) > keep:
+            self._take(image)
+        ready, image.ready = image.ready, []
+        yield from ready
 
     # -------------------------------------------------------------- helpers
     def _run_batch(self, b: int) -> int:
@@ -265,19 +422,32 @@ class StreamScheduler:
     def _batches(self, grid: PatchGrid) -> list[list[int]]:
         return [list(indices) for indices in batches(len(grid), self.options.batch_size)]
 
-    def _buffers_for(self, height: int, width: int) -> _Buffers:
-        grid = grid_for(self.manifest, height, width)
-        size = (grid.padded_height, grid.padded_width)
-        if self._buffers is None or self._size != size:
+    def _device_constants(self) -> DeviceConstants:
+        if self._constants is None:
+            self._constants = DeviceConstants(self.device.array_module(), self.device.constant)
+        return self._constants
+
+    def _buffers_for(self, height: int, width: int, layout: PixelLayout | None) -> _Buffers:
+        key = (height, width, layout)
+        if self._buffers is None or self._key != key:
             self._settle()
             if self._buffers is not None:
                 self._buffers.free(self.device)
-            plan = plan_buffers(self.manifest, self.precision, self.options.batch_size, (height, width), self.options.lookahead)
+                self._buffers = None
+            plan = plan_buffers(self.manifest, self.precision, self.options.batch_size, (height, width), self.options.lookahead, layout)
             self._buffers = _Buffers(self.device, plan)
-            self._size = size
+            self._key = key
         return self._buffers
 
     def _settle(self) -> None:
-        """Wait for both streams, e.g. when an earlier run() was abandoned before its last batch."""
-        self.device.synchronize(self.global_stream)
-        self.device.synchronize(self.local_stream)
+        """Wait for every stream, e.g. when an earlier run() was abandoned before its last batch."""
+        for stream in self.streams.values():
+            self.device.synchronize(stream)
+        self._image = None
+
+
+def _collect(rows: Iterator[RowBand], shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=np.uint8)
+    for top, band in rows:
+        mask[top : top + band.shape[0]] = band
+    return mask

@@ -121,8 +121,8 @@ class OnnxRuntimeBackend(Backend):
                 f"{self.model_path}: ONNX Runtime could not load this graph ({type(exc).__name__}: {exc}); "
                 "re-export the bundle with glsnet-export"
             ) from exc
-        self._inputs = {i.name: _meta(i) for i in self.session.get_inputs()}
-        self._outputs = {o.name: _meta(o) for o in self.session.get_outputs()}
+        self._inputs = {i.name: ort_tensor_meta(i) for i in self.session.get_inputs()}
+        self._outputs = {o.name: ort_tensor_meta(o) for o in self.session.get_outputs()}
 
     def _deactivate_impl(self) -> None:
         self.session = None
@@ -153,7 +153,7 @@ class OnnxRuntimeBackend(Backend):
         return int(total * self.options.activation_factor)
 
 
-def _meta(arg) -> TensorMeta:
+def ort_tensor_meta(arg) -> TensorMeta:
     dtype = _ORT_DTYPES.get(arg.type)
     if dtype is None:
         raise BundleError(f"graph tensor {arg.name!r} has type {arg.type}, which this runtime does not feed")

@@ -62,6 +62,10 @@ class CudaPythonDevice(Device):
             pass
         return getattr(error, "name", str(error))
 
+    def make_current(self) -> None:
+        """cudaSetDevice on the calling thread: the runtime API's current device is per thread."""
+        self._check(self.rt.cudaSetDevice(self.ordinal), "cudaSetDevice")
+
     # -------------------------------------------------------------- streams and events
     def create_stream(self, name: str = "") -> Any:
         (stream,) = self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
@@ -74,7 +78,9 @@ class CudaPythonDevice(Device):
         return int(stream)
 
     def create_event(self) -> Any:
-        (event,) = self._check(self.rt.cudaEventCreateWithFlags(self.rt.cudaEventDisableTiming), "cudaEventCreateWithFlags")
+        """No timing, and blocking sync: a host waiting in cudaEventSynchronize sleeps instead of spinning on a core."""
+        flags = self.rt.cudaEventDisableTiming | self.rt.cudaEventBlockingSync
+        (event,) = self._check(self.rt.cudaEventCreateWithFlags(flags), "cudaEventCreateWithFlags")
         return event
 
     def destroy_event(self, event: Any) -> None:

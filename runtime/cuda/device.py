@@ -12,7 +12,8 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, Callable
 
 import numpy as np
 
@@ -157,6 +158,45 @@ class Device(abc.ABC):
             raise InputError(
                 f"{what} copy of {host.nbytes} bytes does not fit a device region of {device.nbytes} bytes"
             )
+
+    # -------------------------------------------------------------- array code on the device
+    def array_module(self) -> ModuleType:
+        """The Array API namespace of this device's arrays: array_api_compat's CuPy on a GPU (imported on first use)."""
+        from runtime.cuda.cupy_arrays import cupy_namespace
+
+        return cupy_namespace()
+
+    def constant(self, array: np.ndarray) -> Any:
+        """A small host array uploaded once, as an array of ``array_module()`` (weights, taps, a palette)."""
+        return self.array_module().asarray(array)
+
+    def array(self, tensor: DeviceTensor) -> Any:
+        """An array of ``array_module()`` viewing ``tensor``'s device memory (no copy)."""
+        from runtime.cuda.cupy_arrays import cupy_view
+
+        return cupy_view(tensor.ptr, tensor.buffer.nbytes, tensor.buffer, tensor.shape, tensor.dtype, self.ordinal)
+
+    def launch(self, stream: Stream, kernel: Callable[[], None], label: str) -> None:
+        """Queue ``kernel``, array code on ``array()`` views, on ``stream``; returns before it has run on the GPU.
+
+        On a GPU the kernel's array operations are issued at once, inside CuPy's stream context for
+        ``stream``, so they run in stream order after the work already queued there.
+        """
+        from runtime.cuda.cupy_arrays import on_stream
+
+        with on_stream(self.stream_handle(stream), self.ordinal):
+            kernel()
+
+    @property
+    def ordinal(self) -> int:
+        return getattr(self, "_ordinal", 0)
+
+    @ordinal.setter
+    def ordinal(self, value: int) -> None:
+        self._ordinal = int(value)
+
+    def make_current(self) -> None:
+        """Make this device current on the calling thread (CUDA's current device is per thread)."""
 
     # -------------------------------------------------------------- device facts
     @abc.abstractmethod

@@ -9,6 +9,8 @@ CUDA graph capture is not offered through pycuda here.
 
 from __future__ import annotations
 
+import threading
+
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
@@ -38,6 +40,14 @@ class PycudaDevice(Device):
         self.device = self._call(lambda: self.cuda.Device(ordinal), "cuDeviceGet")
         self.context = self._call(self.device.retain_primary_context, "cuDevicePrimaryCtxRetain")
         self._call(self.context.push, "cuCtxPushCurrent")
+        self._threads = threading.local()  # which threads have the context on their stack
+        self._threads.current = True
+
+    def make_current(self) -> None:
+        """Push the primary context on a thread that has not got it yet (a context stack is per thread)."""
+        if not getattr(self._threads, "current", False):
+            self._call(self.context.push, "cuCtxPushCurrent")
+            self._threads.current = True
 
     def _call(self, function: Callable[[], T], call: str) -> T:
         try:
@@ -57,7 +67,7 @@ class PycudaDevice(Device):
         return int(stream.handle)
 
     def create_event(self) -> Any:
-        return self._call(lambda: self.cuda.Event(self.cuda.event_flags.DISABLE_TIMING), "cuEventCreate")
+        return self._call(lambda: self.cuda.Event(self.cuda.event_flags.DISABLE_TIMING | self.cuda.event_flags.BLOCKING_SYNC), "cuEventCreate")
 
     def destroy_event(self, event: Any) -> None:
         """pycuda destroys events when they are garbage collected."""

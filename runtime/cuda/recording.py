@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -180,6 +181,22 @@ class RecordingDevice(Device):
         self._enqueue(stream, operation)
         self.calls.append(Call("launch", stream.name, label))
         return operation.sequence
+
+    def array_module(self) -> ModuleType:
+        """array_api_compat's numpy: the fake's device memory is host memory, so device-side array code runs on numpy."""
+        from runtime.optional_import import require
+
+        return require("array_api_compat.numpy", "device-side array code on the recording device")
+
+    def constant(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array)
+
+    def array(self, tensor: DeviceTensor) -> np.ndarray:
+        return self.view(tensor)
+
+    def launch(self, stream: FakeStream, kernel: Callable[[], None], label: str) -> None:
+        """Queue array code as a kernel: it runs when the fake device reaches it, in stream order."""
+        self.enqueue_host_function(stream, kernel, label)
 
     def is_done(self, sequence: int) -> bool:
         """Whether the operation with this sequence number has run on the fake device."""

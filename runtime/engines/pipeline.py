@@ -2,9 +2,10 @@
 
 A pipeline is ``open`` (load the graphs or engines; a second open warns), ``plan`` (the batch and
 global banding for an image size), ``iter_rows`` (finished mask rows of an image source, top to
-bottom) and ``close``. Two exist: ONNX Runtime (runtime.engines.onnxruntime_pipeline: the CPU scheduler with
-threads, on ORT's CPU, CUDA or TensorRT execution provider) and the bundle's own TensorRT engines on
-CUDA streams (runtime.engines.tensorrt_pipeline). ``Segmenter`` picks one from its engine and
+bottom) and ``close``. Three exist: ONNX Runtime (runtime.engines.onnxruntime_pipeline: the CPU scheduler with
+threads, on ORT's CPU or TensorRT execution provider), ONNX Runtime's CUDA provider on the stream
+scheduler (runtime.engines.onnxruntime_cuda_pipeline: ``--provider cuda``) and the bundle's own
+TensorRT engines on CUDA streams (runtime.engines.tensorrt_pipeline). ``Segmenter`` picks one from its engine and
 provider options, once, and never looks at them again.
 
 Which engines and providers exist, and the old ``--device`` spelling, are options (runtime.options).
@@ -20,6 +21,7 @@ from runtime.image_io.readers import ImageSource
 
 if TYPE_CHECKING:
     from runtime.bundle.loader import Bundle
+    from runtime.bundle.manifest import Normalization
     from runtime.options import SegmenterOptions
 
 
@@ -47,11 +49,33 @@ def make_pipeline(bundle: "Bundle", options: "SegmenterOptions") -> Pipeline:
             precision=options.precision,
             batch_size=options.batch_size,
             max_memory=options.max_memory,
+            max_device_memory=options.max_device_memory,
             cuda_graphs=options.cuda_graphs,
             dla_core=options.dla_core,
             normalization=normalization,
         )
         return TensorRTPipeline(bundle.directory, trt_options)
+    if options.ort_provider == "cuda":
+        return _ort_cuda_pipeline(bundle, options, normalization)
     from runtime.engines.onnxruntime_pipeline import OnnxRuntimePipeline
 
     return OnnxRuntimePipeline(bundle, options)
+
+
+def _ort_cuda_pipeline(bundle: "Bundle", options: "SegmenterOptions", normalization: "Normalization") -> Pipeline:
+    """``--provider cuda``: ORT's CUDA sessions on the stream scheduler; refused in one line when ORT has no CUDA provider."""
+    from runtime.backends.onnxruntime_cuda import cuda_provider_missing
+    from runtime.engines.onnxruntime_cuda_pipeline import OrtCudaOptions, OrtCudaPipeline
+    from runtime.errors import MissingDependencyError
+    from runtime.optional_import import require
+
+    missing = cuda_provider_missing(require("onnxruntime", "ONNX Runtime's CUDA provider"))
+    if missing:
+        raise MissingDependencyError(missing)
+    cuda_options = OrtCudaOptions(
+        precision=options.precision,
+        batch_size=options.batch_size,
+        max_device_memory=options.max_device_memory,
+        normalization=normalization,
+    )
+    return OrtCudaPipeline(bundle, cuda_options)

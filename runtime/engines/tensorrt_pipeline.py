@@ -1,10 +1,11 @@
 """A bundle's three TensorRT engines and the stream scheduler, opened together: what ``glsnet run`` uses on a GPU.
 
 Opening checks the engines against this machine (engine_check), verifies their checksums, and wires
-context memory: the local and fusion engines share one scratch allocation (same stream, never
-concurrent), sized at open for the larger of their profiles' needs; the global engine has its own (it
-runs concurrently with the local batches). A DLA engine is deserialised by a runtime whose DLA core
-is set first.
+context memory: each engine has its own scratch allocation, reserved at open for its profile's
+need, because the three run concurrently on their own streams (global, local, fusion; local on
+the DLA where the engine was built for it). A DLA engine is deserialised by a runtime whose DLA
+core is set first. Images go up as their pixels (uint8 for most) and are normalised on the device;
+mask rows come down (runtime.algorithm.stream_scheduler).
 
 It offers the pipeline interface (runtime.engines.pipeline: open, plan, iter_rows, close). It opens once (a
 second ``open`` warns and does nothing) and lazily on first use. One device, one pair of streams and
@@ -21,12 +22,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, largest_batch_within
-from runtime.algorithm.memory_budget import MemoryPlan
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, numpy_dtype, plan_buffers
+from runtime.algorithm.memory_budget import AUTO_BATCH, DevicePlan, MemoryPlan, plan_device_batch
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
 from runtime.backends.tensorrt.api import tensorrt_api
@@ -36,28 +37,20 @@ from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.errors import BundleError, GlsnetError, InputError
-from runtime.image_io.preprocess import normalize
+from runtime.engines.pixel_upload import RowSource, iter_source_rows
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 6
-READ_ROWS = 512  # rows normalised at a time while filling the pinned image
-
-
-class RowSource(Protocol):
-    """What the pipeline reads images through (runtime.image_io.readers.ImageSource fits)."""
-
-    height: int
-    width: int
-
-    def read_rows(self, top: int, bottom: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
 class TensorRTPipelineOptions:
     precision: str = "fp16"
-    batch_size: int | None = None  # None: the engines' optimal batch, or the largest within max_memory
-    max_memory: int | None = None  # bytes of device memory for I/O buffers and engine scratch
+    # None: the engines' optimal batch (or the largest within the budget); "auto": the largest that free device memory holds
+    batch_size: int | str | None = None
+    max_memory: int | None = None  # deprecated spelling of max_device_memory (it was the device budget here)
+    max_device_memory: int | None = None  # bytes of device memory for engines, scratch and the schedule's buffers
     lookahead: int = DEFAULT_LOOKAHEAD
     dla_core: int | None = None
     cuda_graphs: bool = False
@@ -89,6 +82,7 @@ class TensorRTPipeline:
         self._run_lock = threading.Lock()  # one image at a time on the shared streams and staging buffers
         self._running_thread: int | None = None
         self._schedulers: dict[int, StreamScheduler] = {}
+        self._device_plans: dict[tuple[int, int], DevicePlan] = {}
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> "TensorRTPipeline":
@@ -114,25 +108,26 @@ class TensorRTPipeline:
         platform = Platform(str(api.version), info.name, info.compute_capability)
         self.spec = select_engines(self.manifest, self.bundle_dir, o.precision, platform, o.dla_core)
         paths = engine_paths(self.bundle_dir, self.spec)
-        shared = ContextMemory(self.device)  # local and fusion: one stream, never concurrent
-        self._shared_memory = shared
+        # one scratch allocation per engine: global, local and fusion run concurrently on their own streams
+        self._context_memory = {role: ContextMemory(self.device) for role in ("global", "local", "fusion")}
 
         def engine(role: str, memory: ContextMemory | None, graphs: bool) -> TensorRTBackend:
             return TensorRTBackend(
                 paths[role], self.device, role=role, context_memory=memory, cuda_graphs=graphs, dla_core=self._dla_core_of(role), trt=api.trt
             )
 
+        memory = self._context_memory
         self.engines = {
-            "global": engine("global", None, False),
-            "local": engine("local", shared, o.cuda_graphs),
-            "fusion": engine("fusion", shared, o.cuda_graphs),
+            "global": engine("global", memory["global"], False),
+            "local": engine("local", memory["local"], o.cuda_graphs),
+            "fusion": engine("fusion", memory["fusion"], o.cuda_graphs),
         }
         try:
             for role, backend in self.engines.items():
                 backend.activate()
                 self._check_io(role, backend)
-            # sized now for the larger profile need, so no batch frees and reallocates it (and synchronises) mid-image
-            shared.reserve(max(self.engines[r].profile_device_memory for r in ("local", "fusion")))
+                # sized now for the profile's need, so no batch frees and reallocates it (and synchronises) mid-image
+                memory[role].reserve(backend.profile_device_memory)
             self._batch_profile = self._profile_batches()
         except BaseException:
             self._release()
@@ -159,11 +154,12 @@ class TensorRTPipeline:
         for scheduler in self._schedulers.values():
             scheduler.close()
         self._schedulers = {}
+        self._device_plans = {}
         for engine in self.engines.values():
             engine.deactivate()
         self.engines = {}
-        if hasattr(self, "_shared_memory"):
-            self._shared_memory.release()
+        for memory in getattr(self, "_context_memory", {}).values():
+            memory.release()
         self.scheduler = None
         self._opened = False
 
@@ -195,22 +191,19 @@ class TensorRTPipeline:
             self._running_thread = threading.get_ident()
             try:
                 self._ensure_open()
+                self.device.make_current()  # CUDA's current device is per thread; the Segmenter is shared between threads
                 norm = normalization or self.options.normalization or self.manifest.normalization
-                height, width = source.height, source.width
-                scheduler = self._scheduler_for(height, width)
-
-                def write_image(target: np.ndarray) -> None:
-                    for top in range(0, height, READ_ROWS):
-                        bottom = min(top + READ_ROWS, height)
-                        target[:, top:bottom, :width] = normalize(source.read_rows(top, bottom), norm)
-
-                yield from scheduler.iter_rows(height, width, write_image, progress)
+                yield from iter_source_rows(self._scheduler_for, source, norm, progress)
             finally:
                 self._running_thread = None
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         """The batch this pipeline uses for an image of this size (the global engine always sees the whole image)."""
-        return MemoryPlan(self.batch_size_for(height, width), None, 0, self.options.max_memory)
+        o = self.options
+        batch = self.batch_size_for(height, width)
+        planned = self._device_plans.get((height, width))
+        estimate = planned.estimate_bytes if planned is not None else 0
+        return MemoryPlan(batch, None, estimate, o.max_device_memory if o.max_device_memory is not None else o.max_memory)
 
     def segment(self, pixels: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
         """uint8 image [H, W, C] (or [H, W]) -> uint8 class-index mask [H, W]."""
@@ -227,12 +220,14 @@ class TensorRTPipeline:
         self._ensure_open()
         low, opt, high = self._batch_profile
         o = self.options
-        if o.batch_size is not None:
-            batch = o.batch_size
-        elif o.max_memory is not None:
-            # the global engine has its own scratch memory; local and fusion share one allocation
-            scratch = self.device_memory_of("global") + max(self.device_memory_of("local"), self.device_memory_of("fusion"))
-            batch = largest_batch_within(self.manifest, o.precision, (height, width), o.max_memory, scratch, high, o.lookahead)
+        budget = o.max_device_memory if o.max_device_memory is not None else o.max_memory
+        if o.batch_size == AUTO_BATCH or budget is not None:
+            key = (height, width)
+            if key not in self._device_plans:  # once per size: later, this pipeline's own buffers are no longer free
+                self._device_plans[key] = self.device_plan(height, width)
+            batch = self._device_plans[key].batch_size
+        elif o.batch_size is not None:
+            batch = int(o.batch_size)
         else:
             batch = opt
         if not low <= batch <= high:
@@ -241,6 +236,35 @@ class TensorRTPipeline:
                 "choose a batch in that range or rebuild the engines with --max-batch"
             )
         return batch
+
+    def device_plan(self, height: int, width: int) -> DevicePlan:
+        """The device memory plan for an image of this size: --batch-size auto and --max-device-memory.
+
+        Engines and their scratch memory are already on the device (opened, reserved at open), so
+        free memory is what the schedule's buffers may take; a budget counts them too (engine files
+        for the weights, the reserved scratch).
+        """
+        self._ensure_open()
+        o = self.options
+        low, _, high = self._batch_profile
+        budget = o.max_device_memory if o.max_device_memory is not None else o.max_memory
+        free = self.device.memory_info()[0]  # a budget above what is free still has to fit what is free
+        scratch = sum(m.buffer.nbytes for m in self._context_memory.values() if m.buffer is not None)
+        weights = sum(path.stat().st_size for path in engine_paths(self.bundle_dir, self.spec).values()) if self.spec else 0
+
+        def buffers(batch: int) -> int:
+            return plan_buffers(self.manifest, o.precision, batch, (height, width), o.lookahead).device_bytes
+
+        return plan_device_batch(
+            buffers,
+            0,
+            free_bytes=free,
+            budget_bytes=budget,
+            batch_size=o.batch_size if o.batch_size is not None else AUTO_BATCH,
+            max_batch=high,
+            min_batch=low,
+            fixed_bytes=(scratch + weights) if budget is not None else 0,
+        )
 
     def device_memory_of(self, role: str) -> int:
         """Scratch memory the build recorded for ``role``'s engine (0 when unknown)."""
@@ -268,14 +292,25 @@ class TensorRTPipeline:
         return int(low[0]), int(opt[0]), int(high[0])
 
     def _check_io(self, role: str, engine: TensorRTBackend) -> None:
-        graph = self.manifest.graph(role, self.options.precision if self.options.precision in self.manifest.graphs else "fp32")
+        """Names and dtypes (the engine's ``get_tensor_dtype``) against the manifest graph the buffers are sized from."""
+        precision = self.options.precision if self.options.precision in self.manifest.graphs else "fp32"
+        graph = self.manifest.graph(role, precision)
         expected = {t.name for t in graph.inputs}, {t.name for t in graph.outputs}
-        found = set(engine.input_metadata()), set(engine.output_metadata())
+        inputs, outputs = engine.input_metadata(), engine.output_metadata()
+        found = set(inputs), set(outputs)
         if expected != found:
             raise BundleError(
                 f"{self.bundle_dir}: the {role} engine's tensors {sorted(found[0])} -> {sorted(found[1])} do not match "
                 f"the manifest's {sorted(expected[0])} -> {sorted(expected[1])}; rebuild the engines"
             )
+        metadata = {**inputs, **outputs}
+        for spec in (*graph.inputs, *graph.outputs):
+            want = numpy_dtype(spec.dtype)
+            if metadata[spec.name].dtype != want:
+                raise BundleError(
+                    f"{self.bundle_dir}: the {role} engine's tensor {spec.name!r} is {metadata[spec.name].dtype} but the manifest's "
+                    f"{precision} graph says {want}; the schedule's buffers follow the manifest: rebuild the engines from this bundle's graphs"
+                )
 
 
 class _ArrayRows:

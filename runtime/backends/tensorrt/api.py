@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -183,6 +184,28 @@ class TensorRTApi:
             context.set_device_memory(ptr, nbytes)  # 10.1+: size-checked
         else:
             context.device_memory = ptr  # TensorRT 10.0
+
+
+_LOGGERS: dict[int, tuple[ModuleType, Any]] = {}  # id(tensorrt module) -> (module, its one logger)
+_LOGGERS_LOCK = threading.Lock()
+
+
+def process_logger(trt: ModuleType, verbose: bool = False) -> Any:
+    """The one ``trt.Logger`` of this process for this TensorRT module, shared by builders and runtimes.
+
+    TensorRT registers the first logger it is given for the whole process and ignores (with a
+    warning) any other; so every Builder, Runtime and OnnxParser here gets this one. ``verbose``
+    lowers its threshold (a verbose build), which then stays for the process.
+    """
+    with _LOGGERS_LOCK:
+        entry = _LOGGERS.get(id(trt))
+        if entry is None or entry[0] is not trt:
+            entry = (trt, trt.Logger(trt.Logger.WARNING))
+            _LOGGERS[id(trt)] = entry
+        logger = entry[1]
+        if verbose:
+            logger.min_severity = trt.Logger.VERBOSE
+        return logger
 
 
 def load_tensorrt(feature: str = "TensorRT engines") -> ModuleType:

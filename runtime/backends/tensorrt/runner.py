@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from runtime.backends.base import Backend, TensorMeta
-from runtime.backends.tensorrt.api import TensorRTApi, tensorrt_api
+from runtime.backends.tensorrt.api import TensorRTApi, process_logger, tensorrt_api
 from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor, Stream
 from runtime.errors import BundleError, GlsnetError, InputError
 
@@ -130,7 +130,7 @@ class TensorRTBackend(Backend):
         trt = api.trt
         self.api = api
         self.device = self._device() if callable(self._device) and not isinstance(self._device, Device) else self._device
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = process_logger(trt)
         trt.init_libnvinfer_plugins(self._logger, "")
         data, where = self._read_plan()
         self._runtime = trt.Runtime(self._logger)

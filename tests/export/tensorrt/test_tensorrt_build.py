@@ -223,3 +223,31 @@ def test_a_cache_for_the_running_tensorrt_is_replayed_unchanged_and_a_malformed_
     (root / "int8" / "local.calib.cache").write_text("TRT-100300-EntropyCalibration2\npatches 3c810204\n")
     with pytest.raises(InputError, match="line 2 'patches 3c810204' is not '<tensor>: <8 hex digits>'"):
         build_tensorrt_engines(root, "int8", TensorRTBuildOptions(dla_core=0), trt=fake_tensorrt("10.3.0"), device=RecordingDevice())
+
+
+# ------------------------------------------------------------------------------- line-by-line fixes (issue 25)
+
+
+def test_the_strict_fp32_reference_build_clears_tf32_and_lower_precisions_keep_it(tmp_path):
+    """TF32 is on by default in TensorRT: an fp32 'reference' engine would round inner products to 10-bit mantissas."""
+    root = bundle(tmp_path)
+    trt = fake_tensorrt("10.3.0")
+    build_tensorrt_engines(root, "fp32", TensorRTBuildOptions(), trt=trt, device=RecordingDevice(name="NVIDIA H100"))
+    assert calls_named(trt, "clear_flag") == [("clear_flag", trt.BuilderFlag.TF32)] * 3
+    trt = fake_tensorrt("11.4.0")
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(), trt=trt, device=RecordingDevice(name="NVIDIA H100"))
+    assert calls_named(trt, "clear_flag") == []
+
+
+def test_one_build_and_the_engines_it_opens_use_one_tensorrt_logger(tmp_path):
+    """TensorRT keeps one logger per process; a second ILogger is ignored (with a warning) after the first."""
+    from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
+
+    root = bundle(tmp_path)
+    device = RecordingDevice(name="NVIDIA H100")
+    trt = fake_tensorrt("10.3.0", device=device)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(verbose=True), trt=trt, device=device)
+    build_tensorrt_engines(root, "int8", TensorRTBuildOptions(), trt=trt, device=device)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt):
+        pass
+    assert len(calls_named(trt, "Logger")) == 1

@@ -49,13 +49,19 @@ def test_the_plan_of_the_paper_configuration_at_2448():
     local = 6 * (256 * 16 * 16 + 48 * 127 * 127) * f
     boxes = 6 * 4 * f
     logits = 6 * 7 * 127 * 127 * f
+    pixels = 2448 * 2448 * 3  # uint8, uploaded once
+    band = 7 * 508 * 2448 * f + 508 * 2448 * f  # stitching: logit sums and weight sums, one patch high
+    mask_band = 508 * 2448  # uint8 class indices
     assert plan.device("local/patches").nbytes == patches
-    assert plan.device_bytes == image + features + patches + 2 * local + 2 * boxes + logits
-    assert plan.pinned_bytes == image + 2 * patches + 2 * boxes + 2 * logits
-    assert plan.device("local/local_skip").copies == 2 and plan.host("fusion/logits").copies == 2
+    assert plan.device_bytes == pixels + image + features + 2 * patches + 2 * local + 2 * boxes + logits + band + mask_band
+    assert plan.pinned_bytes == pixels + 2 * boxes + 4 * mask_band  # no patch, image or logit staging any more
+    assert plan.device("local/local_skip").copies == 2 and plan.device("local/patches").copies == 2
     assert (plan.padded_height, plan.padded_width) == (2448, 2448)
-    with pytest.raises(KeyError):
-        plan.host("local/local_skip")  # local outputs never come back to the host
+    for key in ("local/local_skip", "fusion/logits", "local/patches", "global/image"):
+        with pytest.raises(KeyError):
+            plan.host(key)  # nothing but pixels, boxes and mask rows crosses the bus
+    normalised = plan_buffers(manifest, "fp32", batch=6, image_hw=(2448, 2448), pixels=None)
+    assert normalised.host("global/image").nbytes == image  # a caller that normalises on the host stages that instead
 
 
 def test_images_smaller_than_a_patch_are_planned_padded_and_batch_grows_linearly():

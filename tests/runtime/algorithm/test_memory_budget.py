@@ -116,3 +116,52 @@ def test_a_budget_that_nothing_fits_is_a_clear_error():
         plan_memory(model(), budget_bytes=100_000_000)
     with pytest.raises(InputError, match="batch size must be >= 1"):
         plan_memory(model(), batch_size=0)
+
+
+# ------------------------------------------------------------------------------------------ device memory
+from runtime.algorithm.memory_budget import DEVICE_HEADROOM, plan_device_batch  # noqa: E402
+
+
+def device_buffers(batch: int) -> int:
+    """100 MB fixed (image, features, stitching band) + 30 MB per patch in a batch."""
+    return 100_000_000 + 30_000_000 * batch
+
+
+def test_auto_takes_the_largest_batch_that_free_device_memory_holds():
+    free = 2_000_000_000
+    plan = plan_device_batch(device_buffers, free_bytes=free, batch_size="auto")
+    usable = free * (1 - DEVICE_HEADROOM)
+    assert plan.batch_size == int((usable - 100_000_000) // 30_000_000) == 56  # far more than the paper's 6
+    assert plan.estimate_bytes <= usable < device_buffers(plan.batch_size + 1)
+    assert "free device memory" in plan.describe()
+
+
+def test_auto_stays_inside_the_engines_profile_and_counts_scratch_per_batch():
+    plan = plan_device_batch(device_buffers, free_bytes=80_000_000_000, batch_size="auto", max_batch=32)
+    assert plan.batch_size == 32
+    scratch = plan_device_batch(device_buffers, lambda b: 20_000_000 * b, free_bytes=2_000_000_000, batch_size="auto")
+    assert scratch.batch_size == int((1_800_000_000 - 100_000_000) // 50_000_000) and scratch.scratch_bytes == 20_000_000 * scratch.batch_size
+    with pytest.raises(InputError, match="cannot hold even a batch of 4"):
+        plan_device_batch(device_buffers, free_bytes=200_000_000, batch_size="auto", min_batch=4)
+
+
+def test_a_device_budget_is_honoured_like_the_host_budget():
+    budget = 700_000_000
+    plan = plan_device_batch(device_buffers, free_bytes=80_000_000_000, budget_bytes=budget, fixed_bytes=150_000_000)
+    assert plan.batch_size == 15 and plan.estimate_bytes + 150_000_000 <= budget < device_buffers(16) + 150_000_000
+    assert "budget" in plan.describe()
+    # a budget above what is free is capped by what is free (less the headroom)
+    capped = plan_device_batch(device_buffers, free_bytes=1_000_000_000, budget_bytes=10_000_000_000)
+    assert capped.limit_bytes == 900_000_000 and capped.batch_size == 26
+    # without a free-memory reading (no device asked) the budget alone decides
+    assert plan_device_batch(device_buffers, budget_bytes=budget).batch_size == 20
+
+
+def test_a_fixed_batch_is_checked_against_the_device_budget():
+    assert plan_device_batch(device_buffers, budget_bytes=700_000_000, batch_size=6).batch_size == 6
+    with pytest.raises(InputError, match=r"batch 30 needs about .* --max-device-memory leaves .*lower --batch-size"):
+        plan_device_batch(device_buffers, budget_bytes=700_000_000, batch_size=30)
+    with pytest.raises(InputError, match="positive number or 'auto'"):
+        plan_device_batch(device_buffers, budget_bytes=700_000_000, batch_size="many")
+    with pytest.raises(InputError, match="needs --max-device-memory or the device's free memory"):
+        plan_device_batch(device_buffers)

@@ -42,30 +42,48 @@ def _index(calls: list[Call], predicate) -> list[int]:
 
 
 def test_local_batches_are_queued_before_the_global_wait_and_fusion_runs_after_global():
-    scheduler, _, _, device = numpy_scheduler(priority=("local",), batch_size=2, lookahead=2)
+    scheduler, _, _, device = numpy_scheduler(priority=("copy", "local", "fusion"), batch_size=2, lookahead=2)
     with scheduler:
         scheduler.segment(normalized_image(200, 200))
     calls = device.calls
     global_launch = _index(calls, lambda c: c == Call("launch", "global", "global"))
     local_launches = _index(calls, lambda c: c == Call("launch", "local", "local"))
-    fusion_launches = _index(calls, lambda c: c == Call("launch", "local", "fusion"))
-    waits = _index(calls, lambda c: c.op == "stream_wait_event")
-    assert len(global_launch) == 1 and len(waits) == 1  # one device-side wait per image, on the local stream
-    assert calls[waits[0]].stream == "local"
+    fusion_launches = _index(calls, lambda c: c == Call("launch", "fusion", "fusion"))
+    global_event = [c for c in calls[global_launch[0] :] if c.op == "record_event" and c.stream == "global"][0].label
+    waits = _index(calls, lambda c: c.op == "stream_wait_event" and c.label == global_event)
+    assert len(global_launch) == 1 and len(waits) == 1  # one device-side wait on the global features per image...
+    assert calls[waits[0]].stream == "fusion"  # ...on the fusion stream: the local stream never waits for them
     assert global_launch[0] < local_launches[0]
     assert local_launches[1] < waits[0] < fusion_launches[0]  # both lookahead batches are queued before the wait
     # the host never blocks on the global branch: no host wait on its event, no sync of its stream mid-run
-    global_event = calls[waits[0]].label
     assert not [c for c in calls if c.op == "event_synchronize" and c.label == global_event]
     mid_run = calls[global_launch[0] : fusion_launches[-1]]
     assert not [c for c in mid_run if c.op == "synchronize" and c.stream == "global"]
 
     executed = device.executed
     kernels = [(e.stream, e.label) for e in executed if e.kind == "kernel"]
-    # with the local stream favoured, local batches really run before the global engine...
+    # with the copy and local streams favoured, local batches really run before the global engine...
     assert kernels.index(("local", "local")) < kernels.index(("global", "global"))
-    # ...but fusion never runs before it
-    assert kernels.index(("global", "global")) < kernels.index(("local", "fusion"))
+    # ...but fusion never runs before it, and patches are only cut once the image is normalised on the device
+    assert kernels.index(("global", "global")) < kernels.index(("fusion", "fusion"))
+    assert [e.kind for e in executed if e.stream == "global"][:1] == ["copy_htod"]
+
+
+def test_only_the_image_goes_up_and_only_mask_rows_come_down():
+    """No patch, feature or logit crosses the bus: uploads are the image and the boxes, downloads uint8 rows."""
+    scheduler, net, manifest, device = numpy_scheduler(batch_size=3)
+    pixels = np.random.default_rng(1).integers(0, 256, size=(230, 310, 3), dtype=np.uint8)
+    with scheduler:
+        scheduler.segment_pixels(pixels, manifest.normalization)
+        plan = scheduler.plan
+    boxes_bytes = 3 * 4 * 4
+    uploads = [int(c.label[:-1]) for c in device.calls if c.op == "memcpy_htod_async"]
+    downloads = [int(c.label[:-1]) for c in device.calls if c.op == "memcpy_dtoh_async"]
+    assert uploads[0] == pixels.nbytes and all(n <= boxes_bytes for n in uploads[1:])
+    assert sum(downloads) == 230 * 310  # one byte per pixel: class indices, once each
+    assert plan is not None and plan.host("image/pixels").dtype == np.uint8
+    with pytest.raises(KeyError):
+        plan.host("fusion/logits")  # logits never come back to the host
 
 
 def test_without_the_device_side_wait_fusion_reads_unfinished_global_features():
@@ -77,7 +95,7 @@ def test_without_the_device_side_wait_fusion_reads_unfinished_global_features():
 
     manifest = make_manifest()
     net = NumpyGLSNet(manifest)
-    device = RecordingDevice(priority=("local",))
+    device = RecordingDevice(priority=("copy", "local", "fusion"))
     engines = {role: HostAsyncBackend(device, fn, role) for role, fn in net.functions.items()}
     image = normalized_image(200, 300, seed=3)
     with NoWait(device, engines, manifest, "fp32", StreamScheduleOptions(batch_size=4)) as scheduler:
@@ -85,24 +103,28 @@ def test_without_the_device_side_wait_fusion_reads_unfinished_global_features():
     assert not np.array_equal(broken, reference_mask(net, manifest, image, 4))
 
 
-def test_without_the_staging_wait_a_reused_pinned_slot_is_overwritten_before_its_copy():
-    class NoStagingWait(StreamScheduler):
-        def _enqueue_local(self, k, indices, grid, buffers, host_image):
-            original = self.device.event_synchronize
-            self.device.event_synchronize = lambda event: None
+def test_without_the_patch_slot_wait_the_copy_stream_overwrites_patches_the_local_engine_has_not_read():
+    """Two device patch buffers: batch k+2 may be cut into batch k's only after the local engine read it."""
+
+    class NoSlotWait(StreamScheduler):
+        def _cut_patches(self, k, indices, grid, buffers):
+            original = self.device.stream_wait_event
+            self.device.stream_wait_event = lambda stream, event: None
             try:
-                super()._enqueue_local(k, indices, grid, buffers, host_image)
+                return super()._cut_patches(k, indices, grid, buffers)
             finally:
-                self.device.event_synchronize = original
+                self.device.stream_wait_event = original
 
     manifest = make_manifest()
     net = NumpyGLSNet(manifest)
-    device = RecordingDevice(priority=("global",))
-    engines = {role: HostAsyncBackend(device, fn, role) for role, fn in net.functions.items()}
     image = normalized_image(300, 300, seed=4)
-    with NoStagingWait(device, engines, manifest, "fp32", StreamScheduleOptions(batch_size=2, lookahead=3)) as scheduler:
-        broken = scheduler.segment(image)
-    assert not np.array_equal(broken, reference_mask(net, manifest, image, 2))
+    expected = reference_mask(net, manifest, image, 2)
+    for cls, same in ((StreamScheduler, True), (NoSlotWait, False)):
+        device = RecordingDevice(priority=("copy",))
+        engines = {role: HostAsyncBackend(device, fn, role) for role, fn in net.functions.items()}
+        with cls(device, engines, manifest, "fp32", StreamScheduleOptions(batch_size=2, lookahead=3)) as scheduler:
+            mask = scheduler.segment(image)
+        assert np.array_equal(mask, expected) == same
 
 
 def test_copies_use_pinned_staging_and_buffers_match_the_plan():
@@ -115,7 +137,7 @@ def test_copies_use_pinned_staging_and_buffers_match_the_plan():
         pinned = [c for c in device.calls if c.op == "alloc_pinned"]
         assert len(pinned) == sum(a.copies for a in plan.allocations if a.pinned)
         copies = [c for c in device.calls if c.op in ("memcpy_htod_async", "memcpy_dtoh_async")]
-        assert copies and all(c.stream in ("global", "local") for c in copies)
+        assert copies and all(c.stream in ("global", "local", "fusion") for c in copies)
     assert device.allocated_bytes == 0  # close() freed every device buffer
 
 
@@ -125,10 +147,10 @@ def test_rows_are_handed_out_top_to_bottom_before_the_last_batch():
     with scheduler:
         rows = scheduler.run(image)
         first_row, first = next(rows)
-        launches_so_far = len([c for c in device.calls if c.label == "fusion"])
+        launches_so_far = len([c for c in device.calls if c.op == "launch" and c.label == "fusion"])
         rest = list(rows)
     assert first_row == 0 and first.shape[1] == 200
-    assert launches_so_far < len([c for c in device.calls if c.label == "fusion"])  # more fusion work came later
+    assert launches_so_far < len([c for c in device.calls if c.op == "launch" and c.label == "fusion"])  # more fusion work came later
     tops = [first_row] + [top for top, _ in rest]
     assert tops == sorted(tops)
     assert tops[-1] + rest[-1][1].shape[0] == 300

@@ -37,7 +37,7 @@ def fake_cudart(fail: dict[str, Err] | None = None):
     """A cudart with the documented call shapes: every call returns (cudaError_t, *values) and is logged."""
     fail = fail or {}
     rt = types.SimpleNamespace(cudaError_t=Err, cudaMemcpyKind=Kind, cudaStreamCaptureMode=Capture)
-    rt.cudaStreamNonBlocking, rt.cudaEventDisableTiming = 1, 2
+    rt.cudaStreamNonBlocking, rt.cudaEventDisableTiming, rt.cudaEventBlockingSync = 1, 2, 1
     rt.log = []
     rt.host = {}
 
@@ -94,7 +94,8 @@ def test_cuda_python_calls_cudart_with_the_documented_arguments():
     rt = fake_cudart()
     device = CudaPythonDevice(0, cudart=rt)
     stream, event = device.create_stream("x"), device.create_event()
-    assert ("cudaStreamCreateWithFlags", 1) in rt.log and ("cudaEventCreateWithFlags", 2) in rt.log
+    # events without timing that block the host thread in cudaEventSynchronize instead of spinning on a core
+    assert ("cudaStreamCreateWithFlags", 1) in rt.log and ("cudaEventCreateWithFlags", 2 | 1) in rt.log
     device.record_event(event, stream)
     device.stream_wait_event(stream, event)
     assert ("cudaEventRecord", 0xE1, 0xA1) in rt.log and ("cudaStreamWaitEvent", 0xA1, 0xE1, 0) in rt.log
@@ -231,7 +232,7 @@ def fake_pycuda():
         log.append("init")
 
     cuda = types.SimpleNamespace(
-        init=init, Device=Device, Stream=Stream, Event=Event, event_flags=types.SimpleNamespace(DISABLE_TIMING=2),
+        init=init, Device=Device, Stream=Stream, Event=Event, event_flags=types.SimpleNamespace(DISABLE_TIMING=2, BLOCKING_SYNC=1),
         mem_alloc=lambda n: Allocation(0xD100), pagelocked_empty=lambda shape, dtype: np.zeros(shape, dtype),
         memcpy_htod_async=lambda dst, src, stream: log.append(("htod", dst, src.nbytes)),
         memcpy_dtoh_async=lambda dst, src, stream: log.append(("dtoh", src, dst.nbytes)),
@@ -292,3 +293,34 @@ def test_cuda_python_ends_a_failed_capture_like_trtexec(status, graph, destroyed
     device.abort_capture(stream)
     names = [entry[0] for entry in rt.log]
     assert names[-3 if destroyed else -2 :] == (["cudaStreamEndCapture", "cudaGraphDestroy", "cudaGetLastError"] if destroyed else ["cudaStreamEndCapture", "cudaGetLastError"])
+
+
+def test_pycuda_events_block_instead_of_spinning():
+    cuda = fake_pycuda()
+    PycudaDevice(0, driver=cuda).create_event()
+    assert ("Event", 2 | 1) in cuda.log
+
+
+def test_the_device_is_made_current_on_every_thread_that_uses_it():
+    """CUDA's current device (and pycuda's context stack) is per thread; the Segmenter is shared between threads."""
+    import threading
+
+    rt = fake_cudart()
+    device = CudaPythonDevice(0, cudart=rt)
+    cuda = fake_pycuda()
+    pycuda_device = PycudaDevice(0, driver=cuda)
+    rt.log.clear()
+    pushes = cuda.log.count("push")
+
+    def work():
+        device.make_current()
+        pycuda_device.make_current()
+        pycuda_device.make_current()  # once per thread is enough
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert rt.log == [("cudaSetDevice", 0)]
+    assert cuda.log.count("push") == pushes + 1
+    pycuda_device.make_current()  # the opening thread already has the context current
+    assert cuda.log.count("push") == pushes + 1

@@ -80,3 +80,35 @@ def test_cli_old_device_spelling_still_works_with_a_deprecation_message(small_bu
     assert (tmp_path / "old" / "a_mask.png").read_bytes() == (tmp_path / "new" / "a_mask.png").read_bytes()
     clash = runner.invoke(app, ["run", str(tmp_path / "a.png"), "-b", str(small_bundle), "-o", str(tmp_path / "x"), "--device", "cpu", "--engine", "tensorrt"])
     assert clash.exit_code != 0
+
+
+def test_batch_size_auto_and_a_device_budget_reach_the_tensorrt_pipeline(monkeypatch):
+    from runtime.cli_options import parse_batch_size, segmenter_options
+
+    assert parse_batch_size("auto") == "auto" and parse_batch_size(" 12 ") == 12 and parse_batch_size(None) is None
+    for bad in ("lots", "2.5", ""):
+        with pytest.raises(InputError, match="positive number of patches or 'auto'"):
+            parse_batch_size(bad)
+    for small in ("0", "-3"):
+        with pytest.raises(InputError, match="batch size must be >= 1"):
+            SegmenterOptions(batch_size=parse_batch_size(small))
+    options = segmenter_options(
+        precision="fp16", engine="tensorrt", provider=None, device=None, batch_size="auto", max_memory=None,
+        threads=None, bands=None, max_pixels=100, max_device_memory="1.4GB",
+    )
+    assert options.batch_size == "auto" and options.max_device_memory == 1_400_000_000
+    assert options.schedule().batch_size is None  # on the CPU, auto is the host memory plan's choice
+    with pytest.raises(InputError, match="--batch-size 'many': give a positive number of patches or 'auto'"):
+        segmenter_options(precision="fp32", engine="onnxruntime", provider=None, device=None, batch_size="many", max_memory=None, threads=None, bands=None, max_pixels=100)
+    with pytest.raises(InputError, match="positive number of patches or 'auto'"):
+        SegmenterOptions(batch_size="many")
+
+    import runtime.algorithm.scheduler
+    from runtime.engines.pipeline import make_pipeline
+    from runtime.engines.tensorrt_pipeline import TensorRTPipeline
+
+    made = {}
+    monkeypatch.setattr(runtime.algorithm.scheduler, "normalization_for", lambda manifest, bands: None)
+    monkeypatch.setattr(TensorRTPipeline, "__init__", lambda self, directory, options: made.setdefault("options", options) and None)
+    make_pipeline(type("Bundle", (), {"directory": "b", "manifest": None})(), options)
+    assert made["options"].batch_size == "auto" and made["options"].max_device_memory == 1_400_000_000

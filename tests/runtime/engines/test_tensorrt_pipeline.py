@@ -38,8 +38,9 @@ def test_the_built_engines_segment_like_the_reference(built, version):
     with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt) as pipeline:
         mask = pipeline.segment(image)
         assert pipeline.batch_size_for(230, 310) == 4  # the profile's optimal batch
-        shared = {c[2] for c in trt.calls if c[0] == "set_device_memory" and c[1] in ("local", "fusion")}
-        assert len(shared) == 1  # local and fusion use one scratch allocation
+        scratch = {role: {c[2] for c in trt.calls if c[0] == "set_device_memory" and c[1] == role} for role in ("global", "local", "fusion")}
+        # local and fusion run concurrently on their own streams now: each has its own scratch allocation
+        assert all(len(ptrs) == 1 for ptrs in scratch.values()) and len(set.union(*scratch.values())) == 3
     expected = reference_mask(net, manifest, normalize(image, manifest.normalization), 4)
     np.testing.assert_array_equal(mask, expected)
     assert device.allocated_bytes == 0
@@ -140,7 +141,7 @@ def test_a_dla_engine_is_deserialised_on_its_core_and_missing_cores_are_refused(
         build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(dla_core=1), trt=trt, device=device)
 
 
-def test_the_pipeline_opens_once_and_reserves_shared_scratch_at_open(built):
+def test_the_pipeline_opens_once_and_reserves_each_engines_scratch_at_open(built):
     """Defects 7 and 5: three engines deserialised for the first image (not nine); a second open warns; scratch never regrows."""
     root, manifest, net = built
     device = RecordingDevice(name="Orin")
@@ -149,16 +150,18 @@ def test_the_pipeline_opens_once_and_reserves_shared_scratch_at_open(built):
     trt.calls.clear()
     pipeline = TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt)
     pipeline.open()
-    shared = pipeline._shared_memory.buffer
-    assert shared is not None and shared.nbytes >= scratch_need("fusion", 8)  # the larger profile need of local and fusion
+    reserved = {role: memory.buffer for role, memory in pipeline._context_memory.items()}
+    assert reserved["fusion"] is not None and reserved["fusion"].nbytes >= scratch_need("fusion", 8)  # the profile's need
+    assert reserved["local"] is not None and reserved["local"].nbytes >= scratch_need("local", 8)
     with pytest.warns(RuntimeWarning, match="already open"):
         assert pipeline.open() is pipeline
     mask = pipeline.segment(pixels(230, 310, seed=5))
     pipeline.segment(pixels(100, 90, seed=6))  # another size: new buffers, same engines
     assert len([c for c in trt.calls if c[0] == "deserialize_cuda_engine"]) == 3
-    assert pipeline._shared_memory.buffer is shared  # never freed and reallocated mid-image
-    scratch = {(c[2], c[3]) for c in trt.calls if c[0] == "set_device_memory" and c[1] in ("local", "fusion")}
-    assert scratch == {(shared.ptr, shared.nbytes)}
+    for role in ("local", "fusion"):
+        assert pipeline._context_memory[role].buffer is reserved[role]  # never freed and reallocated mid-image
+        scratch = {(c[2], c[3]) for c in trt.calls if c[0] == "set_device_memory" and c[1] == role}
+        assert scratch == {(reserved[role].ptr, reserved[role].nbytes)}
     pipeline.close()
     assert device.allocated_bytes == 0 and mask.shape == (230, 310)
 
@@ -228,3 +231,70 @@ def test_cuda_graphs_through_the_whole_schedule_on_images_of_two_sizes(built):
             np.testing.assert_array_equal(mask, reference_mask(net, manifest, normalize(image, manifest.normalization), 2))
     assert [c.op for c in device.calls].count("launch_graph") > 0
     assert device.live_graphs == 0 and device.allocated_bytes == 0
+
+
+def test_batch_size_auto_takes_the_largest_batch_free_device_memory_holds(built):
+    from runtime.algorithm.device_buffers import plan_buffers
+    from runtime.algorithm.memory_budget import DEVICE_HEADROOM
+
+    root, manifest, net = built
+    size = (230, 310)
+    per_batch = plan_buffers(manifest, "fp16", 2, size).device_bytes - plan_buffers(manifest, "fp16", 1, size).device_bytes
+    results = {}
+    opened = {}
+    for name in ("roomy", "tight"):
+        # the tight GPU: what the engines took at open, plus room for the buffers of 3 patches and a little
+        total = 1 << 30 if name == "roomy" else opened["roomy"] + int((plan_buffers(manifest, "fp16", 3, size).device_bytes + per_batch // 2) / (1 - DEVICE_HEADROOM))
+        device = RecordingDevice(name="Orin", total_memory=total)
+        trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+        build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+        with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", batch_size="auto"), device=device, trt=trt) as pipeline:
+            opened[name] = total - device.memory_info()[0]
+            free = device.memory_info()[0]
+            batch = pipeline.batch_size_for(*size)
+            mask = pipeline.segment(pixels(*size, seed=9))
+            buffers = plan_buffers(manifest, "fp16", batch, size).device_bytes
+            assert buffers <= free * (1 - DEVICE_HEADROOM)
+            if batch < 8:
+                assert buffers + per_batch > free * (1 - DEVICE_HEADROOM)  # one more patch would not fit
+        results[name] = (batch, mask)
+    assert results["roomy"][0] == 8  # the profile's maximum, not its optimum (4)
+    assert results["tight"][0] == 3
+    np.testing.assert_array_equal(results["tight"][1], results["roomy"][1])  # the batch never changes the mask
+
+
+def test_max_device_memory_is_honoured_by_what_the_pipeline_really_allocates(built):
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    trt.calls.clear()
+    size = (230, 310)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt) as pipeline:
+        pipeline.segment(pixels(*size))
+        engines = sum(p.stat().st_size for p in (root / "engines").rglob("*") if p.is_file() and "fp16" in str(p))
+    base = device.peak_allocated_bytes
+    budget = base + engines - 1  # too small for what batch 4 took
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    options = TensorRTPipelineOptions(precision="fp16", max_device_memory=budget)
+    with TensorRTPipeline(root, options, device=device, trt=trt) as pipeline:
+        batch = pipeline.batch_size_for(*size)
+        pipeline.segment(pixels(*size))
+        plan = pipeline.plan(*size)
+    assert batch < 4 and plan.budget_bytes == budget
+    assert device.peak_allocated_bytes <= budget  # scratch and buffers on the device, within the budget
+    with pytest.raises(InputError, match="max-device-memory"):
+        TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=1000), device=RecordingDevice(name="Orin"), trt=trt).batch_size_for(*size)
+
+
+def test_engine_io_types_are_checked_against_the_manifest_not_only_their_names(built):
+    """The schedule sizes and fills its buffers from the manifest's dtypes: an fp16 engine input fed fp32 bytes is garbage."""
+    root, manifest, net = built
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    trt.engine_dtypes = {"local": {"patches": "HALF"}}  # built without keeping fp32 I/O types
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    with pytest.raises(BundleError, match=r"local engine's tensor 'patches' is float16 but the manifest's fp16 graph says float32"):
+        TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt).open()
+    assert device.allocated_bytes == 0  # what the failed open took is released
