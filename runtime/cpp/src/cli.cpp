@@ -29,6 +29,10 @@ const char* kUsage =
     "  --batch-size N         patches per batch (default: chosen by the memory plan)\n"
     "  --format F             png (default) or tif\n"
     "  --no-color             do not write the colour mask\n"
+    "  --input-range R        how 16-bit or float pixels map onto the model's trained range: MIN,MAX for\n"
+    "                         every band (0,65535; 0,1 for float), MIN,MAX/MIN,MAX/... one per band, or\n"
+    "                         pLOW,pHIGH a percentile stretch per band (p2,p98); needed when the image's\n"
+    "                         pixel type differs from the bundle's (as glsnet run --input-range)\n"
     "  --max-pixels N         largest PNG/JPEG (decoded whole) accepted, in pixels (default 500000000)\n"
     "  -h, --help             show this help\n";
 
@@ -87,7 +91,7 @@ int main(int argc, char** argv) {
   try {
     if (args[0] != "run") throw UsageError("unknown command '" + args[0] + "'; the command is: glsnet-cpp run IMAGE... --bundle DIR -o OUT");
     std::vector<std::string> images;
-    std::string bundle, output, format = "png";
+    std::string bundle, output, format = "png", input_range;
     glsnet_options o;
     glsnet_options_init(&o);
     std::string precision = "fp32", device = "cpu";
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
       else if (a == "--max-pixels") o.max_pixels = parse_int(a, value(), 1);
       else if (a == "--format") format = value();
       else if (a == "--no-color") color = false;
+      else if (a == "--input-range") input_range = value();
       else if (a == "--color") color = true;
       else if (!a.empty() && a[0] == '-') throw UsageError("unknown option '" + a + "' (see glsnet-cpp run --help)");
       else images.push_back(a);
@@ -128,7 +133,12 @@ int main(int argc, char** argv) {
       return exit_code(status);
     }
     for (const auto& image : images) {
-      status = glsnet_segment_file(handle, image.c_str(), output.c_str(), format.c_str(), color ? 1 : 0);
+      glsnet_file_options file_options;
+      glsnet_file_options_init(&file_options);
+      file_options.format = format.c_str();
+      file_options.color = color ? 1 : 0;
+      file_options.input_range = input_range.empty() ? nullptr : input_range.c_str();
+      status = glsnet_segment_file_with(handle, image.c_str(), output.c_str(), &file_options);
       if (status != GLSNET_OK) {
         std::fprintf(stderr, "error: %s\n", glsnet_last_error());
         glsnet_close(handle);

@@ -37,14 +37,40 @@ class DecodedSource : public ImageSource {
   }
 };
 
+// A caller's buffer, typed and strided (glsnet_image).
+template <typename Sample>
 class BorrowedSource : public ImageSource {
  public:
-  const uint8_t* pixels = nullptr;
+  const unsigned char* pixels = nullptr;
+  int64_t row_pitch = 0;
   void read_rows(int64_t top, int64_t bottom, float* out) const override {
-    const size_t begin = static_cast<size_t>(top * width * bands), count = static_cast<size_t>((bottom - top) * width * bands);
-    for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(pixels[begin + i]);
+    const size_t samples = static_cast<size_t>(width * bands);
+    for (int64_t y = top; y < bottom; ++y) {
+      const unsigned char* row = pixels + y * row_pitch;
+      float* dst = out + static_cast<size_t>(y - top) * samples;
+      for (size_t i = 0; i < samples; ++i) {
+        Sample v;
+        std::memcpy(&v, row + i * sizeof(Sample), sizeof(Sample));
+        dst[i] = static_cast<float>(v);
+      }
+    }
   }
 };
+
+template <typename Sample>
+std::unique_ptr<ImageSource> borrowed(const void* pixels, int64_t height, int64_t width, int64_t bands, int64_t row_pitch,
+                                      std::string name, const char* dtype) {
+  auto source = std::make_unique<BorrowedSource<Sample>>();
+  source->pixels = static_cast<const unsigned char*>(pixels);
+  source->row_pitch = row_pitch;
+  source->height = height;
+  source->width = width;
+  source->bands = bands;
+  source->dtype = dtype;
+  source->name = std::move(name);
+  source->resident_bytes = height * width * bands * static_cast<int64_t>(sizeof(Sample));
+  return source;
+}
 
 void check_pixels(const std::string& path, int64_t height, int64_t width, int64_t max_pixels) {
   if (height <= 0 || width <= 0)
@@ -217,6 +243,7 @@ class TiffSource : public ImageSource {
     separate_ = planar == PLANARCONFIG_SEPARATE && spp > 1;
     bits_ = bits;
     format_ = format;
+    dtype = (format == SAMPLEFORMAT_IEEEFP ? "float" : format == SAMPLEFORMAT_INT ? "int" : "uint") + std::to_string(bits);
     if (height <= 0 || width <= 0 || bands <= 0) close_and_fail(path + ": the image is empty; expected at least 1 x 1");
     const bool known = (format == SAMPLEFORMAT_UINT || format == SAMPLEFORMAT_INT) ? (bits == 8 || bits == 16 || bits == 32)
                        : format == SAMPLEFORMAT_IEEEFP                            ? (bits == 32 || bits == 64)
@@ -466,15 +493,23 @@ class TiffWriter : public MaskWriter {
 
 }  // namespace
 
-std::unique_ptr<ImageSource> array_source(const uint8_t* pixels, int64_t height, int64_t width, int64_t bands, std::string name) {
-  auto source = std::make_unique<BorrowedSource>();
-  source->pixels = pixels;
-  source->height = height;
-  source->width = width;
-  source->bands = bands;
-  source->name = std::move(name);
-  source->resident_bytes = height * width * bands;
-  return source;
+int64_t sample_bytes(int pixel_type) {
+  switch (pixel_type) {
+    case GLSNET_PIXEL_UINT8: return 1;
+    case GLSNET_PIXEL_UINT16: return 2;
+    case GLSNET_PIXEL_FLOAT32: return 4;
+    default: return 0;
+  }
+}
+
+std::unique_ptr<ImageSource> array_source(const void* pixels, int pixel_type, int64_t height, int64_t width, int64_t bands,
+                                          int64_t row_pitch, std::string name) {
+  switch (pixel_type) {
+    case GLSNET_PIXEL_UINT8: return borrowed<uint8_t>(pixels, height, width, bands, row_pitch, std::move(name), "uint8");
+    case GLSNET_PIXEL_UINT16: return borrowed<uint16_t>(pixels, height, width, bands, row_pitch, std::move(name), "uint16");
+    case GLSNET_PIXEL_FLOAT32: return borrowed<float>(pixels, height, width, bands, row_pitch, std::move(name), "float32");
+    default: fail(GLSNET_ERROR_INVALID_ARGUMENT, "pixel type " + std::to_string(pixel_type) + " is not one of GLSNET_PIXEL_UINT8, _UINT16, _FLOAT32");
+  }
 }
 
 std::unique_ptr<ImageSource> open_image(const std::string& path, int64_t max_pixels) {
@@ -499,9 +534,61 @@ std::unique_ptr<ImageSource> open_image(const std::string& path, int64_t max_pix
     input_error(path + ": not a readable PNG/JPEG/TIFF image; expected a PNG, JPEG or TIFF file");
   }
   source->name = path;
-  source->resident_bytes = source->height * source->width * source->bands *
-                           (static_cast<DecodedSource*>(source.get())->words.empty() ? 1 : 2);
+  const bool wide = !static_cast<DecodedSource*>(source.get())->words.empty();
+  source->dtype = wide ? "uint16" : "uint8";
+  source->resident_bytes = source->height * source->width * source->bands * (wide ? 2 : 1);
   return source;
+}
+
+namespace {
+
+// A second name for an existing `target`, so a rollback can restore it ("" when there is nothing to keep or no
+// hard links on this file system).
+std::string hard_link_backup(const std::string& target) {
+  struct stat st {};
+  if (stat(target.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
+  const std::string backup = temporary_beside(target, "old");
+  unlink(backup.c_str());
+  if (link(target.c_str(), backup.c_str()) != 0) return "";
+  return backup;
+}
+
+}  // namespace
+
+void commit_all(const std::vector<MaskWriter*>& writers) {
+  std::vector<std::pair<std::string, std::string>> done;  // (target, backup or "")
+  for (MaskWriter* w : writers) {
+    const std::string backup = hard_link_backup(w->path());
+    if (std::rename(w->temporary().c_str(), w->path().c_str()) == 0) {
+      done.emplace_back(w->path(), backup);
+      continue;
+    }
+    const std::string why = std::strerror(errno);
+    if (!backup.empty()) unlink(backup.c_str());
+    for (auto it = done.rbegin(); it != done.rend(); ++it) {
+      if (it->second.empty()) unlink(it->first.c_str());
+      else std::rename(it->second.c_str(), it->first.c_str());
+    }
+    output_error(w->path(), why);
+  }
+  for (const auto& [target, backup] : done)
+    if (!backup.empty()) unlink(backup.c_str());
+}
+
+void check_bands(int64_t band_count, const std::vector<int>& model_bands, const std::string& name) {
+  const int highest = *std::max_element(model_bands.begin(), model_bands.end());
+  if (highest < band_count) return;
+  const size_t needed = model_bands.size();
+  std::string list, example;
+  for (size_t i = 0; i < needed; ++i) {
+    list += (i ? ", " : "") + std::to_string(model_bands[i]);
+    example += (i ? "," : "") + std::to_string(i);
+  }
+  if (band_count < static_cast<int64_t>(needed))
+    input_error(name + ": the image has " + std::to_string(band_count) + " band(s) but the model reads " + std::to_string(needed) + " ([" +
+                list + "]); it needs an image with at least " + std::to_string(needed) + " bands");
+  input_error(name + ": the image has " + std::to_string(band_count) + " band(s) but the model reads bands [" + list + "]; choose " +
+              std::to_string(needed) + " bands that exist, e.g. --bands " + example);
 }
 
 std::unique_ptr<MaskWriter> open_writer(const std::string& path, const std::string& format, int64_t height, int64_t width, int channels) {

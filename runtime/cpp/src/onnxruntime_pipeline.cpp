@@ -1,5 +1,6 @@
 #include "onnxruntime_pipeline.hpp"
 
+#include <dlfcn.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -16,6 +17,39 @@
 #include "heap_release.hpp"
 
 namespace glsnet {
+
+// The library is built with ORT_API_MANUAL_INIT: the ONNX Runtime loaded at run time (which may be older than
+// the headers) is asked for the headers' API version here, and a null answer becomes an error, not a crash.
+// OrtGetApiBase is looked up with dlsym rather than linked: ONNX Runtime versions its symbols by release
+// (OrtGetApiBase@VERS_1.x.y), so a linked reference would load against the build-time release only.
+void init_onnxruntime_api() {
+  static std::once_flag once;
+  static std::string error;
+  std::call_once(once, [] {
+    // Already loaded as libglsnet's dependency: dlopen returns it (found through libglsnet's RUNPATH otherwise).
+    void* library = dlopen("libonnxruntime.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!library) library = dlopen("libonnxruntime.so", RTLD_NOW | RTLD_LOCAL);
+    using GetApiBase = const OrtApiBase* (*)();
+    const auto get_base = library ? reinterpret_cast<GetApiBase>(dlsym(library, "OrtGetApiBase")) : nullptr;
+    if (!get_base) {
+      error = std::string("ONNX Runtime cannot be used: ") +
+              (library ? "libonnxruntime.so.1 has no OrtGetApiBase" : "libonnxruntime.so.1 cannot be loaded (" + std::string(dlerror()) + ")");
+      return;
+    }
+    const OrtApiBase* base = get_base();
+    const OrtApi* api = base ? base->GetApi(ORT_API_VERSION) : nullptr;
+    if (api) {
+      Ort::InitApi(api);
+      return;
+    }
+    const std::string loaded = base && base->GetVersionString() ? base->GetVersionString() : "unknown";
+    error = "the ONNX Runtime loaded (libonnxruntime " + loaded + ") does not offer API version " +
+            std::to_string(ORT_API_VERSION) + ", which glsnet was built against; it needs ONNX Runtime 1." +
+            std::to_string(ORT_API_VERSION) + " or newer: put a newer libonnxruntime.so.1 first on the library path";
+  });
+  if (!error.empty()) fail(GLSNET_ERROR_RUNTIME, error);
+}
+
 namespace {
 
 // Working memory of each graph as a multiple of its input + output bytes, and a loaded session's weights as a
@@ -26,6 +60,7 @@ constexpr double kResidentWeightFactor = 1.3;
 constexpr int64_t kNormaliseChunkRows = 64;
 
 Ort::Env& ort_env() {
+  init_onnxruntime_api();
   static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet");
   return env;
 }
@@ -213,6 +248,7 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       options_(options),
       manifest_(read_manifest(bundle_dir)),
       normalizer_(manifest_.normalization.mean, manifest_.normalization.std, manifest_.normalization.scale) {
+  init_onnxruntime_api();
   const std::vector<std::string> precisions{"fp32", "fp16", "int8"}, devices{"cpu", "cuda", "tensorrt"};
   if (std::find(precisions.begin(), precisions.end(), options.precision) == precisions.end())
     fail(GLSNET_ERROR_INVALID_ARGUMENT, "precision '" + options.precision + "' is not one of fp32, fp16, int8");
@@ -461,13 +497,7 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
 
 void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) const {
   const auto& bands = manifest_.normalization.bands;
-  const int max_band = *std::max_element(bands.begin(), bands.end());
-  if (max_band >= source.bands) {
-    std::string list;
-    for (int b : bands) list += (list.empty() ? "" : ", ") + std::to_string(b);
-    fail(GLSNET_ERROR_INPUT, source.name + ": the image has " + std::to_string(source.bands) + " band(s) but the model reads bands [" +
-                                 list + "]; pass an image with these bands");
-  }
+  check_bands(source.bands, bands, source.name);
   const PatchGrid grid = grid_for(source.height, source.width);
   const MemoryPlan plan = this->plan(grid, source.resident_bytes);
   const int64_t p = grid.patch, k = static_cast<int64_t>(manifest_.classes.size());

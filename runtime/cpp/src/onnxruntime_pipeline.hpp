@@ -17,6 +17,9 @@
 
 namespace glsnet {
 
+// Asks the loaded ONNX Runtime for the API version of the headers (once); Error(GLSNET_ERROR_RUNTIME) when it is older.
+void init_onnxruntime_api();
+
 struct RuntimeOptions {
   std::string precision = "fp32";
   std::string device = "cpu";

@@ -3,6 +3,7 @@
  * and no partial output file remains.
  * Usage: glsnet-c-api-test GOOD_BUNDLE TAMPERED_BUNDLE SCHEMA_BUNDLE ESCAPE_BUNDLE WORKDIR */
 #include <dirent.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,8 +71,18 @@ int main(int argc, char** argv) {
   bad.precision = "fp64";
   expect("unknown precision", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "fp64");
   glsnet_options_init(&bad);
-  bad.struct_size = 4;
-  expect("options of another size", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "struct_size");
+  bad.struct_size = sizeof bad + 8; /* from a newer glsnet.h than this library */
+  expect("options larger than the library knows", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "struct_size");
+  glsnet_options_init(&bad);
+  bad.struct_size = 0;
+  expect("options without struct_size", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "struct_size");
+  /* An older caller's struct ends before max_pixels: what lies beyond it is not read (defaults apply). */
+  glsnet_options_init(&bad);
+  bad.struct_size = (uint32_t)offsetof(glsnet_options, max_pixels);
+  bad.max_pixels = -5;
+  expect("older, smaller options accepted", glsnet_open(good, &bad, &h), GLSNET_OK, "");
+  glsnet_close(h);
+  h = NULL;
   glsnet_options_init(&bad);
   bad.global_band_rows = 100;
   expect("band rows off the stride", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "multiple of 32");
@@ -102,6 +113,15 @@ int main(int argc, char** argv) {
   glsnet_plan_info plan;
   memset(&plan, 0, sizeof plan);
   expect("plan without struct_size", glsnet_plan(h, H, W, &plan), GLSNET_ERROR_INVALID_ARGUMENT, "struct_size");
+  /* An older caller's plan struct ends before estimate_bytes: the fields it has are filled, nothing beyond. */
+  memset(&plan, 0xAB, sizeof plan);
+  plan.struct_size = (uint32_t)offsetof(glsnet_plan_info, estimate_bytes);
+  expect("older, smaller plan struct accepted", glsnet_plan(h, H, W, &plan), GLSNET_OK, "");
+  if (plan.batch_size < 1 || plan.patches < 1 || plan.estimate_bytes != 0xABABABABABABABABull) {
+    printf("FAIL older plan struct: batch %d, patches %d, bytes beyond its size %s\n", plan.batch_size, plan.patches,
+           plan.estimate_bytes != 0xABABABABABABABABull ? "written" : "untouched");
+    ++failures;
+  }
   expect("null classes", glsnet_num_classes(h, NULL), GLSNET_ERROR_INVALID_ARGUMENT, "must not be NULL");
   expect("segment", glsnet_segment(h, pixels, sizeof pixels, H, W, C, mask, sizeof mask), GLSNET_OK, "");
 

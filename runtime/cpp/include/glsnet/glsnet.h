@@ -39,6 +39,10 @@ typedef enum glsnet_status {
 
 typedef struct glsnet_handle glsnet_handle;
 
+/* Versioned structs: struct_size is the caller's sizeof. A library newer than the caller's header accepts the
+ * older, smaller struct and gives the fields it lacks their defaults; a struct larger than the library knows
+ * (a header newer than the library) is refused with GLSNET_ERROR_INVALID_ARGUMENT. */
+
 /* Options of glsnet_open. Fill with glsnet_options_init, then change what you need. */
 typedef struct glsnet_options {
   uint32_t struct_size;      /* sizeof(glsnet_options): lets later versions add fields */
@@ -73,6 +77,42 @@ typedef int (*glsnet_row_callback)(void* user_data, int64_t top, int64_t rows, i
 
 GLSNET_API void glsnet_options_init(glsnet_options* options);
 
+/* The sample type of an image buffer. */
+typedef enum glsnet_pixel_type {
+  GLSNET_PIXEL_UINT8 = 0,
+  GLSNET_PIXEL_UINT16 = 1,
+  GLSNET_PIXEL_FLOAT32 = 2
+} glsnet_pixel_type;
+
+/* A typed, strided image: height rows of width x channels interleaved samples, row r at
+ * (const char*)pixels + r * row_pitch. Fill with glsnet_image_init, then set the fields. */
+typedef struct glsnet_image {
+  uint32_t struct_size;     /* sizeof(glsnet_image) */
+  int32_t pixel_type;       /* glsnet_pixel_type; default GLSNET_PIXEL_UINT8 */
+  const void* pixels;       /* the first sample of row 0 (aligned for its type) */
+  size_t pixels_size;       /* bytes readable from pixels: at least (height - 1) * row_pitch + width * channels * sample size */
+  int64_t height;
+  int64_t width;
+  int32_t channels;
+  int64_t row_pitch;        /* bytes from one row to the next; 0: packed (width * channels * sample size) */
+  /* How the values map onto the range the model was trained on (the manifest's input_pixels), as `glsnet run
+   * --input-range`: "MIN,MAX" for every band, "MIN,MAX/MIN,MAX/..." one per band, or "pLOW,pHIGH" (a percentile
+   * stretch per band). NULL or "": none, and a pixel type other than the manifest's is refused. */
+  const char* input_range;
+} glsnet_image;
+
+GLSNET_API void glsnet_image_init(glsnet_image* image);
+
+/* Options of glsnet_segment_file_with. Fill with glsnet_file_options_init. */
+typedef struct glsnet_file_options {
+  uint32_t struct_size;     /* sizeof(glsnet_file_options) */
+  const char* format;       /* "png" (NULL: png) or "tif" */
+  int32_t color;            /* non-zero: also write <stem>_color.<format> (default 1) */
+  const char* input_range;  /* as glsnet_image.input_range; needed for 16-bit and float images of an 8-bit model */
+} glsnet_file_options;
+
+GLSNET_API void glsnet_file_options_init(glsnet_file_options* options);
+
 /* Open a bundle directory: validates manifest.json (schema, keys, paths), verifies the graphs'
  * sha256 and creates the three ONNX Runtime sessions. `options` may be NULL (defaults). */
 GLSNET_API glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options, glsnet_handle** out_handle);
@@ -93,6 +133,19 @@ GLSNET_API glsnet_status glsnet_segment_rows(glsnet_handle* handle, const uint8_
  * Files are written under temporary names and renamed at the end: on error no output is left. */
 GLSNET_API glsnet_status glsnet_segment_file(glsnet_handle* handle, const char* image_path, const char* output_dir,
                                              const char* format, int color);
+
+/* Segment a typed, strided image into out_mask [height, width] (out_mask_size bytes, checked). */
+GLSNET_API glsnet_status glsnet_segment_image(glsnet_handle* handle, const glsnet_image* image, uint8_t* out_mask,
+                                              size_t out_mask_size);
+
+/* Like glsnet_segment_image, but hands finished rows to `callback` (as glsnet_segment_rows). */
+GLSNET_API glsnet_status glsnet_segment_image_rows(glsnet_handle* handle, const glsnet_image* image,
+                                                   glsnet_row_callback callback, void* user_data);
+
+/* glsnet_segment_file with options (NULL: defaults). A 16-bit or float image of a model trained on 8-bit
+ * pixels is refused (GLSNET_ERROR_INPUT) unless options->input_range says how to map it. */
+GLSNET_API glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_path, const char* output_dir,
+                                                  const glsnet_file_options* options);
 
 /* The plan (batch size, banding, estimate) for an image of height x width. */
 GLSNET_API glsnet_status glsnet_plan(glsnet_handle* handle, int64_t height, int64_t width, glsnet_plan_info* out_plan);
