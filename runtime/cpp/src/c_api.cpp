@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 
 #include <cstring>
 #include <new>
@@ -50,6 +51,17 @@ void require(bool ok, const std::string& message) {
   if (!ok) glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, message);
 }
 
+// glsnet_options as ABI 1's first release laid it out: what glsnet_options_init may write.
+constexpr size_t kOptionsAbi1Size = offsetof(glsnet_options, release_heap);
+
+// Writes the first `size` bytes of `full` (at most sizeof(T)) into `out`, with struct_size saying how many.
+template <typename T>
+void fill_prefix(T* out, T full, size_t size) {
+  if (!out || size < sizeof(uint32_t)) return;
+  full.struct_size = static_cast<uint32_t>(std::min(size, sizeof(T)));
+  std::memcpy(static_cast<void*>(out), &full, full.struct_size);
+}
+
 // A caller's versioned struct read into this library's layout: an older, smaller one is a prefix (the fields it
 // lacks keep `defaults`); one larger than this library knows comes from a newer header and is refused.
 template <typename T>
@@ -89,7 +101,7 @@ glsnet_image check_image(glsnet_handle* handle, const glsnet_image* given) {
   require(handle != nullptr, "handle is NULL; open a bundle with glsnet_open first");
   require(given != nullptr, "image is NULL; pass a glsnet_image filled with glsnet_image_init");
   glsnet_image defaults;
-  glsnet_image_init(&defaults);
+  glsnet_image_init(&defaults, sizeof defaults);
   glsnet_image image = versioned(given, defaults, "image", "glsnet_image_init");
   require(image.pixels != nullptr, "image.pixels is NULL; pass the image's [height, width, channels] samples");
   const int64_t sample = glsnet::sample_bytes(image.pixel_type);
@@ -133,7 +145,7 @@ void segment_image(glsnet_handle* handle, const glsnet_image& image, const glsne
 
 glsnet_image packed_uint8(const uint8_t* pixels, size_t pixels_size, int64_t height, int64_t width, int32_t channels) {
   glsnet_image image;
-  glsnet_image_init(&image);
+  glsnet_image_init(&image, sizeof image);
   image.pixels = pixels;
   image.pixels_size = pixels_size;
   image.height = height;
@@ -174,11 +186,13 @@ glsnet_status segment_to_callback(glsnet_handle* handle, const glsnet_image* giv
 
 extern "C" {
 
-void glsnet_options_init(glsnet_options* options) {
-  if (!options) return;
-  std::memset(options, 0, sizeof *options);
-  options->struct_size = sizeof *options;
-  options->global_halo = -1;
+void glsnet_options_init(glsnet_options* options) { glsnet_options_init_sized(options, kOptionsAbi1Size); }
+
+void glsnet_options_init_sized(glsnet_options* options, size_t size) {
+  glsnet_options full;
+  std::memset(static_cast<void*>(&full), 0, sizeof full);
+  full.global_halo = -1;
+  fill_prefix(options, full, size);
 }
 
 glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options, glsnet_handle** out_handle) {
@@ -188,7 +202,7 @@ glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options,
     require(bundle_dir != nullptr, "bundle_dir is NULL; pass the path of a bundle written by glsnet-export");
     glsnet::RuntimeOptions o;
     glsnet_options defaults;
-    glsnet_options_init(&defaults);
+    glsnet_options_init_sized(&defaults, sizeof defaults);
     const glsnet_options given = versioned(options, defaults, "options", "glsnet_options_init");
     options = &given;
     {
@@ -203,6 +217,7 @@ glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options,
       o.cpu_arena = options->cpu_arena != 0;
       if (options->max_pixels < 0) glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, "max_pixels must be >= 0");
       if (options->max_pixels > 0) o.max_pixels = options->max_pixels;
+      o.release_heap = options->release_heap != 0;
     }
     auto handle = std::make_unique<glsnet_handle>();
     handle->pipeline = std::make_unique<glsnet::Pipeline>(bundle_dir, o);
@@ -210,18 +225,18 @@ glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options,
   });
 }
 
-void glsnet_image_init(glsnet_image* image) {
-  if (!image) return;
-  std::memset(static_cast<void*>(image), 0, sizeof *image);
-  image->struct_size = sizeof *image;
-  image->pixel_type = GLSNET_PIXEL_UINT8;
+void glsnet_image_init(glsnet_image* image, size_t size) {
+  glsnet_image full;
+  std::memset(static_cast<void*>(&full), 0, sizeof full);
+  full.pixel_type = GLSNET_PIXEL_UINT8;
+  fill_prefix(image, full, size);
 }
 
-void glsnet_file_options_init(glsnet_file_options* options) {
-  if (!options) return;
-  std::memset(static_cast<void*>(options), 0, sizeof *options);
-  options->struct_size = sizeof *options;
-  options->color = 1;
+void glsnet_file_options_init(glsnet_file_options* options, size_t size) {
+  glsnet_file_options full;
+  std::memset(static_cast<void*>(&full), 0, sizeof full);
+  full.color = 1;
+  fill_prefix(options, full, size);
 }
 
 glsnet_status glsnet_segment(glsnet_handle* handle, const uint8_t* pixels, size_t pixels_size, int64_t height, int64_t width,
@@ -248,7 +263,7 @@ glsnet_status glsnet_segment_image_rows(glsnet_handle* handle, const glsnet_imag
 
 glsnet_status glsnet_segment_file(glsnet_handle* handle, const char* image_path, const char* output_dir, const char* format, int color) {
   glsnet_file_options options;
-  glsnet_file_options_init(&options);
+  glsnet_file_options_init(&options, sizeof options);
   options.format = format;
   options.color = color;
   return glsnet_segment_file_with(handle, image_path, output_dir, &options);
@@ -261,7 +276,7 @@ glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_
     require(image_path != nullptr, "image_path is NULL");
     require(output_dir != nullptr, "output_dir is NULL; pass an output folder");
     glsnet_file_options defaults;
-    glsnet_file_options_init(&defaults);
+    glsnet_file_options_init(&defaults, sizeof defaults);
     const glsnet_file_options options = versioned(file_options, defaults, "options", "glsnet_file_options_init");
     const std::string fmt = options.format ? options.format : "png";
     require(fmt == "png" || fmt == "tif", "output format '" + fmt + "' is not one of png, tif");

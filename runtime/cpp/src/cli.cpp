@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
     std::vector<std::string> images;
     std::string bundle, output, format = "png", input_range;
     glsnet_options o;
-    glsnet_options_init(&o);
+    glsnet_options_init_sized(&o, sizeof o);
+    o.release_heap = 1;  // this process is ours: keep RSS near what the runtime holds (see bound_malloc_retention)
     std::string precision = "fp32", device = "cpu";
     bool color = true;
     for (size_t i = 1; i < args.size(); ++i) {
@@ -134,7 +135,7 @@ int main(int argc, char** argv) {
     }
     for (const auto& image : images) {
       glsnet_file_options file_options;
-      glsnet_file_options_init(&file_options);
+      glsnet_file_options_init(&file_options, sizeof file_options);
       file_options.format = format.c_str();
       file_options.color = color ? 1 : 0;
       file_options.input_range = input_range.empty() ? nullptr : input_range.c_str();

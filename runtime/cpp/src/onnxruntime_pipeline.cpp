@@ -346,7 +346,7 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   };
   width_ = channels(0, manifest_.model_width);
   skip_ = channels(1, manifest_.model_skip_width);
-  release_free_heap();  // the parsed graphs and load-time copies
+  if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
 }
 
 Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, const std::string& path, Ort::SessionOptions& so) const {
@@ -512,7 +512,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
     try {
       auto held = slot.take();  // fusion needs all of the global branch before any batch: it keeps the slot throughout
       std::vector<float> features = global_features(source, grid, plan, global_shape);
-      release_free_heap();
+      if (options_.release_heap) release_free_heap();
       held = {};
       global_promise.set_value(std::move(features));
     } catch (...) {
@@ -601,7 +601,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
       stitcher.add(upsampled.data(), sink);
     }
     out.clear();
-    release_free_heap();  // the batch's activations are freed: give them back before the next
+    if (options_.release_heap) release_free_heap();  // the batch's activations are freed: give them back before the next
   }
   if (!stitcher.done())
     fail(GLSNET_ERROR_RUNTIME, "scheduler stitched " + std::to_string(stitcher.next_index()) + " of " + std::to_string(grid.size()) + " patches");

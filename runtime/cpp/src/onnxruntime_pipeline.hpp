@@ -30,6 +30,7 @@ struct RuntimeOptions {
   int64_t global_halo = kDefaultHalo;
   bool cpu_arena = false;
   int64_t max_pixels = kDefaultMaxPixels;
+  bool release_heap = false;  // malloc_trim after large frees (heap_release.hpp): the host's choice
 };
 
 class Pipeline {

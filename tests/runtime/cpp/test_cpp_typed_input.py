@@ -57,9 +57,9 @@ def cpp_build() -> Path:
 def capi(cpp_build) -> CApi:
     api = CApi(cpp_build)
     lib = api.lib
-    lib.glsnet_image_init.argtypes = [ctypes.c_void_p]
+    lib.glsnet_image_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.glsnet_segment_image.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    lib.glsnet_file_options_init.argtypes = [ctypes.c_void_p]
+    lib.glsnet_file_options_init.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.glsnet_segment_file_with.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
     return api
 
@@ -83,7 +83,7 @@ def _segment_image(capi: CApi, handle, pixels: np.ndarray, pixel_type: int, inpu
     height = pixels.shape[0] if height is None else height
     width = pixels.shape[1] if width is None else width
     image = Image()
-    capi.lib.glsnet_image_init(ctypes.byref(image))
+    capi.lib.glsnet_image_init(ctypes.byref(image), ctypes.sizeof(image))
     image.pixel_type, image.pixels, image.pixels_size = pixel_type, pixels.ctypes.data, pixels.nbytes
     image.height, image.width, image.channels, image.row_pitch = height, width, 3, row_pitch
     image.input_range = input_range.encode() if input_range else None
@@ -160,7 +160,7 @@ def test_c_api_file_call_refuses_a_16_bit_tiff_without_a_range_and_segments_it_w
     status = lib.glsnet_segment_file(handle, str(path).encode(), str(tmp_path / "old-call").encode(), b"png", 1)
     assert status == STATUS_INPUT and lib.glsnet_last_error().decode() == _python_error(small_bundle, path)
     options = FileOptions()
-    lib.glsnet_file_options_init(ctypes.byref(options))
+    lib.glsnet_file_options_init(ctypes.byref(options), ctypes.sizeof(options))
     options.input_range = b"0,65535"
     assert lib.glsnet_segment_file_with(handle, str(path).encode(), str(tmp_path / "cpp").encode(), ctypes.byref(options)) == 0, lib.glsnet_last_error()
     with Segmenter(small_bundle, options=SegmenterOptions(input_range=parse_input_range("0,65535"))) as segmenter:

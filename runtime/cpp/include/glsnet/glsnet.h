@@ -39,11 +39,11 @@ typedef enum glsnet_status {
 
 typedef struct glsnet_handle glsnet_handle;
 
-/* Versioned structs: struct_size is the caller's sizeof. A library newer than the caller's header accepts the
+/* Versioned structs: struct_size is the caller's sizeof, set by the init functions. A library newer than the caller's header accepts the
  * older, smaller struct and gives the fields it lacks their defaults; a struct larger than the library knows
  * (a header newer than the library) is refused with GLSNET_ERROR_INVALID_ARGUMENT. */
 
-/* Options of glsnet_open. Fill with glsnet_options_init, then change what you need. */
+/* Options of glsnet_open. Fill with glsnet_options_init_sized(&o, sizeof o), then change what you need. */
 typedef struct glsnet_options {
   uint32_t struct_size;      /* sizeof(glsnet_options): lets later versions add fields */
   const char* precision;     /* "fp32" (NULL: fp32), "fp16" or "int8" */
@@ -55,6 +55,10 @@ typedef struct glsnet_options {
   int32_t global_halo;       /* rows of context above and below each global band (multiple of 32); -1: 256 */
   int32_t cpu_arena;         /* 1: ONNX Runtime's CPU memory arena on (default 0: off, lower peak memory) */
   int64_t max_pixels;        /* largest PNG/JPEG (decoded whole) accepted by glsnet_segment_file; 0: 500e6 */
+  /* Fields below were added after ABI 1's first release; older callers' smaller structs get their defaults. */
+  int32_t release_heap;      /* 1: hand freed heap back to the system (glibc malloc_trim) after loading, after the
+                                global branch and after each batch, so RSS follows what is held (glsnet-cpp does);
+                                default 0: the host's allocator is left alone */
 } glsnet_options;
 
 /* The batch size and global banding an image of a given size runs with. */
@@ -75,7 +79,12 @@ typedef struct glsnet_plan_info {
 typedef int (*glsnet_row_callback)(void* user_data, int64_t top, int64_t rows, int64_t width,
                                    const uint8_t* mask_rows);
 
+/* Init functions write `size` bytes at most (pass sizeof *your* struct), so a binary built against an older
+ * glsnet.h never has bytes written past its struct. glsnet_options_init, kept for binaries built against ABI 1's
+ * first release, fills that release's fields only (struct_size = their size): new code calls
+ * glsnet_options_init_sized(&options, sizeof options). */
 GLSNET_API void glsnet_options_init(glsnet_options* options);
+GLSNET_API void glsnet_options_init_sized(glsnet_options* options, size_t size);
 
 /* The sample type of an image buffer. */
 typedef enum glsnet_pixel_type {
@@ -85,7 +94,7 @@ typedef enum glsnet_pixel_type {
 } glsnet_pixel_type;
 
 /* A typed, strided image: height rows of width x channels interleaved samples, row r at
- * (const char*)pixels + r * row_pitch. Fill with glsnet_image_init, then set the fields. */
+ * (const char*)pixels + r * row_pitch. Fill with glsnet_image_init(&image, sizeof image), then set the fields. */
 typedef struct glsnet_image {
   uint32_t struct_size;     /* sizeof(glsnet_image) */
   int32_t pixel_type;       /* glsnet_pixel_type; default GLSNET_PIXEL_UINT8 */
@@ -101,9 +110,9 @@ typedef struct glsnet_image {
   const char* input_range;
 } glsnet_image;
 
-GLSNET_API void glsnet_image_init(glsnet_image* image);
+GLSNET_API void glsnet_image_init(glsnet_image* image, size_t size); /* size: sizeof(glsnet_image) */
 
-/* Options of glsnet_segment_file_with. Fill with glsnet_file_options_init. */
+/* Options of glsnet_segment_file_with. Fill with glsnet_file_options_init(&o, sizeof o). */
 typedef struct glsnet_file_options {
   uint32_t struct_size;     /* sizeof(glsnet_file_options) */
   const char* format;       /* "png" (NULL: png) or "tif" */
@@ -111,7 +120,7 @@ typedef struct glsnet_file_options {
   const char* input_range;  /* as glsnet_image.input_range; needed for 16-bit and float images of an 8-bit model */
 } glsnet_file_options;
 
-GLSNET_API void glsnet_file_options_init(glsnet_file_options* options);
+GLSNET_API void glsnet_file_options_init(glsnet_file_options* options, size_t size); /* size: sizeof(glsnet_file_options) */
 
 /* Open a bundle directory: validates manifest.json (schema, keys, paths), verifies the graphs'
  * sha256 and creates the three ONNX Runtime sessions. `options` may be NULL (defaults). */
