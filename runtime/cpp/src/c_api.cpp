@@ -15,6 +15,10 @@
 #include "input_range.hpp"
 #include "onnxruntime_pipeline.hpp"
 
+struct glsnet_cancel_token {
+  glsnet::CancelToken token;
+};
+
 struct glsnet_handle {
   std::unique_ptr<glsnet::Pipeline> pipeline;
 };
@@ -133,14 +137,23 @@ glsnet_image check_image(glsnet_handle* handle, const glsnet_image* given) {
   return image;
 }
 
+glsnet::CallControl call_control(glsnet_cancel_token* cancel, int64_t timeout_ms) {
+  require(timeout_ms >= 0, "timeout_ms must be >= 0 (0: none), got " + std::to_string(timeout_ms));
+  glsnet::CallControl call;
+  call.token = cancel ? &cancel->token : nullptr;
+  call.timeout_ms = timeout_ms;
+  return call;
+}
+
 void segment_image(glsnet_handle* handle, const glsnet_image& image, const glsnet::Stitcher::RowSink& sink) {
+  const glsnet::CallControl call = call_control(image.cancel, image.timeout_ms);
   auto source = glsnet::array_source(image.pixels, image.pixel_type, image.height, image.width, image.channels, image.row_pitch,
                                      "array of shape (" + std::to_string(image.height) + ", " + std::to_string(image.width) + ", " +
                                          std::to_string(image.channels) + ")");
   const auto range = glsnet::parse_input_range(image.input_range ? image.input_range : "");
   const auto& manifest = handle->pipeline->manifest();
   auto conformed = glsnet::conform_source(*source, manifest.input_pixels, manifest.normalization, range);
-  handle->pipeline->run(conformed ? *conformed : *source, sink);
+  handle->pipeline->run(conformed ? *conformed : *source, sink, &call);
 }
 
 glsnet_image packed_uint8(const uint8_t* pixels, size_t pixels_size, int64_t height, int64_t width, int32_t channels) {
@@ -281,6 +294,7 @@ glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_
     const std::string fmt = options.format ? options.format : "png";
     require(fmt == "png" || fmt == "tif", "output format '" + fmt + "' is not one of png, tif");
     const auto range = glsnet::parse_input_range(options.input_range ? options.input_range : "");
+    const glsnet::CallControl call = call_control(options.cancel, options.timeout_ms);
     const auto& manifest = handle->pipeline->manifest();
     auto source = glsnet::open_image(image_path, handle->pipeline->options().max_pixels);
     auto conformed = glsnet::conform_source(*source, manifest.input_pixels, manifest.normalization, range);
@@ -298,7 +312,9 @@ glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_
     std::unique_ptr<glsnet::MaskWriter> color_writer;
     if (options.color) color_writer = glsnet::open_writer(dir + "/" + stem + "_color." + fmt, fmt, input.height, input.width, 3);
     std::vector<uint8_t> rgb;
-    handle->pipeline->run(input, [&](int64_t, int64_t rows, const uint8_t* mask) {
+    handle->pipeline->run(
+        input,
+        [&](int64_t, int64_t rows, const uint8_t* mask) {
       mask_writer->write_rows(mask, rows);
       if (color_writer) {
         rgb.resize(static_cast<size_t>(rows * input.width * 3));
@@ -308,7 +324,9 @@ glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_
         }
         color_writer->write_rows(rgb.data(), rows);
       }
-    });
+        },
+        &call);
+    call.check();  // a cancel or deadline that came after the last graph run still writes nothing
     std::vector<glsnet::MaskWriter*> writers{mask_writer.get()};
     if (color_writer) writers.push_back(color_writer.get());
     for (auto* w : writers) w->finish();
@@ -358,6 +376,14 @@ glsnet_status glsnet_input_bands(glsnet_handle* handle, int32_t* out_bands) {
 }
 
 void glsnet_close(glsnet_handle* handle) { delete handle; }
+
+glsnet_cancel_token* glsnet_cancel_token_create(void) { return new (std::nothrow) glsnet_cancel_token(); }
+
+void glsnet_cancel(glsnet_cancel_token* token) {
+  if (token) token->token.cancel();
+}
+
+void glsnet_cancel_token_destroy(glsnet_cancel_token* token) { delete token; }
 
 const char* glsnet_last_error(void) { return last_error.c_str(); }
 

@@ -87,11 +87,32 @@ std::vector<const char*> c_names(const std::vector<std::string>& names) {
   return out;
 }
 
+// The controls of the segment call this thread works for (set by Pipeline::run in each of its threads).
+thread_local const CallControl* current_call = nullptr;
+
+struct CallScope {
+  explicit CallScope(const CallControl* call) { current_call = call; }
+  ~CallScope() { current_call = nullptr; }
+};
+
+// One graph run: the call's controls checked first, its RunOptions registered with the cancel token meanwhile.
 template <typename F>
-auto ort_call(const std::string& what, F&& f) -> decltype(f()) {
+auto ort_call(const std::string& what, F&& f) -> decltype(f(std::declval<Ort::RunOptions&>())) {
+  const CallControl* call = current_call;
+  if (call) call->check();
+  Ort::RunOptions run;
+  struct Registration {
+    CancelToken* token;
+    Ort::RunOptions* run;
+    ~Registration() {
+      if (token) token->remove(run);
+    }
+  } registration{call ? call->token : nullptr, &run};
+  if (registration.token) registration.token->add(&run);
   try {
-    return f();
+    return f(run);
   } catch (const Ort::Exception& e) {
+    if (call) call->check();  // a run terminated by a cancel
     fail(GLSNET_ERROR_RUNTIME, what + ": ONNX Runtime failed (" + e.what() + ")");
   }
 }
@@ -436,7 +457,7 @@ Rows Pipeline::run_stage(size_t index, Rows&& input, int64_t first, int64_t coun
   const auto in_names = c_names(g.inputs), out_names = c_names(g.outputs);
   const std::vector<int64_t> dims{1, input.channels, input.rows, input.width};
   Ort::Value value = Ort::Value::CreateTensor<float>(cpu_memory(), input.data.data(), input.data.size(), dims.data(), dims.size());
-  auto out = ort_call(what, [&] { return g.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &value, 1, out_names.data(), 1); });
+  auto out = ort_call(what, [&](Ort::RunOptions& run) { return g.session->Run(run, in_names.data(), &value, 1, out_names.data(), 1); });
   const auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
   if (shape.size() != 4 || shape[0] != 1) fail(GLSNET_ERROR_RUNTIME, what + ": output is not [1, channels, rows, width]");
   if (shape[2] < first + count)
@@ -474,8 +495,8 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
     std::vector<float> image = reader.rows(band.read_top, band.read_bottom);
     const std::vector<int64_t> dims{1, c, band.read_bottom - band.read_top, wp};
     Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), image.data(), image.size(), dims.data(), dims.size());
-    auto out = ort_call("global graph", [&] {
-      return global_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &input, 1, out_names.data(), 1);
+    auto out = ort_call("global graph", [&](Ort::RunOptions& run) {
+      return global_.session->Run(run, in_names.data(), &input, 1, out_names.data(), 1);
     });
     const auto fshape = out[0].GetTensorTypeAndShapeInfo().GetShape();
     if (fshape.size() != 4) fail(GLSNET_ERROR_RUNTIME, "global graph: output has rank " + std::to_string(fshape.size()) + ", expected 4");
@@ -495,7 +516,9 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
   return features;
 }
 
-void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) const {
+void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, const CallControl* call) const {
+  const CallScope caller_scope(call);
+  if (call) call->check();
   const auto& bands = manifest_.normalization.bands;
   check_bands(source.bands, bands, source.name);
   const PatchGrid grid = grid_for(source.height, source.width);
@@ -509,6 +532,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
   std::future<std::vector<float>> global_future = global_promise.get_future();
   std::vector<int64_t> global_shape;
   std::thread global_thread([&] {
+    const CallScope scope(call);
     try {
       auto held = slot.take();  // fusion needs all of the global branch before any batch: it keeps the slot throughout
       std::vector<float> features = global_features(source, grid, plan, global_shape);
@@ -520,6 +544,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
     }
   });
   std::thread local_thread([&] {
+    const CallScope scope(call);
     try {
       PaddedReader reader(source, normalizer_, bands, grid);
       const auto in_names = c_names(local_.inputs), out_names = c_names(local_.outputs);
@@ -535,8 +560,8 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
         Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), patches.data(), patches.size(), dims.data(), dims.size());
         {
           auto held = slot.take();
-          batch.values = ort_call("local graph", [&] {
-            return local_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &input, 1, out_names.data(), out_names.size());
+          batch.values = ort_call("local graph", [&](Ort::RunOptions& run) {
+            return local_.session->Run(run, in_names.data(), &input, 1, out_names.data(), out_names.size());
           });
         }
         std::vector<float>().swap(patches);
@@ -582,8 +607,8 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
     std::vector<Ort::Value> out;
     {
       auto held = slot.take();
-      out = ort_call("fusion graph", [&] {
-        return fusion_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
+      out = ort_call("fusion graph", [&](Ort::RunOptions& run) {
+        return fusion_.session->Run(run, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
       });
     }
     inputs.clear();  // the batch's local outputs: the queue slot and their memory are free again

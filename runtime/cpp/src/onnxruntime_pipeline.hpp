@@ -11,6 +11,7 @@
 #include <string>
 
 #include "algorithm.hpp"
+#include "call_control.hpp"
 #include "global_features.hpp"
 #include "image_io.hpp"
 #include "manifest.hpp"
@@ -40,7 +41,8 @@ class Pipeline {
   PatchGrid grid_for(int64_t height, int64_t width) const;
   MemoryPlan plan(const PatchGrid& grid, int64_t source_bytes) const;
   // Segments `source`; `sink(top, rows, mask)` gets finished rows [rows, width] top to bottom.
-  void run(const ImageSource& source, const Stitcher::RowSink& sink) const;
+  // `call` (may be null): cancel token and deadline, checked before every graph run (call_control.hpp).
+  void run(const ImageSource& source, const Stitcher::RowSink& sink, const CallControl* call = nullptr) const;
 
   const Manifest& manifest() const { return manifest_; }
   const RuntimeOptions& options() const { return options_; }

@@ -188,6 +188,81 @@ static void defects(glsnet_handle* h, const char* good, const char* work) {
   glsnet_close(trimming);
 }
 
+struct cancel_state {
+  glsnet_cancel_token* token;
+  int calls, calls_after_cancel, cancelled;
+};
+
+static int cancel_on_first_rows(void* user, int64_t top, int64_t rows, int64_t width, const uint8_t* mask) {
+  (void)top, (void)rows, (void)width, (void)mask;
+  struct cancel_state* state = (struct cancel_state*)user;
+  ++state->calls;
+  if (state->cancelled) ++state->calls_after_cancel;
+  glsnet_cancel(state->token);
+  state->cancelled = 1;
+  return 0; /* go on: the cancel alone must stop the call */
+}
+
+/* glsnet_cancel and deadlines: GLSNET_ERROR_CANCELLED within one patch batch, and no output. */
+static void cancellation(const char* good, const char* work) {
+  glsnet_options o;
+  glsnet_options_init_sized(&o, sizeof o);
+  o.batch_size = 1; /* one patch per batch: many batches, so "within one batch" means something */
+  glsnet_handle* h = NULL;
+  expect("open with batch size 1", glsnet_open(good, &o, &h), GLSNET_OK, "");
+  if (!h) return;
+  enum { H = 300, W = 415, C = 3 };
+  static uint8_t pixels[H * W * C];
+  for (int i = 0; i < H * W * C; ++i) pixels[i] = (uint8_t)((i * 31) ^ (i >> 7));
+  glsnet_image image;
+  glsnet_image_init(&image, sizeof image);
+  image.pixels = pixels;
+  image.pixels_size = sizeof pixels;
+  image.height = H;
+  image.width = W;
+  image.channels = C;
+  glsnet_plan_info plan;
+  memset(&plan, 0, sizeof plan);
+  plan.struct_size = sizeof plan;
+  glsnet_plan(h, H, W, &plan);
+  printf("cancellation image: %d patches in batches of %d\n", plan.patches, plan.batch_size);
+  check("the cancellation image needs several batches", plan.patches >= 4 && plan.batch_size == 1);
+
+  struct cancel_state state = {glsnet_cancel_token_create(), 0, 0, 0};
+  image.cancel = state.token;
+  expect("cancel from the row callback", glsnet_segment_image_rows(h, &image, cancel_on_first_rows, &state), GLSNET_ERROR_CANCELLED,
+         "cancelled");
+  printf("row callbacks: %d, after the cancel: %d\n", state.calls, state.calls_after_cancel);
+  check("no rows delivered after the cancel", state.calls == 1 && state.calls_after_cancel == 0);
+  check("cancelled is its own status", strcmp(glsnet_status_string(GLSNET_ERROR_CANCELLED), "cancelled") == 0);
+  static uint8_t mask[H * W];
+  expect("a cancelled token stops the next call at once", glsnet_segment_image(h, &image, mask, sizeof mask), GLSNET_ERROR_CANCELLED,
+         "cancelled");
+
+  char out[4096], path[4096];
+  snprintf(path, sizeof path, "%s/image.png", work);
+  snprintf(out, sizeof out, "%s/out-cancelled", work);
+  glsnet_file_options fo;
+  glsnet_file_options_init(&fo, sizeof fo);
+  fo.cancel = state.token;
+  expect("cancelled file call", glsnet_segment_file_with(h, path, out, &fo), GLSNET_ERROR_CANCELLED, "no output");
+  check("no output after a cancelled file call", entries(out) <= 0);
+  glsnet_cancel_token_destroy(state.token);
+
+  fo.cancel = NULL;
+  fo.timeout_ms = 1;
+  snprintf(out, sizeof out, "%s/out-deadline", work);
+  image.cancel = NULL;
+  image.timeout_ms = 1;
+  expect("deadline on a buffer", glsnet_segment_image(h, &image, mask, sizeof mask), GLSNET_ERROR_CANCELLED, "deadline of 1 ms");
+  expect("deadline on a file", glsnet_segment_file_with(h, path, out, &fo), GLSNET_ERROR_CANCELLED, "deadline of 1 ms");
+  check("no output after a deadline", entries(out) <= 0);
+  fo.timeout_ms = -1;
+  expect("negative timeout", glsnet_segment_file_with(h, path, out, &fo), GLSNET_ERROR_INVALID_ARGUMENT, "timeout_ms");
+  glsnet_close(h);
+  glsnet_cancel_token_destroy(NULL);
+}
+
 int main(int argc, char** argv) {
   if (argc != 6) {
     fprintf(stderr, "usage: %s GOOD TAMPERED SCHEMA ESCAPE WORKDIR\n", argv[0]);
@@ -317,6 +392,7 @@ int main(int argc, char** argv) {
     ++failures;
   }
   defects(h, good, work);
+  cancellation(good, work);
   glsnet_close(h);
   glsnet_close(NULL);
   printf("%d failure(s)\n", failures);

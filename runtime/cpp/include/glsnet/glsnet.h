@@ -34,7 +34,7 @@ typedef enum glsnet_status {
   GLSNET_ERROR_OUTPUT = 4,           /* an output file cannot be written (nothing partial is left) */
   GLSNET_ERROR_MEMORY = 5,           /* the memory budget is too small, or allocation failed */
   GLSNET_ERROR_RUNTIME = 6,          /* ONNX Runtime failed, or a provider is unavailable */
-  GLSNET_ERROR_CANCELLED = 7         /* a row callback asked to stop */
+  GLSNET_ERROR_CANCELLED = 7         /* a row callback asked to stop, glsnet_cancel, or the call's deadline passed */
 } glsnet_status;
 
 typedef struct glsnet_handle glsnet_handle;
@@ -86,6 +86,16 @@ typedef int (*glsnet_row_callback)(void* user_data, int64_t top, int64_t rows, i
 GLSNET_API void glsnet_options_init(glsnet_options* options);
 GLSNET_API void glsnet_options_init_sized(glsnet_options* options, size_t size);
 
+/* Stopping a segment call: pass a token in glsnet_image.cancel or glsnet_file_options.cancel, then call
+ * glsnet_cancel(token) from any thread. Every graph run (global branch, local batches, fusion) checks it first
+ * and a run in flight is terminated (ONNX Runtime's terminate flag), so the call returns GLSNET_ERROR_CANCELLED
+ * within one patch batch and writes no output. A timeout_ms deadline ends a call the same way, checked before
+ * each graph run. A token stays cancelled; destroy it only after the calls using it have returned. */
+typedef struct glsnet_cancel_token glsnet_cancel_token;
+GLSNET_API glsnet_cancel_token* glsnet_cancel_token_create(void);
+GLSNET_API void glsnet_cancel(glsnet_cancel_token* token);
+GLSNET_API void glsnet_cancel_token_destroy(glsnet_cancel_token* token);
+
 /* The sample type of an image buffer. */
 typedef enum glsnet_pixel_type {
   GLSNET_PIXEL_UINT8 = 0,
@@ -108,6 +118,8 @@ typedef struct glsnet_image {
    * --input-range`: "MIN,MAX" for every band, "MIN,MAX/MIN,MAX/..." one per band, or "pLOW,pHIGH" (a percentile
    * stretch per band). NULL or "": none, and a pixel type other than the manifest's is refused. */
   const char* input_range;
+  glsnet_cancel_token* cancel; /* NULL, or a token: glsnet_cancel(token) from any thread stops the call */
+  int64_t timeout_ms;          /* 0: none; else the call stops once it has run this long */
 } glsnet_image;
 
 GLSNET_API void glsnet_image_init(glsnet_image* image, size_t size); /* size: sizeof(glsnet_image) */
@@ -118,6 +130,8 @@ typedef struct glsnet_file_options {
   const char* format;       /* "png" (NULL: png) or "tif" */
   int32_t color;            /* non-zero: also write <stem>_color.<format> (default 1) */
   const char* input_range;  /* as glsnet_image.input_range; needed for 16-bit and float images of an 8-bit model */
+  glsnet_cancel_token* cancel; /* as glsnet_image.cancel */
+  int64_t timeout_ms;          /* as glsnet_image.timeout_ms */
 } glsnet_file_options;
 
 GLSNET_API void glsnet_file_options_init(glsnet_file_options* options, size_t size); /* size: sizeof(glsnet_file_options) */
