@@ -15,6 +15,7 @@
 
 #include "errors.hpp"
 #include "heap_release.hpp"
+#include "session_failure.hpp"
 
 namespace glsnet {
 
@@ -375,6 +376,10 @@ Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, c
   try {
     g.session = std::make_unique<Ort::Session>(ort_env(), path.c_str(), so);
   } catch (const Ort::Exception& e) {
+    if (classify_session_failure(e.GetOrtErrorCode(), e.what(), options_.device) == GLSNET_ERROR_RUNTIME)
+      fail(GLSNET_ERROR_RUNTIME, path + ": ONNX Runtime could not create a " + options_.device + " session for this graph (" + e.what() +
+                                     "); the runtime, not the bundle: check that the provider's libraries (CUDA, cuDNN, TensorRT) "
+                                     "and an ONNX Runtime new enough for the graph are installed, or use --device cpu");
     fail(GLSNET_ERROR_BUNDLE, path + ": ONNX Runtime could not load this graph (" + e.what() + "); re-export the bundle with glsnet-export");
   }
   for (const auto& t : spec.inputs) g.inputs.push_back(t.name);
