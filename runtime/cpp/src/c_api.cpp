@@ -231,6 +231,8 @@ glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options,
       if (options->max_pixels < 0) glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, "max_pixels must be >= 0");
       if (options->max_pixels > 0) o.max_pixels = options->max_pixels;
       o.release_heap = options->release_heap != 0;
+      if (options->device_id < 0) glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, "device_id must be >= 0, got " + std::to_string(options->device_id));
+      o.device_id = options->device_id;
     }
     auto handle = std::make_unique<glsnet_handle>();
     handle->pipeline = std::make_unique<glsnet::Pipeline>(bundle_dir, o);

@@ -24,6 +24,7 @@ const char* kUsage =
     "  -o, --output DIR       output folder, created if missing (required)\n"
     "  --precision P          graph set: fp32 (default), fp16 or int8\n"
     "  --device D             ONNX Runtime execution provider: cpu (default), cuda or tensorrt\n"
+    "  --device-id N          the GPU of the cuda / tensorrt providers (default 0)\n"
     "  --threads N            ONNX Runtime intra-op threads per graph (default: one per core)\n"
     "  --max-memory SIZE      memory budget, e.g. 2GB, 1.5GiB; picks batch size and global banding\n"
     "  --batch-size N         patches per batch (default: chosen by the memory plan)\n"
@@ -111,6 +112,7 @@ int main(int argc, char** argv) {
       else if (a == "--precision") precision = value();
       else if (a == "--device") device = value();
       else if (a == "--threads") o.threads = parse_int(a, value(), 1);
+      else if (a == "--device-id") o.device_id = parse_int(a, value(), 0);
       else if (a == "--batch-size") o.batch_size = parse_int(a, value(), 1);
       else if (a == "--max-memory") o.max_memory = parse_memory(value());
       else if (a == "--max-pixels") o.max_pixels = parse_int(a, value(), 1);

@@ -334,18 +334,20 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       make_dirs(cache);
       OrtTensorRTProviderOptionsV2* trt = nullptr;
       Ort::ThrowOnError(api.CreateTensorRTProviderOptions(&trt));
-      const std::vector<const char*> keys{"trt_fp16_enable", "trt_timing_cache_enable", "trt_engine_cache_enable",
+      const std::string device_id = std::to_string(options.device_id);
+      const std::vector<const char*> keys{"device_id", "trt_fp16_enable", "trt_timing_cache_enable", "trt_engine_cache_enable",
                                           "trt_engine_cache_path", "trt_timing_cache_path"};
-      const std::vector<const char*> values{options.precision == "fp16" ? "1" : "0", "1", "1", cache.c_str(), cache.c_str()};
+      const std::vector<const char*> values{device_id.c_str(), options.precision == "fp16" ? "1" : "0", "1", "1", cache.c_str(),
+                                            cache.c_str()};
       Ort::ThrowOnError(api.UpdateTensorRTProviderOptions(trt, keys.data(), values.data(), keys.size()));
       so.AppendExecutionProvider_TensorRT_V2(*trt);
       api.ReleaseTensorRTProviderOptions(trt);
     }
     OrtCUDAProviderOptionsV2* cuda = nullptr;
     Ort::ThrowOnError(api.CreateCUDAProviderOptions(&cuda));
-    const char* key = "cudnn_conv_algo_search";
-    const char* value = "HEURISTIC";
-    Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, &key, &value, 1));
+    const std::string device_id = std::to_string(options.device_id);
+    const std::vector<const char*> cuda_keys{"device_id", "cudnn_conv_algo_search"}, cuda_values{device_id.c_str(), "HEURISTIC"};
+    Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, cuda_keys.data(), cuda_values.data(), cuda_keys.size()));
     so.AppendExecutionProvider_CUDA_V2(*cuda);
     api.ReleaseCUDAProviderOptions(cuda);
   }

@@ -31,6 +31,7 @@ struct RuntimeOptions {
   int64_t global_halo = kDefaultHalo;
   bool cpu_arena = false;
   int64_t max_pixels = kDefaultMaxPixels;
+  int device_id = 0;          // the GPU of the cuda / tensorrt providers
   bool release_heap = false;  // malloc_trim after large frees (heap_release.hpp): the host's choice
 };
 

@@ -319,6 +319,9 @@ int main(int argc, char** argv) {
   glsnet_options_init(&bad);
   bad.global_band_rows = 100;
   expect("band rows off the stride", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "multiple of 32");
+  glsnet_options_init_sized(&bad, sizeof bad);
+  bad.device_id = -1;
+  expect("negative device id", glsnet_open(good, &bad, &h), GLSNET_ERROR_INVALID_ARGUMENT, "device_id");
   glsnet_options_init(&bad);
   bad.device = "cuda";
   expect("absent CUDA provider", glsnet_open(good, &bad, &h), GLSNET_ERROR_RUNTIME, "CUDAExecutionProvider");

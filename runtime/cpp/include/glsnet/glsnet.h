@@ -59,6 +59,7 @@ typedef struct glsnet_options {
   int32_t release_heap;      /* 1: hand freed heap back to the system (glibc malloc_trim) after loading, after the
                                 global branch and after each batch, so RSS follows what is held (glsnet-cpp does);
                                 default 0: the host's allocator is left alone */
+  int32_t device_id;         /* the GPU the cuda/tensorrt providers run on (default 0); ignored on the cpu */
 } glsnet_options;
 
 /* The batch size and global banding an image of a given size runs with. */

@@ -42,6 +42,7 @@ struct Options {
   int batch_size = 0;        // 0: memory plan
   uint64_t max_memory = 0;   // bytes; 0: no budget
   bool cpu_arena = false;
+  int device_id = 0;          // the GPU of the cuda / tensorrt providers
   bool release_heap = false;  // malloc_trim after large frees (glsnet_options.release_heap)
   std::string input_range;    // segment_file: how 16-bit / float pixels map onto the trained range ("" : none)
 };
@@ -59,6 +60,7 @@ class Segmenter {
     o.max_memory = options.max_memory;
     o.cpu_arena = options.cpu_arena ? 1 : 0;
     o.release_heap = options.release_heap ? 1 : 0;
+    o.device_id = options.device_id;
     input_range_ = options.input_range;
     check(glsnet_open(bundle_dir.c_str(), &o, &handle_));
   }
