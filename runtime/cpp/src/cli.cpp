@@ -24,11 +24,16 @@ const char* kUsage =
     "  -o, --output DIR       output folder, created if missing (required)\n"
     "  --precision P          graph set: fp32 (default), fp16 or int8\n"
     "  --device D             ONNX Runtime execution provider: cpu (default), cuda or tensorrt\n"
+    "  --device-id N          the GPU of the cuda / tensorrt providers (default 0)\n"
     "  --threads N            ONNX Runtime intra-op threads per graph (default: one per core)\n"
     "  --max-memory SIZE      memory budget, e.g. 2GB, 1.5GiB; picks batch size and global banding\n"
     "  --batch-size N         patches per batch (default: chosen by the memory plan)\n"
     "  --format F             png (default) or tif\n"
     "  --no-color             do not write the colour mask\n"
+    "  --input-range R        how 16-bit or float pixels map onto the model's trained range: MIN,MAX for\n"
+    "                         every band (0,65535; 0,1 for float), MIN,MAX/MIN,MAX/... one per band, or\n"
+    "                         pLOW,pHIGH a percentile stretch per band (p2,p98); needed when the image's\n"
+    "                         pixel type differs from the bundle's (as glsnet run --input-range)\n"
     "  --max-pixels N         largest PNG/JPEG (decoded whole) accepted, in pixels (default 500000000)\n"
     "  -h, --help             show this help\n";
 
@@ -87,9 +92,10 @@ int main(int argc, char** argv) {
   try {
     if (args[0] != "run") throw UsageError("unknown command '" + args[0] + "'; the command is: glsnet-cpp run IMAGE... --bundle DIR -o OUT");
     std::vector<std::string> images;
-    std::string bundle, output, format = "png";
+    std::string bundle, output, format = "png", input_range;
     glsnet_options o;
-    glsnet_options_init(&o);
+    glsnet_options_init_sized(&o, sizeof o);
+    o.release_heap = 1;  // this process is ours: keep RSS near what the runtime holds (see bound_malloc_retention)
     std::string precision = "fp32", device = "cpu";
     bool color = true;
     for (size_t i = 1; i < args.size(); ++i) {
@@ -106,11 +112,13 @@ int main(int argc, char** argv) {
       else if (a == "--precision") precision = value();
       else if (a == "--device") device = value();
       else if (a == "--threads") o.threads = parse_int(a, value(), 1);
+      else if (a == "--device-id") o.device_id = parse_int(a, value(), 0);
       else if (a == "--batch-size") o.batch_size = parse_int(a, value(), 1);
       else if (a == "--max-memory") o.max_memory = parse_memory(value());
       else if (a == "--max-pixels") o.max_pixels = parse_int(a, value(), 1);
       else if (a == "--format") format = value();
       else if (a == "--no-color") color = false;
+      else if (a == "--input-range") input_range = value();
       else if (a == "--color") color = true;
       else if (!a.empty() && a[0] == '-') throw UsageError("unknown option '" + a + "' (see glsnet-cpp run --help)");
       else images.push_back(a);
@@ -128,7 +136,12 @@ int main(int argc, char** argv) {
       return exit_code(status);
     }
     for (const auto& image : images) {
-      status = glsnet_segment_file(handle, image.c_str(), output.c_str(), format.c_str(), color ? 1 : 0);
+      glsnet_file_options file_options;
+      glsnet_file_options_init(&file_options, sizeof file_options);
+      file_options.format = format.c_str();
+      file_options.color = color ? 1 : 0;
+      file_options.input_range = input_range.empty() ? nullptr : input_range.c_str();
+      status = glsnet_segment_file_with(handle, image.c_str(), output.c_str(), &file_options);
       if (status != GLSNET_OK) {
         std::fprintf(stderr, "error: %s\n", glsnet_last_error());
         glsnet_close(handle);

@@ -1,6 +1,7 @@
 #include "image_io.hpp"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jpeglib.h>
 #include <png.h>
 #include <setjmp.h>
@@ -13,6 +14,8 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <optional>
+#include <random>
 
 #include "errors.hpp"
 
@@ -37,14 +40,40 @@ class DecodedSource : public ImageSource {
   }
 };
 
+// A caller's buffer, typed and strided (glsnet_image).
+template <typename Sample>
 class BorrowedSource : public ImageSource {
  public:
-  const uint8_t* pixels = nullptr;
+  const unsigned char* pixels = nullptr;
+  int64_t row_pitch = 0;
   void read_rows(int64_t top, int64_t bottom, float* out) const override {
-    const size_t begin = static_cast<size_t>(top * width * bands), count = static_cast<size_t>((bottom - top) * width * bands);
-    for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(pixels[begin + i]);
+    const size_t samples = static_cast<size_t>(width * bands);
+    for (int64_t y = top; y < bottom; ++y) {
+      const unsigned char* row = pixels + y * row_pitch;
+      float* dst = out + static_cast<size_t>(y - top) * samples;
+      for (size_t i = 0; i < samples; ++i) {
+        Sample v;
+        std::memcpy(&v, row + i * sizeof(Sample), sizeof(Sample));
+        dst[i] = static_cast<float>(v);
+      }
+    }
   }
 };
+
+template <typename Sample>
+std::unique_ptr<ImageSource> borrowed(const void* pixels, int64_t height, int64_t width, int64_t bands, int64_t row_pitch,
+                                      std::string name, const char* dtype) {
+  auto source = std::make_unique<BorrowedSource<Sample>>();
+  source->pixels = static_cast<const unsigned char*>(pixels);
+  source->row_pitch = row_pitch;
+  source->height = height;
+  source->width = width;
+  source->bands = bands;
+  source->dtype = dtype;
+  source->name = std::move(name);
+  source->resident_bytes = height * width * bands * static_cast<int64_t>(sizeof(Sample));
+  return source;
+}
 
 void check_pixels(const std::string& path, int64_t height, int64_t width, int64_t max_pixels) {
   if (height <= 0 || width <= 0)
@@ -71,27 +100,38 @@ void jpeg_warn(j_common_ptr cinfo, int level) {
   if (level < 0) jpeg_fail(cinfo);  // corrupt or truncated data: refuse, as Pillow does
 }
 
-std::unique_ptr<ImageSource> decode_jpeg(const std::string& path, std::FILE* file, int64_t max_pixels) {
+struct FileCloser {
+  void operator()(std::FILE* f) const {
+    if (f) std::fclose(f);
+  }
+};
+using File = std::unique_ptr<std::FILE, FileCloser>;
+
+// libjpeg's decompressor, destroyed on every way out (errors longjmp back into decode_jpeg, which then throws).
+struct JpegReader {
+  jpeg_decompress_struct cinfo{};
+  JpegError err{};
+  volatile bool created = false;
+  ~JpegReader() {
+    if (created) jpeg_destroy_decompress(&cinfo);
+  }
+};
+
+std::unique_ptr<ImageSource> decode_jpeg(const std::string& path, File file, int64_t max_pixels) {
   auto source = std::make_unique<DecodedSource>();
-  jpeg_decompress_struct cinfo;
-  JpegError err;
-  cinfo.err = jpeg_std_error(&err.mgr);
-  err.mgr.error_exit = jpeg_fail;
-  err.mgr.emit_message = jpeg_warn;
-  std::vector<JSAMPROW> rows;
-  if (setjmp(err.jump)) {
-    jpeg_destroy_decompress(&cinfo);
-    std::fclose(file);
-    input_error(path + ": the image data is corrupt or truncated (" + err.message + "); re-export or re-download it");
-  }
+  JpegReader reader;
+  jpeg_decompress_struct& cinfo = reader.cinfo;
+  cinfo.err = jpeg_std_error(&reader.err.mgr);
+  reader.err.mgr.error_exit = jpeg_fail;
+  reader.err.mgr.emit_message = jpeg_warn;
+  if (setjmp(reader.err.jump))
+    input_error(path + ": the image data is corrupt or truncated (" + reader.err.message + "); re-export or re-download it");
   jpeg_create_decompress(&cinfo);
-  jpeg_stdio_src(&cinfo, file);
+  reader.created = true;
+  jpeg_stdio_src(&cinfo, file.get());
   jpeg_read_header(&cinfo, TRUE);
-  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
-    jpeg_destroy_decompress(&cinfo);
-    std::fclose(file);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK)
     input_error(path + ": CMYK JPEGs are not supported; convert the image to RGB");
-  }
   cinfo.out_color_space = cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
   check_pixels(path, cinfo.image_height, cinfo.image_width, max_pixels);
   jpeg_start_decompress(&cinfo);
@@ -105,8 +145,6 @@ std::unique_ptr<ImageSource> decode_jpeg(const std::string& path, std::FILE* fil
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_decompress(&cinfo);
-  jpeg_destroy_decompress(&cinfo);
-  std::fclose(file);
   return source;
 }
 
@@ -123,23 +161,28 @@ void png_fail(png_structp png, png_const_charp message) {
 
 void png_quiet(png_structp, png_const_charp) {}
 
-std::unique_ptr<ImageSource> decode_png(const std::string& path, std::FILE* file, int64_t max_pixels) {
+// libpng's read structs, destroyed on every way out.
+struct PngReader {
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  ~PngReader() {
+    if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+  }
+};
+
+std::unique_ptr<ImageSource> decode_png(const std::string& path, File file, int64_t max_pixels) {
   auto source = std::make_unique<DecodedSource>();
   PngError err{};
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!info) {
-    png_destroy_read_struct(&png, nullptr, nullptr);
-    std::fclose(file);
-    fail(GLSNET_ERROR_MEMORY, path + ": out of memory while reading the PNG");
-  }
+  PngReader reader;
+  reader.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
+  reader.info = reader.png ? png_create_info_struct(reader.png) : nullptr;
+  if (!reader.info) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while reading the PNG");
+  png_structp png = reader.png;
+  png_infop info = reader.info;
   std::vector<png_bytep> rows;
-  if (setjmp(err.jump)) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    std::fclose(file);
+  if (setjmp(err.jump))
     input_error(path + ": the image data is corrupt or truncated (" + err.message + "); re-export or re-download it");
-  }
-  png_init_io(png, file);
+  png_init_io(png, file.get());
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   png_read_info(png, info);
   const png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
@@ -167,42 +210,88 @@ std::unique_ptr<ImageSource> decode_png(const std::string& path, std::FILE* file
   }
   png_read_image(png, rows.data());
   png_read_end(png, nullptr);
-  png_destroy_read_struct(&png, &info, nullptr);
-  std::fclose(file);
   return source;
 }
 
 // --------------------------------------------------------------------------- TIFF
 
-thread_local std::string tiff_message;
+// libtiff's errors for one TIFF handle. With libtiff >= 4.5 they go to the handle's own handler (TIFFOpenExt), so
+// a host's process-wide handlers (GDAL's, say) are neither replaced nor called for glsnet's files; older libtiff
+// has only process-wide handlers, installed once, which write a per-thread message.
+#if TIFFLIB_VERSION >= 20221213
+#define GLSNET_TIFF_HANDLE_ERRORS 1
+#else
+#define GLSNET_TIFF_HANDLE_ERRORS 0
+#endif
 
-void tiff_error(const char* module, const char* fmt, va_list args) {
+std::string format_tiff_message(const char* module, const char* fmt, va_list args) {
   char buf[512];
   std::vsnprintf(buf, sizeof buf, fmt, args);
-  tiff_message = std::string(module ? module : "libtiff") + ": " + buf;
+  return std::string(module ? module : "libtiff") + ": " + buf;
 }
+
+#if GLSNET_TIFF_HANDLE_ERRORS
+int tiff_error_ext(TIFF*, void* user_data, const char* module, const char* fmt, va_list args) {
+  *static_cast<std::string*>(user_data) = format_tiff_message(module, fmt, args);
+  return 1;  // handled: the process-wide handler is not called
+}
+
+int tiff_warning_ext(TIFF*, void*, const char*, const char*, va_list) { return 1; }
+#else
+thread_local std::string tiff_message;
+
+void tiff_error(const char* module, const char* fmt, va_list args) { tiff_message = format_tiff_message(module, fmt, args); }
 
 void tiff_warning(const char*, const char*, va_list) {}
+#endif
 
-void install_tiff_handlers() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    TIFFSetErrorHandler(tiff_error);
-    TIFFSetWarningHandler(tiff_warning);
-  });
-}
+class TiffErrors {
+ public:
+  void clear() {
+    message_.clear();
+#if !GLSNET_TIFF_HANDLE_ERRORS
+    tiff_message.clear();
+#endif
+  }
+  std::string text() const {
+#if GLSNET_TIFF_HANDLE_ERRORS
+    return message_;
+#else
+    return tiff_message;
+#endif
+  }
+  // TIFFOpen with this object receiving the handle's errors; it must outlive the handle.
+  TIFF* open(const std::string& path, const char* mode) {
+    clear();
+#if GLSNET_TIFF_HANDLE_ERRORS
+    std::unique_ptr<TIFFOpenOptions, void (*)(TIFFOpenOptions*)> options(TIFFOpenOptionsAlloc(), TIFFOpenOptionsFree);
+    if (!options) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while opening the TIFF");
+    TIFFOpenOptionsSetErrorHandlerExtR(options.get(), tiff_error_ext, &message_);
+    TIFFOpenOptionsSetWarningHandlerExtR(options.get(), tiff_warning_ext, nullptr);
+    return TIFFOpenExt(path.c_str(), mode, options.get());
+#else
+    static std::once_flag once;
+    std::call_once(once, [] {
+      TIFFSetErrorHandler(tiff_error);
+      TIFFSetWarningHandler(tiff_warning);
+    });
+    return TIFFOpen(path.c_str(), mode);
+#endif
+  }
+
+ private:
+  std::string message_;
+};
 
 // A TIFF read window by window: a row range decodes only the strips or tiles that cross it.
 class TiffSource : public ImageSource {
  public:
   TiffSource(const std::string& path) {
-    install_tiff_handlers();
     name = path;
-    tiff_message.clear();
     // "m": read tiles with read(2), not through a memory map, whose touched pages would count in the
     // process's resident memory and grow it with the file (66 MB for a 9792 x 2448 scene)
-    tif_ = TIFFOpen(path.c_str(), "rm");
-    if (!tif_) input_error(path + ": not a readable TIFF (" + tiff_message + ")");
+    tif_ = errors_.open(path, "rm");
+    if (!tif_) input_error(path + ": not a readable TIFF (" + errors_.text() + ")");
     uint32_t w = 0, h = 0;
     uint16_t spp = 1, bits = 8, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG;
     TIFFGetField(tif_, TIFFTAG_IMAGEWIDTH, &w);
@@ -217,6 +306,7 @@ class TiffSource : public ImageSource {
     separate_ = planar == PLANARCONFIG_SEPARATE && spp > 1;
     bits_ = bits;
     format_ = format;
+    dtype = (format == SAMPLEFORMAT_IEEEFP ? "float" : format == SAMPLEFORMAT_INT ? "int" : "uint") + std::to_string(bits);
     if (height <= 0 || width <= 0 || bands <= 0) close_and_fail(path + ": the image is empty; expected at least 1 x 1");
     const bool known = (format == SAMPLEFORMAT_UINT || format == SAMPLEFORMAT_INT) ? (bits == 8 || bits == 16 || bits == 32)
                        : format == SAMPLEFORMAT_IEEEFP                            ? (bits == 32 || bits == 64)
@@ -243,29 +333,31 @@ class TiffSource : public ImageSource {
     if (tif_) TIFFClose(tif_);
   }
 
+  // The last decoded strip or tile is kept: a TIFF in one big strip (or strips taller than the rows asked for) is
+  // decoded once, not once per call.
   void read_rows(int64_t top, int64_t bottom, float* out) const override {
     std::lock_guard<std::mutex> lock(mutex_);
     const int64_t spp_in_segment = separate_ ? 1 : bands;
     const int64_t sample_bytes = bits_ / 8;
-    std::vector<uint8_t> buffer(static_cast<size_t>(seg_w_ * seg_h_ * spp_in_segment * sample_bytes));
     std::fill(out, out + (bottom - top) * width * bands, 0.0f);
     const int64_t planes = separate_ ? bands : 1;
     for (int64_t plane = 0; plane < planes; ++plane)
       for (int64_t sy = top / seg_h_ * seg_h_; sy < bottom; sy += seg_h_)
         for (int64_t sx = 0; sx < width; sx += seg_w_) {
-          tiff_message.clear();
-          tmsize_t got;
-          if (tiled_) {
-            const uint32_t tile = TIFFComputeTile(tif_, static_cast<uint32_t>(sx), static_cast<uint32_t>(sy), 0, static_cast<uint16_t>(plane));
-            got = TIFFReadEncodedTile(tif_, tile, buffer.data(), static_cast<tmsize_t>(buffer.size()));
-          } else {
-            const uint32_t strip = TIFFComputeStrip(tif_, static_cast<uint32_t>(sy), static_cast<uint16_t>(plane));
-            got = TIFFReadEncodedStrip(tif_, strip, buffer.data(), static_cast<tmsize_t>(buffer.size()));
+          const uint32_t index = tiled_ ? TIFFComputeTile(tif_, static_cast<uint32_t>(sx), static_cast<uint32_t>(sy), 0, static_cast<uint16_t>(plane))
+                                        : TIFFComputeStrip(tif_, static_cast<uint32_t>(sy), static_cast<uint16_t>(plane));
+          if (!cached_ || *cached_ != index) {
+            cached_.reset();
+            segment_.resize(static_cast<size_t>(seg_w_ * seg_h_ * spp_in_segment * sample_bytes));
+            errors_.clear();
+            const tmsize_t got = tiled_ ? TIFFReadEncodedTile(tif_, index, segment_.data(), static_cast<tmsize_t>(segment_.size()))
+                                        : TIFFReadEncodedStrip(tif_, index, segment_.data(), static_cast<tmsize_t>(segment_.size()));
+            if (got < 0)
+              input_error(name + ": a " + (tiled_ ? "tile" : "strip") + " at row " + std::to_string(sy) +
+                          " cannot be decoded (" + errors_.text() + "); the file is corrupt or uses an unsupported compression");
+            cached_ = index;
           }
-          if (got < 0)
-            input_error(name + ": a " + (tiled_ ? "tile" : "strip") + " at row " + std::to_string(sy) +
-                        " cannot be decoded (" + tiff_message + "); the file is corrupt or uses an unsupported compression");
-          paste(buffer.data(), sy, sx, plane, top, bottom, out);
+          paste(segment_.data(), sy, sx, plane, top, bottom, out);
         }
   }
 
@@ -302,24 +394,17 @@ class TiffSource : public ImageSource {
         }
   }
 
+  mutable TiffErrors errors_;  // declared before tif_: it receives the handle's errors until TIFFClose
   TIFF* tif_ = nullptr;
   mutable std::mutex mutex_;
+  mutable std::vector<uint8_t> segment_;
+  mutable std::optional<uint32_t> cached_;
   bool separate_ = false, tiled_ = false;
   int bits_ = 8, format_ = SAMPLEFORMAT_UINT;
   int64_t seg_w_ = 0, seg_h_ = 0;
 };
 
 // --------------------------------------------------------------------------- writers
-
-mode_t file_mode() {
-  static const mode_t mode = [] {
-    const mode_t mask = umask(0);
-    umask(mask);
-    return static_cast<mode_t>(0666 & ~mask);
-  }();
-  return mode;
-}
-const mode_t kModeAtLoad = file_mode();  // umask is process-wide: read it once, before threads write
 
 [[noreturn]] void output_error(const std::string& path, const std::string& why) {
   fail(GLSNET_ERROR_OUTPUT, path + ": cannot write an output here (" + why + "); choose a writable folder with -o");
@@ -335,17 +420,23 @@ std::string base_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// A temporary file beside `path`: DIR/.NAME.XXXXXX.tmp.EXT (the extension kept for format-by-name tools).
+// A temporary file beside `path`: DIR/.NAME.<random>.tmp.EXT (the extension kept for format-by-name tools). Created
+// with mode 0666, so the kernel applies the umask in force at that moment: the umask is never read or changed here.
 std::string temporary_beside(const std::string& path, const std::string& ext) {
   make_dirs(parent_of(path));
-  std::string tmpl = parent_of(path) + "/." + base_of(path) + ".XXXXXX.tmp." + ext;
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  const int fd = mkstemps(buf.data(), static_cast<int>(ext.size() + 5));
-  if (fd < 0) output_error(path, std::strerror(errno));
-  fchmod(fd, kModeAtLoad);
-  close(fd);
-  return std::string(buf.data());
+  thread_local std::mt19937_64 random(std::random_device{}());
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    char tag[17];
+    std::snprintf(tag, sizeof tag, "%016llx", static_cast<unsigned long long>(random()));
+    const std::string name = parent_of(path) + "/." + base_of(path) + "." + tag + ".tmp." + ext;
+    const int fd = open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      close(fd);
+      return name;
+    }
+    if (errno != EEXIST) output_error(path, std::strerror(errno));
+  }
+  output_error(path, "no free temporary name");
 }
 
 class PngWriter : public MaskWriter {
@@ -353,28 +444,14 @@ class PngWriter : public MaskWriter {
   PngWriter(const std::string& path, int64_t height, int64_t width, int channels) : height_(height) {
     path_ = path;
     temporary_ = temporary_beside(path, "png");
-    file_ = std::fopen(temporary_.c_str(), "wb");
-    if (!file_) {
-      const std::string why = std::strerror(errno);
-      unlink(temporary_.c_str());
-      output_error(path, why);
+    try {
+      start(width, channels);
+    } catch (...) {  // no destructor runs for a constructor that throws: release here
+      release();
+      throw;
     }
-    png_ = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err_, png_fail, png_quiet);
-    info_ = png_ ? png_create_info_struct(png_) : nullptr;
-    if (!info_) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while writing the PNG");
-    if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path + ": writing the PNG failed (" + err_.message + ")");
-    png_init_io(png_, file_);
-    png_set_IHDR(png_, info_, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8,
-                 channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-                 PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png_, info_);
-    stride_ = static_cast<size_t>(width) * channels;
   }
-  ~PngWriter() override {
-    if (png_) png_destroy_write_struct(&png_, &info_);
-    if (file_) std::fclose(file_);
-    if (!finished_) unlink(temporary_.c_str());
-  }
+  ~PngWriter() override { release(); }
   void write_rows(const uint8_t* rows, int64_t count) override {
     if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path_ + ": writing the PNG failed (" + err_.message + ")");
     for (int64_t r = 0; r < count; ++r) png_write_row(png_, const_cast<png_bytep>(rows + r * stride_));
@@ -393,6 +470,30 @@ class PngWriter : public MaskWriter {
   }
 
  private:
+  void release() {
+    if (png_) png_destroy_write_struct(&png_, &info_);
+    png_ = nullptr;
+    if (file_) std::fclose(file_);
+    file_ = nullptr;
+    if (!finished_) unlink(temporary_.c_str());
+  }
+  void start(int64_t width, int channels) {
+    file_ = std::fopen(temporary_.c_str(), "wb");
+    if (!file_) output_error(path_, std::strerror(errno));
+    const std::string& path = path_;
+    png_ = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err_, png_fail, png_quiet);
+    info_ = png_ ? png_create_info_struct(png_) : nullptr;
+    if (!info_) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while writing the PNG");
+    if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path + ": writing the PNG failed (" + err_.message + ")");
+    png_init_io(png_, file_);
+    png_set_user_limits(png_, 0x7fffffff, 0x7fffffff);  // masks as wide as the images read (libpng's default: 1e6)
+    png_set_IHDR(png_, info_, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height_), 8,
+                 channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png_, info_);
+    stride_ = static_cast<size_t>(width) * channels;
+  }
+
   std::FILE* file_ = nullptr;
   png_structp png_ = nullptr;
   png_infop info_ = nullptr;
@@ -408,15 +509,13 @@ class TiffWriter : public MaskWriter {
  public:
   TiffWriter(const std::string& path, int64_t height, int64_t width, int channels)
       : height_(height), rows_per_strip_(std::min(kRowsPerStrip, height)), stride_(static_cast<size_t>(width) * channels) {
-    install_tiff_handlers();
     path_ = path;
     temporary_ = temporary_beside(path, "tif");
-    tiff_message.clear();
     const bool big = static_cast<double>(height) * width * channels > 3.9e9;
-    tif_ = TIFFOpen(temporary_.c_str(), big ? "w8" : "w");
+    tif_ = errors_.open(temporary_, big ? "w8" : "w");
     if (!tif_) {
       unlink(temporary_.c_str());
-      output_error(path, tiff_message);
+      output_error(path, errors_.text());
     }
     TIFFSetField(tif_, TIFFTAG_IMAGEWIDTH, static_cast<uint32_t>(width));
     TIFFSetField(tif_, TIFFTAG_IMAGELENGTH, static_cast<uint32_t>(height));
@@ -439,22 +538,23 @@ class TiffWriter : public MaskWriter {
   void finish() override {
     if (!pending_.empty()) flush(static_cast<int64_t>(pending_.size() / stride_));
     if (written_ != height_) fail(GLSNET_ERROR_RUNTIME, path_ + ": " + std::to_string(written_) + " of " + std::to_string(height_) + " rows were produced");
-    tiff_message.clear();
+    errors_.clear();
     const int ok = TIFFFlush(tif_);
     TIFFClose(tif_);
     tif_ = nullptr;
-    if (!ok) output_error(path_, tiff_message);
+    if (!ok) output_error(path_, errors_.text());
     finished_ = true;
   }
 
  private:
   void flush(int64_t rows) {
-    tiff_message.clear();
+    errors_.clear();
     const tmsize_t bytes = static_cast<tmsize_t>(rows * stride_);
-    if (TIFFWriteEncodedStrip(tif_, strip_++, pending_.data(), bytes) < 0) output_error(path_, tiff_message);
+    if (TIFFWriteEncodedStrip(tif_, strip_++, pending_.data(), bytes) < 0) output_error(path_, errors_.text());
     pending_.erase(pending_.begin(), pending_.begin() + bytes);
     written_ += rows;
   }
+  TiffErrors errors_;  // declared before tif_: it receives the handle's errors until TIFFClose
   TIFF* tif_ = nullptr;
   int64_t height_, rows_per_strip_;
   size_t stride_;
@@ -466,15 +566,23 @@ class TiffWriter : public MaskWriter {
 
 }  // namespace
 
-std::unique_ptr<ImageSource> array_source(const uint8_t* pixels, int64_t height, int64_t width, int64_t bands, std::string name) {
-  auto source = std::make_unique<BorrowedSource>();
-  source->pixels = pixels;
-  source->height = height;
-  source->width = width;
-  source->bands = bands;
-  source->name = std::move(name);
-  source->resident_bytes = height * width * bands;
-  return source;
+int64_t sample_bytes(int pixel_type) {
+  switch (pixel_type) {
+    case GLSNET_PIXEL_UINT8: return 1;
+    case GLSNET_PIXEL_UINT16: return 2;
+    case GLSNET_PIXEL_FLOAT32: return 4;
+    default: return 0;
+  }
+}
+
+std::unique_ptr<ImageSource> array_source(const void* pixels, int pixel_type, int64_t height, int64_t width, int64_t bands,
+                                          int64_t row_pitch, std::string name) {
+  switch (pixel_type) {
+    case GLSNET_PIXEL_UINT8: return borrowed<uint8_t>(pixels, height, width, bands, row_pitch, std::move(name), "uint8");
+    case GLSNET_PIXEL_UINT16: return borrowed<uint16_t>(pixels, height, width, bands, row_pitch, std::move(name), "uint16");
+    case GLSNET_PIXEL_FLOAT32: return borrowed<float>(pixels, height, width, bands, row_pitch, std::move(name), "float32");
+    default: fail(GLSNET_ERROR_INVALID_ARGUMENT, "pixel type " + std::to_string(pixel_type) + " is not one of GLSNET_PIXEL_UINT8, _UINT16, _FLOAT32");
+  }
 }
 
 std::unique_ptr<ImageSource> open_image(const std::string& path, int64_t max_pixels) {
@@ -482,26 +590,77 @@ std::unique_ptr<ImageSource> open_image(const std::string& path, int64_t max_pix
   if (stat(path.c_str(), &st) != 0) input_error(path + ": no such file");
   if (!S_ISREG(st.st_mode)) input_error(path + ": not a file");
   if (st.st_size == 0) input_error(path + ": the file is empty (0 bytes); expected a PNG, JPEG or TIFF image");
-  std::FILE* file = std::fopen(path.c_str(), "rb");
+  File file(std::fopen(path.c_str(), "rb"));
   if (!file) input_error(path + ": cannot be read (" + std::strerror(errno) + ")");
   unsigned char magic[8] = {0};
-  const size_t got = std::fread(magic, 1, sizeof magic, file);
-  std::rewind(file);
+  const size_t got = std::fread(magic, 1, sizeof magic, file.get());
+  std::rewind(file.get());
   std::unique_ptr<ImageSource> source;
   if (got >= 4 && ((magic[0] == 'I' && magic[1] == 'I') || (magic[0] == 'M' && magic[1] == 'M'))) {
-    std::fclose(file);
+    file.reset();
     return std::make_unique<TiffSource>(path);
   }
-  if (got >= 8 && png_sig_cmp(magic, 0, 8) == 0) source = decode_png(path, file, max_pixels);
-  else if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) source = decode_jpeg(path, file, max_pixels);
-  else {
-    std::fclose(file);
-    input_error(path + ": not a readable PNG/JPEG/TIFF image; expected a PNG, JPEG or TIFF file");
-  }
+  if (got >= 8 && png_sig_cmp(magic, 0, 8) == 0) source = decode_png(path, std::move(file), max_pixels);
+  else if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) source = decode_jpeg(path, std::move(file), max_pixels);
+  else input_error(path + ": not a readable PNG/JPEG/TIFF image; expected a PNG, JPEG or TIFF file");
   source->name = path;
-  source->resident_bytes = source->height * source->width * source->bands *
-                           (static_cast<DecodedSource*>(source.get())->words.empty() ? 1 : 2);
+  const bool wide = !static_cast<DecodedSource*>(source.get())->words.empty();
+  source->dtype = wide ? "uint16" : "uint8";
+  source->resident_bytes = source->height * source->width * source->bands * (wide ? 2 : 1);
   return source;
+}
+
+namespace {
+
+// A second name for an existing `target`, so a rollback can restore it ("" when there is nothing to keep or no
+// hard links on this file system).
+std::string hard_link_backup(const std::string& target) {
+  struct stat st {};
+  if (stat(target.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
+  const std::string backup = temporary_beside(target, "old");
+  unlink(backup.c_str());
+  if (link(target.c_str(), backup.c_str()) != 0) return "";
+  return backup;
+}
+
+}  // namespace
+
+void commit_all(const std::vector<MaskWriter*>& writers) {
+  std::vector<std::pair<std::string, std::string>> done;  // (target, backup or "")
+  for (size_t i = 0; i < writers.size(); ++i) {
+    MaskWriter* w = writers[i];
+    const std::string backup = hard_link_backup(w->path());
+    if (std::rename(w->temporary().c_str(), w->path().c_str()) == 0) {
+      done.emplace_back(w->path(), backup);
+      continue;
+    }
+    const std::string why = std::strerror(errno);
+    if (!backup.empty()) unlink(backup.c_str());
+    for (size_t j = i; j < writers.size(); ++j) unlink(writers[j]->temporary().c_str());  // finished, never renamed
+    for (auto it = done.rbegin(); it != done.rend(); ++it) {
+      if (it->second.empty()) unlink(it->first.c_str());
+      else std::rename(it->second.c_str(), it->first.c_str());
+    }
+    output_error(w->path(), why);
+  }
+  for (const auto& [target, backup] : done)
+    if (!backup.empty()) unlink(backup.c_str());
+}
+
+void check_bands(int64_t band_count, const std::vector<int>& model_bands, const std::string& name) {
+  const int highest = *std::max_element(model_bands.begin(), model_bands.end());
+  if (highest < band_count) return;
+  const size_t needed = model_bands.size();
+  std::string list, example;
+  for (size_t i = 0; i < needed; ++i) {
+    list += (i ? ", " : "") + std::to_string(model_bands[i]);
+    example += (i ? "," : "") + std::to_string(i);
+  }
+  if (band_count < static_cast<int64_t>(needed))
+    input_error(name + ": the image has " + std::to_string(band_count) + " band(s) but the model reads " + std::to_string(needed) + " ([" +
+                list + "]); it needs an image with at least " + std::to_string(needed) + " bands");
+  input_error(name + ": the image has " + std::to_string(band_count) + " band(s) but the model reads bands [" + list + "]; choose " +
+              std::to_string(needed) + " bands that exist, e.g. --bands " + example);
 }
 
 std::unique_ptr<MaskWriter> open_writer(const std::string& path, const std::string& format, int64_t height, int64_t width, int channels) {

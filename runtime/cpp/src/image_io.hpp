@@ -16,12 +16,17 @@ class ImageSource {
   virtual ~ImageSource() = default;
   virtual void read_rows(int64_t top, int64_t bottom, float* out) const = 0;
   std::string name;
+  std::string dtype = "uint8";  // the pixel type as numpy names it (uint8, uint16, float32, ...)
   int64_t height = 0, width = 0, bands = 0;
   int64_t resident_bytes = 0;  // bytes of the decoded image held in memory (0: read from the file on demand)
 };
 
-// Borrowed uint8 pixels [height, width, bands].
-std::unique_ptr<ImageSource> array_source(const uint8_t* pixels, int64_t height, int64_t width, int64_t bands, std::string name);
+// Borrowed pixels: `height` rows of [width, bands] samples of `pixel_type` (glsnet_pixel_type), `row_pitch` bytes apart.
+std::unique_ptr<ImageSource> array_source(const void* pixels, int pixel_type, int64_t height, int64_t width, int64_t bands,
+                                          int64_t row_pitch, std::string name);
+
+// Bytes of one sample of a glsnet_pixel_type (0 for an unknown type).
+int64_t sample_bytes(int pixel_type);
 
 // A PNG, JPEG or TIFF file; Error(GLSNET_ERROR_INPUT) naming the file for anything unreadable.
 std::unique_ptr<ImageSource> open_image(const std::string& path, int64_t max_pixels);
@@ -42,6 +47,14 @@ class MaskWriter {
 // format "png" or "tif"; channels 1 (class indices) or 3 (colour). Creates the temporary file now.
 std::unique_ptr<MaskWriter> open_writer(const std::string& path, const std::string& format, int64_t height, int64_t width,
                                         int channels);
+
+// Renames every finished writer's temporary onto its path, all or none (runtime/atomic_file.py replace_all): when a
+// rename fails midway, the outputs already replaced are put back as they were (restored from a hard-link backup,
+// or removed when there was none) and Error(GLSNET_ERROR_OUTPUT) is thrown.
+void commit_all(const std::vector<MaskWriter*>& writers);
+
+// Refuses an image that lacks a band the model reads (runtime/image_io/preprocess.py check_bands, same messages).
+void check_bands(int64_t band_count, const std::vector<int>& model_bands, const std::string& name);
 
 // mkdir -p
 void make_dirs(const std::string& path);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -312,15 +313,20 @@ Manifest read_manifest(const std::string& bundle_dir) {
         !positive || m.normalization.bands.empty())
       bad(nw, "mean, std and bands need one entry per band, and std > 0");
 
-    // This runtime takes 8-bit pixels only (glsnet_segment's buffer is uint8): a bundle trained on
-    // another pixel type or range would give a silently wrong mask, so it is refused here.
+    // The pixels the model was trained on (runtime/bundle/manifest.py _input_pixels); other images need an input range.
     if (d.contains("input_pixels")) {
       const std::string iw = where + " input_pixels";
       const json& px = check_keys(d["input_pixels"], kInputPixelsKeys, iw);
-      const std::string dtype = text(px["dtype"], iw, "dtype");
-      if (dtype != "uint8" || number(px["low"], iw, "low") != 0.0 || number(px["high"], iw, "high") != 255.0)
-        bad(iw, "the bundle was trained on " + dtype + " pixels in [" + px["low"].dump() + ", " + px["high"].dump() +
-                    "]; glsnet-cpp reads 8-bit images (0..255) only: use the Python runtime's --input-range");
+      if (px.contains("dtype")) m.input_pixels.dtype = text(px["dtype"], iw, "dtype");
+      const std::vector<std::string> known{"uint8", "int8", "uint16", "int16", "uint32", "int32", "float16", "float32", "float64"};
+      if (std::find(known.begin(), known.end(), m.input_pixels.dtype) == known.end())
+        bad(iw, "dtype '" + m.input_pixels.dtype + "' is not a pixel type; known: uint8, int8, uint16, int16, uint32, int32, float16, float32, float64");
+      if (px.contains("low")) m.input_pixels.low = number(px["low"], iw, "low");
+      if (px.contains("high")) m.input_pixels.high = number(px["high"], iw, "high");
+      if (!std::isfinite(m.input_pixels.low) || !std::isfinite(m.input_pixels.high))
+        bad(iw, "low and high must be finite numbers");
+      if (!(m.input_pixels.low < m.input_pixels.high))
+        bad(iw, "the value range [" + format_g(m.input_pixels.low) + ", " + format_g(m.input_pixels.high) + "] is empty; need low < high");
     }
     const std::string pw = where + " patch";
     const json& patch = check_keys(d["patch"], kPatchKeys, pw);
@@ -365,6 +371,12 @@ Manifest read_manifest(const std::string& bundle_dir) {
   } catch (const json::exception& e) {
     fail(GLSNET_ERROR_BUNDLE, where + ": malformed manifest (" + e.what() + "); re-export the bundle");
   }
+}
+
+std::string format_g(double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", value);
+  return buf;
 }
 
 std::string sha256_file(const std::string& path) {

@@ -58,7 +58,17 @@ struct Normalization {
   std::vector<int> bands{0, 1, 2};
 };
 
+// The pixels the model was trained on (runtime/bundle/manifest.py InputPixels): type and value span.
+struct InputPixels {
+  std::string dtype = "uint8";
+  double low = 0.0, high = 255.0;
+};
+
+// A number as Python's f"{x:g}" writes it.
+std::string format_g(double value);
+
 struct Manifest {
+  InputPixels input_pixels;
   std::vector<std::string> classes;
   std::vector<std::array<uint8_t, 3>> palette;
   Normalization normalization;

@@ -1,5 +1,6 @@
 #include "onnxruntime_pipeline.hpp"
 
+#include <dlfcn.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -14,8 +15,42 @@
 
 #include "errors.hpp"
 #include "heap_release.hpp"
+#include "session_failure.hpp"
 
 namespace glsnet {
+
+// The library is built with ORT_API_MANUAL_INIT: the ONNX Runtime loaded at run time (which may be older than
+// the headers) is asked for the headers' API version here, and a null answer becomes an error, not a crash.
+// OrtGetApiBase is looked up with dlsym rather than linked: ONNX Runtime versions its symbols by release
+// (OrtGetApiBase@VERS_1.x.y), so a linked reference would load against the build-time release only.
+void init_onnxruntime_api() {
+  static std::once_flag once;
+  static std::string error;
+  std::call_once(once, [] {
+    // Already loaded as libglsnet's dependency: dlopen returns it (found through libglsnet's RUNPATH otherwise).
+    void* library = dlopen("libonnxruntime.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!library) library = dlopen("libonnxruntime.so", RTLD_NOW | RTLD_LOCAL);
+    using GetApiBase = const OrtApiBase* (*)();
+    const auto get_base = library ? reinterpret_cast<GetApiBase>(dlsym(library, "OrtGetApiBase")) : nullptr;
+    if (!get_base) {
+      error = std::string("ONNX Runtime cannot be used: ") +
+              (library ? "libonnxruntime.so.1 has no OrtGetApiBase" : "libonnxruntime.so.1 cannot be loaded (" + std::string(dlerror()) + ")");
+      return;
+    }
+    const OrtApiBase* base = get_base();
+    const OrtApi* api = base ? base->GetApi(ORT_API_VERSION) : nullptr;
+    if (api) {
+      Ort::InitApi(api);
+      return;
+    }
+    const std::string loaded = base && base->GetVersionString() ? base->GetVersionString() : "unknown";
+    error = "the ONNX Runtime loaded (libonnxruntime " + loaded + ") does not offer API version " +
+            std::to_string(ORT_API_VERSION) + ", which glsnet was built against; it needs ONNX Runtime 1." +
+            std::to_string(ORT_API_VERSION) + " or newer: put a newer libonnxruntime.so.1 first on the library path";
+  });
+  if (!error.empty()) fail(GLSNET_ERROR_RUNTIME, error);
+}
+
 namespace {
 
 // Working memory of each graph as a multiple of its input + output bytes, and a loaded session's weights as a
@@ -26,6 +61,7 @@ constexpr double kResidentWeightFactor = 1.3;
 constexpr int64_t kNormaliseChunkRows = 64;
 
 Ort::Env& ort_env() {
+  init_onnxruntime_api();
   static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet");
   return env;
 }
@@ -52,11 +88,32 @@ std::vector<const char*> c_names(const std::vector<std::string>& names) {
   return out;
 }
 
+// The controls of the segment call this thread works for (set by Pipeline::run in each of its threads).
+thread_local const CallControl* current_call = nullptr;
+
+struct CallScope {
+  explicit CallScope(const CallControl* call) { current_call = call; }
+  ~CallScope() { current_call = nullptr; }
+};
+
+// One graph run: the call's controls checked first, its RunOptions registered with the cancel token meanwhile.
 template <typename F>
-auto ort_call(const std::string& what, F&& f) -> decltype(f()) {
+auto ort_call(const std::string& what, F&& f) -> decltype(f(std::declval<Ort::RunOptions&>())) {
+  const CallControl* call = current_call;
+  if (call) call->check();
+  Ort::RunOptions run;
+  struct Registration {
+    CancelToken* token;
+    Ort::RunOptions* run;
+    ~Registration() {
+      if (token) token->remove(run);
+    }
+  } registration{call ? call->token : nullptr, &run};
+  if (registration.token) registration.token->add(&run);
   try {
-    return f();
+    return f(run);
   } catch (const Ort::Exception& e) {
+    if (call) call->check();  // a run terminated by a cancel
     fail(GLSNET_ERROR_RUNTIME, what + ": ONNX Runtime failed (" + e.what() + ")");
   }
 }
@@ -213,6 +270,7 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       options_(options),
       manifest_(read_manifest(bundle_dir)),
       normalizer_(manifest_.normalization.mean, manifest_.normalization.std, manifest_.normalization.scale) {
+  init_onnxruntime_api();
   const std::vector<std::string> precisions{"fp32", "fp16", "int8"}, devices{"cpu", "cuda", "tensorrt"};
   if (std::find(precisions.begin(), precisions.end(), options.precision) == precisions.end())
     fail(GLSNET_ERROR_INVALID_ARGUMENT, "precision '" + options.precision + "' is not one of fp32, fp16, int8");
@@ -276,18 +334,20 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       make_dirs(cache);
       OrtTensorRTProviderOptionsV2* trt = nullptr;
       Ort::ThrowOnError(api.CreateTensorRTProviderOptions(&trt));
-      const std::vector<const char*> keys{"trt_fp16_enable", "trt_timing_cache_enable", "trt_engine_cache_enable",
+      const std::string device_id = std::to_string(options.device_id);
+      const std::vector<const char*> keys{"device_id", "trt_fp16_enable", "trt_timing_cache_enable", "trt_engine_cache_enable",
                                           "trt_engine_cache_path", "trt_timing_cache_path"};
-      const std::vector<const char*> values{options.precision == "fp16" ? "1" : "0", "1", "1", cache.c_str(), cache.c_str()};
+      const std::vector<const char*> values{device_id.c_str(), options.precision == "fp16" ? "1" : "0", "1", "1", cache.c_str(),
+                                            cache.c_str()};
       Ort::ThrowOnError(api.UpdateTensorRTProviderOptions(trt, keys.data(), values.data(), keys.size()));
       so.AppendExecutionProvider_TensorRT_V2(*trt);
       api.ReleaseTensorRTProviderOptions(trt);
     }
     OrtCUDAProviderOptionsV2* cuda = nullptr;
     Ort::ThrowOnError(api.CreateCUDAProviderOptions(&cuda));
-    const char* key = "cudnn_conv_algo_search";
-    const char* value = "HEURISTIC";
-    Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, &key, &value, 1));
+    const std::string device_id = std::to_string(options.device_id);
+    const std::vector<const char*> cuda_keys{"device_id", "cudnn_conv_algo_search"}, cuda_values{device_id.c_str(), "HEURISTIC"};
+    Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, cuda_keys.data(), cuda_values.data(), cuda_keys.size()));
     so.AppendExecutionProvider_CUDA_V2(*cuda);
     api.ReleaseCUDAProviderOptions(cuda);
   }
@@ -310,7 +370,7 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   };
   width_ = channels(0, manifest_.model_width);
   skip_ = channels(1, manifest_.model_skip_width);
-  release_free_heap();  // the parsed graphs and load-time copies
+  if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
 }
 
 Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, const std::string& path, Ort::SessionOptions& so) const {
@@ -318,6 +378,10 @@ Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, c
   try {
     g.session = std::make_unique<Ort::Session>(ort_env(), path.c_str(), so);
   } catch (const Ort::Exception& e) {
+    if (classify_session_failure(e.GetOrtErrorCode(), e.what(), options_.device) == GLSNET_ERROR_RUNTIME)
+      fail(GLSNET_ERROR_RUNTIME, path + ": ONNX Runtime could not create a " + options_.device + " session for this graph (" + e.what() +
+                                     "); the runtime, not the bundle: check that the provider's libraries (CUDA, cuDNN, TensorRT) "
+                                     "and an ONNX Runtime new enough for the graph are installed, or use --device cpu");
     fail(GLSNET_ERROR_BUNDLE, path + ": ONNX Runtime could not load this graph (" + e.what() + "); re-export the bundle with glsnet-export");
   }
   for (const auto& t : spec.inputs) g.inputs.push_back(t.name);
@@ -400,7 +464,7 @@ Rows Pipeline::run_stage(size_t index, Rows&& input, int64_t first, int64_t coun
   const auto in_names = c_names(g.inputs), out_names = c_names(g.outputs);
   const std::vector<int64_t> dims{1, input.channels, input.rows, input.width};
   Ort::Value value = Ort::Value::CreateTensor<float>(cpu_memory(), input.data.data(), input.data.size(), dims.data(), dims.size());
-  auto out = ort_call(what, [&] { return g.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &value, 1, out_names.data(), 1); });
+  auto out = ort_call(what, [&](Ort::RunOptions& run) { return g.session->Run(run, in_names.data(), &value, 1, out_names.data(), 1); });
   const auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
   if (shape.size() != 4 || shape[0] != 1) fail(GLSNET_ERROR_RUNTIME, what + ": output is not [1, channels, rows, width]");
   if (shape[2] < first + count)
@@ -438,8 +502,8 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
     std::vector<float> image = reader.rows(band.read_top, band.read_bottom);
     const std::vector<int64_t> dims{1, c, band.read_bottom - band.read_top, wp};
     Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), image.data(), image.size(), dims.data(), dims.size());
-    auto out = ort_call("global graph", [&] {
-      return global_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &input, 1, out_names.data(), 1);
+    auto out = ort_call("global graph", [&](Ort::RunOptions& run) {
+      return global_.session->Run(run, in_names.data(), &input, 1, out_names.data(), 1);
     });
     const auto fshape = out[0].GetTensorTypeAndShapeInfo().GetShape();
     if (fshape.size() != 4) fail(GLSNET_ERROR_RUNTIME, "global graph: output has rank " + std::to_string(fshape.size()) + ", expected 4");
@@ -459,15 +523,11 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
   return features;
 }
 
-void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) const {
+void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, const CallControl* call) const {
+  const CallScope caller_scope(call);
+  if (call) call->check();
   const auto& bands = manifest_.normalization.bands;
-  const int max_band = *std::max_element(bands.begin(), bands.end());
-  if (max_band >= source.bands) {
-    std::string list;
-    for (int b : bands) list += (list.empty() ? "" : ", ") + std::to_string(b);
-    fail(GLSNET_ERROR_INPUT, source.name + ": the image has " + std::to_string(source.bands) + " band(s) but the model reads bands [" +
-                                 list + "]; pass an image with these bands");
-  }
+  check_bands(source.bands, bands, source.name);
   const PatchGrid grid = grid_for(source.height, source.width);
   const MemoryPlan plan = this->plan(grid, source.resident_bytes);
   const int64_t p = grid.patch, k = static_cast<int64_t>(manifest_.classes.size());
@@ -479,10 +539,11 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
   std::future<std::vector<float>> global_future = global_promise.get_future();
   std::vector<int64_t> global_shape;
   std::thread global_thread([&] {
+    const CallScope scope(call);
     try {
       auto held = slot.take();  // fusion needs all of the global branch before any batch: it keeps the slot throughout
       std::vector<float> features = global_features(source, grid, plan, global_shape);
-      release_free_heap();
+      if (options_.release_heap) release_free_heap();
       held = {};
       global_promise.set_value(std::move(features));
     } catch (...) {
@@ -490,6 +551,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
     }
   });
   std::thread local_thread([&] {
+    const CallScope scope(call);
     try {
       PaddedReader reader(source, normalizer_, bands, grid);
       const auto in_names = c_names(local_.inputs), out_names = c_names(local_.outputs);
@@ -505,8 +567,8 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
         Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), patches.data(), patches.size(), dims.data(), dims.size());
         {
           auto held = slot.take();
-          batch.values = ort_call("local graph", [&] {
-            return local_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), &input, 1, out_names.data(), out_names.size());
+          batch.values = ort_call("local graph", [&](Ort::RunOptions& run) {
+            return local_.session->Run(run, in_names.data(), &input, 1, out_names.data(), out_names.size());
           });
         }
         std::vector<float>().swap(patches);
@@ -552,8 +614,8 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
     std::vector<Ort::Value> out;
     {
       auto held = slot.take();
-      out = ort_call("fusion graph", [&] {
-        return fusion_.session->Run(Ort::RunOptions{nullptr}, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
+      out = ort_call("fusion graph", [&](Ort::RunOptions& run) {
+        return fusion_.session->Run(run, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
       });
     }
     inputs.clear();  // the batch's local outputs: the queue slot and their memory are free again
@@ -571,7 +633,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink) con
       stitcher.add(upsampled.data(), sink);
     }
     out.clear();
-    release_free_heap();  // the batch's activations are freed: give them back before the next
+    if (options_.release_heap) release_free_heap();  // the batch's activations are freed: give them back before the next
   }
   if (!stitcher.done())
     fail(GLSNET_ERROR_RUNTIME, "scheduler stitched " + std::to_string(stitcher.next_index()) + " of " + std::to_string(grid.size()) + " patches");

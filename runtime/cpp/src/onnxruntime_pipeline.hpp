@@ -11,11 +11,15 @@
 #include <string>
 
 #include "algorithm.hpp"
+#include "call_control.hpp"
 #include "global_features.hpp"
 #include "image_io.hpp"
 #include "manifest.hpp"
 
 namespace glsnet {
+
+// Asks the loaded ONNX Runtime for the API version of the headers (once); Error(GLSNET_ERROR_RUNTIME) when it is older.
+void init_onnxruntime_api();
 
 struct RuntimeOptions {
   std::string precision = "fp32";
@@ -27,6 +31,8 @@ struct RuntimeOptions {
   int64_t global_halo = kDefaultHalo;
   bool cpu_arena = false;
   int64_t max_pixels = kDefaultMaxPixels;
+  int device_id = 0;          // the GPU of the cuda / tensorrt providers
+  bool release_heap = false;  // malloc_trim after large frees (heap_release.hpp): the host's choice
 };
 
 class Pipeline {
@@ -36,7 +42,8 @@ class Pipeline {
   PatchGrid grid_for(int64_t height, int64_t width) const;
   MemoryPlan plan(const PatchGrid& grid, int64_t source_bytes) const;
   // Segments `source`; `sink(top, rows, mask)` gets finished rows [rows, width] top to bottom.
-  void run(const ImageSource& source, const Stitcher::RowSink& sink) const;
+  // `call` (may be null): cancel token and deadline, checked before every graph run (call_control.hpp).
+  void run(const ImageSource& source, const Stitcher::RowSink& sink, const CallControl* call = nullptr) const;
 
   const Manifest& manifest() const { return manifest_; }
   const RuntimeOptions& options() const { return options_; }

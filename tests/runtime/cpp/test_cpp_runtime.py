@@ -84,6 +84,8 @@ class CApi:
 
 
 class Options(ctypes.Structure):
+    """glsnet_options as ABI 1's first release laid it out: an older caller, filled by glsnet_options_init."""
+
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
         ("precision", ctypes.c_char_p),
@@ -353,6 +355,11 @@ def test_c_api_error_paths_under_address_and_undefined_behaviour_sanitizers(smal
     work = tmp_path / "work"
     work.mkdir()
     Image.fromarray(_scene(40, 50, seed=1)).save(work / "image.png")
+    Image.fromarray(_scene(40, 50, seed=1)).save(work / "image.jpg")
+    import tifffile
+
+    tifffile.imwrite(work / "onestrip.tif", _scene(300, 120, seed=2), rowsperstrip=300, compression="zlib", photometric="rgb")
+    (work / "garbage.tif").write_bytes(b"II*\0" + b"\xff" * 60)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
                LSAN_OPTIONS=f"suppressions={ROOT / 'runtime' / 'cpp' / 'tests' / 'lsan.supp'}")
     result = subprocess.run([str(build / "glsnet-c-api-test"), str(small_bundle), str(bad["tampered"]), str(bad["schema"]), str(bad["escape"]), str(work)],
