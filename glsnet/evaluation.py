@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from glsnet.config import GLSNetConfig
 from glsnet.data.datasets import mean_exclusions
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
+from glsnet.device.selection import resolve_device
 from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import InputError
@@ -35,6 +37,7 @@ class EvalOptions:
     progress: bool = True
     mean_exclude: tuple[str, ...] | None = None  # classes left out of the means; None: the dataset's convention
     split: str = "val"  # mmsegmentation layouts: the split scored
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (glsnet.device.selection)
 
     def __post_init__(self) -> None:
         if self.downscale < 1:
@@ -93,11 +96,13 @@ def score_scenes(model, scenes: Scenes, indices: list[int], options: EvalOptions
     from glsnet.inference import predict_mask
 
     config = model.config
+    device = next(model.parameters()).device
     matrix = ConfusionMatrix(config.num_classes, config.ignore_index)
     pixels = 0
     for index in _tracked(indices, options.progress, "evaluating"):
         image, labels = shrink(*scenes.read(index), options.downscale, options.crop)
-        prediction = predict_mask(model, normalize(image, config.normalization), options.batch_size)
+        pixels_in = torch.from_numpy(normalize(image, config.normalization)).to(device)
+        prediction = predict_mask(model, pixels_in, options.batch_size)
         matrix.update(prediction, labels)
         pixels += labels.size
     return matrix, pixels
@@ -107,7 +112,9 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
     """Load ``checkpoint`` and score it on every scene of ``folder`` (or the first ``options.limit``)."""
     from glsnet.checkpoint import load_model
 
+    device = resolve_device(options.device)
     model, info = load_model(checkpoint)
+    model.to(device)
     excluded = excluded_from_means(model.config, options.mean_exclude)  # checks the names before any scene is scored
     scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
     indices = list(range(len(scenes.names)))[: options.limit]

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import time
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,17 +30,24 @@ import torch
 from glsnet.checkpoint import load_model, load_optimizer_state, save_checkpoint
 from glsnet.config import SMALL, VARIANTS, GLSNetConfig
 from glsnet.data.layouts import Layout, open_scenes
-from glsnet.data.samples import make_sample
+from glsnet.data.loader import (
+    StepSamples,
+    scene_for_step,  # noqa: F401  (part of this module's interface since before the loader)
+    step_loader,
+)
 from glsnet.data.scenes import Scenes
 from glsnet.data.synthetic import SyntheticScenes
+from glsnet.device.memory import peak_memory_mib, reset_peak
+from glsnet.device.precision import autocast, choose_amp, gradient_scaler
+from glsnet.device.selection import resolve_device
+from glsnet.device.step_rate import StepRate
 from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score_scenes
 from glsnet.global_window import activation_bytes_per_pixel, global_window
 from glsnet.losses import GLSNetLoss
-from glsnet.model import build_glsnet
+from glsnet.model import GLSNet, build_glsnet
 from runtime.accuracy.metrics import Scores
 from runtime.algorithm.patch_grid import make_grid
 from runtime.errors import GlsnetError, InputError
-from runtime.image_io.preprocess import check_bands
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,10 @@ class TrainOptions:
     synthetic_size: tuple[int, int] = (1024, 1024)
     global_weights: Path | None = None  # local ImageNet state-dict files for the two backbones
     local_weights: Path | None = None
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (glsnet.device.selection)
+    amp: str | None = None  # bf16, fp16 or off; None: bf16 on CUDA, off on the CPU
+    workers: int | None = None  # loader processes; None: 4 on CUDA, 0 (in the training process) on the CPU
+    log_every: int = 50  # steps between log lines with the loss, steps/s and peak memory (0: only at the end)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -96,6 +107,8 @@ class TrainOptions:
             "val_every": self.val_every is None or self.val_every >= 1,
             "val_fraction": 0.0 <= self.val_fraction < 1.0,
             "synthetic_count": self.synthetic_count >= 1,
+            "workers": self.workers is None or self.workers >= 0,
+            "log_every": self.log_every >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -136,6 +149,7 @@ class TrainResult:
     losses: list[dict[str, float]] = field(default_factory=list)  # per step run: total, main, global_aux, local_aux
     validation: list[tuple[int, Scores]] = field(default_factory=list)
     seconds_per_step: float = float("nan")
+    peak_memory_mib: float | None = None  # CUDA: the allocator's peak; CPU: the process's peak RSS
     train_names: tuple[str, ...] = ()
     val_names: tuple[str, ...] = ()
 
@@ -184,26 +198,23 @@ def split_scenes(names: tuple[str, ...], options: TrainOptions, held_out: tuple[
     return train, val
 
 
-def scene_for_step(step: int, train: list[int], seed: int) -> int:
-    """The scene of step ``step``: epoch e = step // len(train) visits ``train`` in order permutation(seed, e)."""
-    epoch, position = divmod(step, len(train))
-    order = np.random.default_rng([seed, 2, epoch]).permutation(len(train))
-    return train[int(order[position])]
-
-
-def _initial_state(options: TrainOptions):
-    """(model in train mode, optimizer, start step)."""
+def _initial_model(options: TrainOptions) -> tuple[GLSNet, int]:
+    """(model in train mode, on the CPU, start step)."""
     torch.manual_seed(options.seed)
     if options.resume is not None:
         model, info = load_model(options.resume, expected=options.config)
-        start = info["step"]
-    else:
-        model = build_glsnet(options.config, global_weights=options.global_weights, local_weights=options.local_weights)
-        start = 0
+        return model.train(), info["step"]
+    model = build_glsnet(options.config, global_weights=options.global_weights, local_weights=options.local_weights)
+    return model.train(), 0
+
+
+def _optimizer(model: GLSNet, options: TrainOptions) -> torch.optim.Adam:
+    """Adam over the paper's two parameter groups (built after the model is on its device, so a resumed
+    optimizer state lands there too)."""
     optimizer = torch.optim.Adam(model.parameter_groups(options.global_lr, options.local_lr))
     if options.resume is not None and not load_optimizer_state(options.resume, optimizer):
         log.warning("%s: no optimizer state beside the checkpoint; Adam restarts from zero moments", options.resume)
-    return model.train(), optimizer, start
+    return optimizer
 
 
 def _validate(model, scenes: Scenes, val: list[int], options: TrainOptions) -> Scores:
@@ -218,6 +229,8 @@ def _validate(model, scenes: Scenes, val: list[int], options: TrainOptions) -> S
 
 def train(options: TrainOptions) -> TrainResult:
     """Run (or continue) training to the requested step and write the checkpoint; see TrainOptions."""
+    device = resolve_device(options.device)  # a missing GPU fails now, before any scene is read
+    amp = choose_amp(options.amp, device)
     excluded_from_means(options.config, options.mean_exclude)  # checks the names: a wrong one fails now, not after an epoch
     scenes = open_training_scenes(options)
     train_idx, val_idx = split_scenes(scenes.names, options, scenes.validation_names)
@@ -226,9 +239,17 @@ def train(options: TrainOptions) -> TrainResult:
     log.info("differs from the paper's training: %s", "; ".join(differences) if differences else "nothing")
     total = options.steps if options.steps is not None else options.epochs * len(train_idx)
     every = options.val_every or len(train_idx)
-    model, optimizer, start = _initial_state(options)
+    model, start = _initial_model(options)
+    window_of = _window_chooser(model, options)  # measured on the CPU, before the model moves
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        model.to(device, memory_format=torch.channels_last)
+    optimizer = _optimizer(model, options)
+    scaler = gradient_scaler(amp, device)
     criterion = GLSNetLoss(options.focal_gamma, options.aux_weight, options.config.ignore_index)
-    read = functools.lru_cache(maxsize=16)(scenes.read)
+    workers = options.workers if options.workers is not None else (min(4, os.cpu_count() or 1) if on_cuda else 0)
+    samples = StepSamples(scenes, train_idx, options.config, window_of, options.batch_size, options.seed, start, total)
+    log.info("device %s, amp %s, %d loader worker(s)%s", device, amp.value, workers, ", channels-last, pinned memory" if on_cuda else "")
     result = TrainResult(
         Path(options.out), start, start,
         train_names=tuple(scenes.names[i] for i in train_idx), val_names=tuple(scenes.names[i] for i in val_idx),
@@ -247,34 +268,40 @@ def train(options: TrainOptions) -> TrainResult:
         }
         save_checkpoint(options.out, model, step=step, optimizer=optimizer, extra=json_safe(extra))
 
-    window_of = _window_chooser(model, options)
-    training_seconds = 0.0
+    reset_peak(device)
+    rate = StepRate()
     with _progress_bar(options.progress, max(0, total - start)) as advance:
-        for step in range(start, total):
-            started = time.perf_counter()
-            rng = np.random.default_rng([options.seed, 3, step])
-            scene = scene_for_step(step, train_idx, options.seed)
-            image, labels = read(scene)
-            check_bands(image.shape[2], options.config.normalization, scenes.source(scene))
-            sample = make_sample(image, labels, options.config, window_of(labels.shape), options.batch_size, rng)
-            output = model(sample.image, sample.patches, sample.boxes)
-            loss = criterion(output, sample.patch_labels, sample.crop_labels)
+        for item in step_loader(samples, device, workers):
+            step = item.step
+            sample = item.sample.to(device, channels_last=True) if on_cuda else item.sample
+            with autocast(amp, device):
+                output = model(sample.image, sample.patches, sample.boxes)
+                loss = criterion(output, sample.patch_labels, sample.crop_labels)
             if not torch.isfinite(loss.total):
                 raise GlsnetError(
-                    f"the loss became {float(loss.total)} at step {step} ({scenes.names[scene]}); lower the learning "
+                    f"the loss became {float(loss.total)} at step {step} ({scenes.names[item.scene]}); lower the learning "
                     f"rates (--global-lr {options.global_lr}, --local-lr {options.local_lr}) or resume from the last checkpoint"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            optimizer.step()
-            training_seconds += time.perf_counter() - started
+            if scaler is None:
+                loss.total.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss.total).backward()
+                scaler.step(optimizer)
+                scaler.update()
             result.losses.append(loss.as_floats())
             result.final_step = step + 1
-            advance(loss.as_floats()["total"])
+            rate.tick()
+            advance(result.losses[-1]["total"])
+            if options.log_every and (result.final_step - start) % options.log_every == 0:
+                log.info("step %d/%d: loss %.4f, %s", result.final_step, total, result.losses[-1]["total"], rate.describe(device))
             if result.final_step % every == 0 and result.final_step < total:
                 checkpoint(result.final_step)
     if result.losses:
-        result.seconds_per_step = training_seconds / len(result.losses)
+        result.seconds_per_step = rate.seconds_per_step()
+        result.peak_memory_mib = peak_memory_mib(device)
+        log.info("trained %d step(s): %s", len(result.losses), rate.describe(device))
     checkpoint(result.final_step)
     return result
 
@@ -310,7 +337,13 @@ def _progress_bar(enabled: bool, steps: int) -> Iterator[Callable[[float], None]
     if not enabled:
         yield lambda loss: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns) as bar:

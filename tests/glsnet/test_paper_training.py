@@ -26,17 +26,17 @@ def options(out: Path, **changes) -> TrainOptions:
 
 def global_inputs(monkeypatch) -> list[tuple[int, ...]]:
     """Record the shape of every training image, the global branch's input (``model(sample.image, ...)``)."""
-    import glsnet.training
+    import glsnet.data.loader  # makes the samples since the prefetching loader (issue 21)
 
     shapes: list[tuple[int, ...]] = []
-    original = glsnet.training.make_sample
+    original = glsnet.data.loader.make_sample
 
     def recording(*args, **kwargs):
         sample = original(*args, **kwargs)
         shapes.append(tuple(sample.image.shape))
         return sample
 
-    monkeypatch.setattr(glsnet.training, "make_sample", recording)
+    monkeypatch.setattr(glsnet.data.loader, "make_sample", recording)
     return shapes
 
 
