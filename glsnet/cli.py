@@ -45,6 +45,7 @@ class ModeChoice(str, Enum):
 class SplitChoice(str, Enum):
     train = "train"
     val = "val"
+    test = "test"
 
 
 LAYOUT_OPTION_HELP = (
@@ -59,6 +60,10 @@ DEVICE_HELP = (
 AMP_HELP = (
     "Mixed precision on CUDA (ours; the paper does not say): bf16 (autocast, no loss scaling), fp16 (autocast with a "
     "gradient scaler) or off (fp32). The CPU allows only off. Default: bf16 on CUDA, off on the CPU."
+)
+SPLIT_FILE_HELP = (
+    "JSON split file with 'train', 'val' and 'test' lists of scene names (written by `glsnet-train split`; "
+    "the ISPRS Vaihingen 16/17 tiles are in docs/splits/)."
 )
 MEAN_EXCLUDE_HELP = (
     "Classes left out of mean F1 / mIoU, comma-separated names, or 'none'. Default: as the papers report the "
@@ -117,7 +122,8 @@ def train(
     seed: int = typer.Option(0, help="Seed of the initial weights, the split and every crop."),
     resume: Optional[Path] = typer.Option(None, help="Continue from this checkpoint (weights, optimizer, step)."),
     val_every: Optional[int] = typer.Option(None, help="Steps between validation + checkpoint. Default: once per epoch."),
-    val_fraction: float = typer.Option(0.2, help="Share of the scenes held out for validation."),
+    val_fraction: float = typer.Option(0.2, help="Share of the scenes held out for validation (without --split-file)."),
+    split_file: Optional[Path] = typer.Option(None, help=SPLIT_FILE_HELP + " Trains on its train list, validates on its val list; its test list is never trained on."),
     val_crop: Optional[int] = typer.Option(None, help="Validate on centred crops of this size (0: whole scenes). Default: 512 in crop mode, whole scenes in full mode."),
     imagenet_global: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the global backbone."),
     imagenet_local: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the local backbone."),
@@ -136,7 +142,8 @@ def train(
     from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
     from glsnet.evaluation import print_scores
-    from glsnet.training import PRESET_MODES, TrainMode, TrainOptions, preset_config, train as run_training
+    from glsnet.training import PRESET_MODES, TrainMode, TrainOptions, preset_config
+    from glsnet.training import train as run_training
 
     if (data is None) == (not synthetic):
         raise InputError("give exactly one data source: --data DIR or --synthetic")
@@ -162,7 +169,7 @@ def train(
         out=out, data=data, layout=chosen_layout, config=config, steps=steps, epochs=epochs, mode=chosen_mode,
         batch_size=batch_size, crop_size=crop_size, global_memory_mib=global_memory_mib, global_lr=global_lr,
         local_lr=local_lr, focal_gamma=focal_gamma, aux_weight=aux_weight, seed=seed, resume=resume,
-        val_every=val_every, val_fraction=val_fraction, val_crop=val_crop or None,
+        val_every=val_every, val_fraction=val_fraction, split_file=split_file, val_crop=val_crop or None,
         mean_exclude=parse_class_names(mean_exclude), synthetic_count=synthetic_count,
         synthetic_size=parse_size(synthetic_size), global_weights=imagenet_global, local_weights=imagenet_local,
         device=device, amp=amp.value if amp else None, workers=workers, log_every=log_every, progress=progress,
@@ -187,7 +194,8 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="A glsnet-train checkpoint (.safetensors)."),
     data_dir: Path = typer.Argument(..., help="Folder of labelled scenes (see --layout)."),
     layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help=LAYOUT_OPTION_HELP),
-    split: SplitChoice = typer.Option(SplitChoice.val, help="mmseg layouts: the split to score."),
+    split: SplitChoice = typer.Option(SplitChoice.val, help="With --split-file: the list of scenes to score (test: exactly the split file's test scenes). Without: mmseg layouts' split folder (train or val); other layouts score the whole folder."),
+    split_file: Optional[Path] = typer.Option(None, help=SPLIT_FILE_HELP),
     mean_exclude: Optional[str] = typer.Option(None, help=MEAN_EXCLUDE_HELP),
     downscale: int = typer.Option(1, help="Average f x f pixel blocks first, for speed (1: full resolution)."),
     crop: int = typer.Option(0, help="Score a centred crop of this size only, for speed (0: whole scenes)."),
@@ -199,11 +207,12 @@ def evaluate(
     """Score a checkpoint: overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU."""
     from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
-    from glsnet.evaluation import EvalOptions, evaluate as run_evaluation, print_scores, write_scores_json
+    from glsnet.evaluation import EvalOptions, print_scores, write_scores_json
+    from glsnet.evaluation import evaluate as run_evaluation
 
     options = EvalOptions(
         layout=Layout(layout.value), downscale=downscale, crop=crop or None, limit=limit or None, batch_size=batch_size,
-        mean_exclude=parse_class_names(mean_exclude), split=split.value, device=device,
+        mean_exclude=parse_class_names(mean_exclude), split=split.value, split_file=split_file, device=device,
     )
     result = run_evaluation(checkpoint, data_dir, options)
     title = f"{checkpoint.name} (step {result.checkpoint_step}) on {len(result.scenes)} scene(s) of {data_dir}"
@@ -225,7 +234,11 @@ def synth(
     OUT a folder: <name>_sat.png + <name>_mask.png per scene (readable by train/evaluate --data).
     OUT ending in .png: one scene there (the folder's first) and its colour mask as <stem>_mask.png beside it.
     """
-    from glsnet.data.synthetic import SyntheticScenes, write_scene, write_synthetic_folder
+    from glsnet.data.synthetic import (
+        SyntheticScenes,
+        write_scene,
+        write_synthetic_folder,
+    )
 
     height, width = parse_size(size)
     if out.suffix.lower() == ".png":
@@ -236,6 +249,42 @@ def synth(
         return
     written = write_synthetic_folder(out, count, height, width, seed=seed)
     typer.echo(f"wrote {len(written)} scene(s) of {height} x {width} px to {out}")
+
+
+@app.command()
+def split(
+    data_dir: Path = typer.Argument(..., help="Folder of labelled scenes (see --layout); its scene names are listed."),
+    out: Path = typer.Option(..., "--out", "-o", help="Split file (JSON) to write."),
+    layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help=LAYOUT_OPTION_HELP),
+    counts: str = typer.Option("455,207,142", help="Scenes for train,val,test. Default: GLNet's DeepGlobe split sizes, which GLSNet reports on (its split itself was random and not published)."),
+    scale: bool = typer.Option(False, "--scale", help="Scale --counts to the folder's number of scenes (largest remainder), e.g. 6/2/2 of 10 scenes and 454/207/142 of 803 for 455,207,142."),
+    seed: int = typer.Option(0, help="Seed of numpy's default_rng permutation of the sorted names: same folder listing and seed, same split."),
+) -> None:
+    """Draw a seeded train/val/test split of a folder's scenes and write it as a split file.
+
+    The names are sorted, permuted by numpy.random.default_rng(SEED).permutation, and cut into the counts in the order train, val, test.
+    """
+    from glsnet.config import GLSNetConfig
+    from glsnet.data.layouts import Layout, open_scenes
+    from glsnet.data.splits import draw_split, scaled_counts, write_split_file
+
+    try:
+        wanted = tuple(int(c) for c in counts.split(","))
+    except ValueError:
+        wanted = ()
+    if len(wanted) != 3 or min(wanted) < 0 or sum(wanted) == 0:
+        raise InputError(f"--counts {counts!r}: expected three counts >= 0, train,val,test, e.g. 455,207,142")
+    chosen_layout = Layout(layout.value)
+    names = open_scenes(chosen_layout, data_dir, chosen_layout.dataset.config(GLSNetConfig())).names
+    final = scaled_counts(wanted, len(names)) if scale else wanted
+    note = (
+        f"glsnet-train split: {len(names)} scene(s) of {data_dir} ({chosen_layout.value}), names sorted, "
+        f"permuted by numpy.random.default_rng({seed}).permutation, cut into train/val/test = "
+        f"{'/'.join(map(str, final))}" + (f" (--counts {counts} scaled to the folder)" if scale else "")
+    )
+    result = draw_split(names, final, seed, note)
+    write_split_file(out, result)
+    typer.echo(f"wrote {out}: {len(result.train)} train, {len(result.val)} val, {len(result.test)} test scene(s), seed {seed}")
 
 
 def _log_to_console() -> None:

@@ -20,6 +20,7 @@ from glsnet.config import GLSNetConfig
 from glsnet.data.datasets import mean_exclusions
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
+from glsnet.data.splits import SPLIT_NAMES, read_split_file
 from glsnet.device.selection import resolve_device
 from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.atomic_file import write_text_atomic
@@ -36,7 +37,8 @@ class EvalOptions:
     batch_size: int = 6  # patches per forward pass
     progress: bool = True
     mean_exclude: tuple[str, ...] | None = None  # classes left out of the means; None: the dataset's convention
-    split: str = "val"  # mmsegmentation layouts: the split scored
+    split: str = "val"  # the split scored: a split file's list, or an mmsegmentation folder's split (train/val)
+    split_file: Path | None = None  # train/val/test name lists (glsnet.data.splits)
     device: str = "cpu"  # auto, cpu, cuda or cuda:N (glsnet.device.selection)
 
     def __post_init__(self) -> None:
@@ -46,8 +48,10 @@ class EvalOptions:
             raise InputError(f"crop must be >= 1 px, got {self.crop}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be >= 1, got {self.limit}")
-        if self.split not in ("train", "val"):
-            raise InputError(f"split must be train or val, got {self.split!r}")
+        if self.split not in SPLIT_NAMES:
+            raise InputError(f"split must be one of {list(SPLIT_NAMES)}, got {self.split!r}")
+        if self.split == "test" and self.split_file is None:
+            raise InputError("--split test needs --split-file: the test scenes are those the split file lists")
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,15 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
     model, info = load_model(checkpoint)
     model.to(device)
     excluded = excluded_from_means(model.config, options.mean_exclude)  # checks the names before any scene is scored
-    scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
-    indices = list(range(len(scenes.names)))[: options.limit]
+    if options.split_file is not None:
+        scenes = open_scenes(options.layout, folder, model.config)
+        indices = read_split_file(options.split_file).indices(options.split, scenes.names, options.split_file)
+        if not indices:
+            raise InputError(f"{options.split_file}: the split file's {options.split} list is empty")
+    else:
+        scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
+        indices = list(range(len(scenes.names)))
+    indices = indices[: options.limit]
     matrix, pixels = score_scenes(model, scenes, indices, options)
     return EvaluationResult(
         scores=matrix.scores(exclude=excluded),
@@ -126,7 +137,8 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
         pixels=pixels,
         checkpoint_step=info["step"],
         options={"layout": Layout(options.layout).value, "downscale": options.downscale, "crop": options.crop,
-                 "split": options.split if Layout(options.layout).is_mmseg else None},
+                 "split": options.split if Layout(options.layout).is_mmseg or options.split_file else None,
+                 "split_file": str(options.split_file) if options.split_file else None},
     )
 
 

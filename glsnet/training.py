@@ -36,6 +36,7 @@ from glsnet.data.loader import (
     step_loader,
 )
 from glsnet.data.scenes import Scenes
+from glsnet.data.splits import read_split_file
 from glsnet.data.synthetic import SyntheticScenes
 from glsnet.device.memory import peak_memory_mib, reset_peak
 from glsnet.device.precision import autocast, choose_amp, gradient_scaler
@@ -85,6 +86,7 @@ class TrainOptions:
     val_every: int | None = None  # steps between validations and checkpoints; None: once per epoch
     val_fraction: float = 0.2  # share of the scenes held out (at least one scene stays for training)
     val_names: tuple[str, ...] = ()  # held-out scenes by name; overrides val_fraction (and an mmseg folder's val/)
+    split_file: Path | None = None  # train/val/test name lists (glsnet.data.splits); overrides val_names and val_fraction
     val_crop: int | None = 512  # validate on centred crops of this size (None: whole scenes)
     mean_exclude: tuple[str, ...] | None = None  # classes left out of validation means; None: the dataset's convention
     synthetic_count: int = 8  # scenes when ``data`` is None
@@ -113,6 +115,8 @@ class TrainOptions:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise InputError(f"training options out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        if self.split_file is not None and self.val_names:
+            raise InputError("give the validation scenes either by a split file or by val_names, not both")
         object.__setattr__(self, "mode", TrainMode(self.mode))
 
     def mode_note(self) -> str:
@@ -180,8 +184,15 @@ def open_training_scenes(options: TrainOptions) -> Scenes:
 
 
 def split_scenes(names: tuple[str, ...], options: TrainOptions, held_out: tuple[str, ...] = ()) -> tuple[list[int], list[int]]:
-    """(train indices, validation indices): ``val_names`` if given, else the data's own ``held_out``
-    scenes (an mmsegmentation folder's val/), else a seeded ``val_fraction``."""
+    """(train indices, validation indices): the ``split_file``'s train and val lists if given, else
+    ``val_names``, else the data's own ``held_out`` scenes (an mmsegmentation folder's val/), else a
+    seeded ``val_fraction``. With a split file its test scenes are never trained on."""
+    if options.split_file is not None:
+        split = read_split_file(options.split_file)
+        train = split.indices("train", names, options.split_file)
+        if not train:
+            raise InputError(f"{options.split_file}: the split file's train list is empty")
+        return train, split.indices("val", names, options.split_file)
     chosen = options.val_names or held_out
     if chosen:
         unknown = sorted(set(chosen) - set(names))
