@@ -105,7 +105,7 @@ def train(
     synthetic: bool = typer.Option(False, "--synthetic", help="Train on seeded synthetic scenes instead of --data."),
     synthetic_count: int = typer.Option(8, help="Synthetic scenes to generate (with --synthetic)."),
     synthetic_size: str = typer.Option("1024x1024", help="Synthetic scene size HxW (with --synthetic)."),
-    preset: Optional[PresetChoice] = typer.Option(None, help="paper: the paper's sizes and training (mode full); default: the paper's sizes, crop mode; small: CPU-sized (width 64, patch 128), crop mode. Default: default, or the --resume checkpoint's."),
+    preset: Optional[PresetChoice] = typer.Option(None, help="paper: the paper's sizes and training (mode full), refusing to start without both ImageNet files (--imagenet-global/--imagenet-local) unless --no-pretrained; default: the paper's sizes, crop mode; small: CPU-sized (width 64, patch 128), crop mode. Default: default, or the --resume checkpoint's."),
     mode: Optional[ModeChoice] = typer.Option(None, help="full: the paper's training, the global branch on the whole image each step (or the largest window --global-memory-mib allows, logged when less), six patches of it locally; crop: fast, for CPU smoke runs, the global branch on a random --crop-size crop and the patches from that crop (differs from the paper). Default: the preset's (paper: full, else crop), or the --resume checkpoint's."),
     global_memory_mib: Optional[float] = typer.Option(None, help="Mode full: activation memory budget of the global branch in MiB; images that need more are trained on the largest window that fits (logged). Default: no limit."),
     bands: Optional[str] = typer.Option(None, help="Image bands the model reads, 0-based in file order, e.g. 3,0,1 for IRRG from RGBIR tiles (default: 0,1,2)."),
@@ -125,8 +125,9 @@ def train(
     val_fraction: float = typer.Option(0.2, help="Share of the scenes held out for validation (without --split-file)."),
     split_file: Optional[Path] = typer.Option(None, help=SPLIT_FILE_HELP + " Trains on its train list, validates on its val list; its test list is never trained on."),
     val_crop: Optional[int] = typer.Option(None, help="Validate on centred crops of this size (0: whole scenes). Default: 512 in crop mode, whole scenes in full mode."),
-    imagenet_global: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the global backbone."),
-    imagenet_local: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet state dict for the local backbone."),
+    imagenet_global: Optional[Path] = typer.Option(None, help="torchvision ImageNet state dict for the global backbone, checked by sha256: resnet18-f37072fd.pth (ResNet18_Weights.IMAGENET1K_V1; resnet50 for deep-deep: see --imagenet-local). Files and sources: docs/model.md."),
+    imagenet_local: Optional[Path] = typer.Option(None, help="torchvision ImageNet state dict for the local backbone, checked by sha256: resnet50-0676ba61.pth (IMAGENET1K_V1, what GLNet loaded) or resnet50-11ad3fa6.pth (IMAGENET1K_V2); resnet18-f37072fd.pth for shallow-shallow."),
+    no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Let --preset paper start from random weights (not the paper's: it starts both backbones from ImageNet); the log lists it among the differences."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     amp: Optional[AmpChoice] = typer.Option(None, help=AMP_HELP),
     workers: Optional[int] = typer.Option(None, help="Loader processes preparing the next steps' samples while the device trains (ours). Default: 4 on CUDA (pinned memory), 0 on the CPU (samples made in the training process, as before)."),
@@ -172,6 +173,7 @@ def train(
         val_every=val_every, val_fraction=val_fraction, split_file=split_file, val_crop=val_crop or None,
         mean_exclude=parse_class_names(mean_exclude), synthetic_count=synthetic_count,
         synthetic_size=parse_size(synthetic_size), global_weights=imagenet_global, local_weights=imagenet_local,
+        require_pretrained=preset is PresetChoice.paper and not no_pretrained,
         device=device, amp=amp.value if amp else None, workers=workers, log_every=log_every, progress=progress,
     )
     _log_to_console()

@@ -46,6 +46,7 @@ from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score
 from glsnet.global_window import activation_bytes_per_pixel, global_window
 from glsnet.losses import GLSNetLoss
 from glsnet.model import GLSNet, build_glsnet
+from glsnet.recipe.pretrained import check_weights_file, require_imagenet
 from runtime.accuracy.metrics import Scores
 from runtime.algorithm.patch_grid import make_grid
 from runtime.errors import GlsnetError, InputError
@@ -91,8 +92,9 @@ class TrainOptions:
     mean_exclude: tuple[str, ...] | None = None  # classes left out of validation means; None: the dataset's convention
     synthetic_count: int = 8  # scenes when ``data`` is None
     synthetic_size: tuple[int, int] = (1024, 1024)
-    global_weights: Path | None = None  # local ImageNet state-dict files for the two backbones
+    global_weights: Path | None = None  # local ImageNet state-dict files for the two backbones (checked by sha256)
     local_weights: Path | None = None
+    require_pretrained: bool = False  # refuse to start a new run without both ImageNet files (--preset paper)
     device: str = "cpu"  # auto, cpu, cuda or cuda:N (glsnet.device.selection)
     amp: str | None = None  # bf16, fp16 or off; None: bf16 on CUDA, off on the CPU
     workers: int | None = None  # loader processes; None: 4 on CUDA, 0 (in the training process) on the CPU
@@ -142,6 +144,10 @@ class TrainOptions:
         for name in ("global_backbone", "local_backbone", "width", "patch_size"):
             if getattr(self.config, name) != getattr(paper, name):
                 out.append(f"{name} {getattr(self.config, name)} (paper: {getattr(paper, name)})")
+        if self.resume is None:
+            random = [b for b, w in (("global", self.global_weights), ("local", self.local_weights)) if w is None]
+            if random:
+                out.append(f"{' and '.join(random)} backbone from random weights (paper: ImageNet-pretrained)")
         return out
 
 
@@ -209,6 +215,20 @@ def split_scenes(names: tuple[str, ...], options: TrainOptions, held_out: tuple[
     return train, val
 
 
+def _check_imagenet_files(options: TrainOptions) -> None:
+    """A new run: --preset paper needs both ImageNet files; every file given must be a known one (sha256)."""
+    if options.resume is not None:
+        return
+    config = options.config
+    if options.require_pretrained:
+        require_imagenet(config.global_backbone, config.local_backbone, options.global_weights, options.local_weights)
+    for branch, backbone, path in (("global", config.global_backbone, options.global_weights), ("local", config.local_backbone, options.local_weights)):
+        if path is not None:
+            known = check_weights_file(path, backbone)
+            what = f"{known.file_name} ({known.weights}), sha256 checked" if known else "no known file to check its sha256 against"
+            log.info("%s backbone (%s) from %s: %s", branch, backbone, path, what)
+
+
 def _initial_model(options: TrainOptions) -> tuple[GLSNet, int]:
     """(model in train mode, on the CPU, start step)."""
     torch.manual_seed(options.seed)
@@ -241,6 +261,7 @@ def _validate(model, scenes: Scenes, val: list[int], options: TrainOptions) -> S
 def train(options: TrainOptions) -> TrainResult:
     """Run (or continue) training to the requested step and write the checkpoint; see TrainOptions."""
     device = resolve_device(options.device)  # a missing GPU fails now, before any scene is read
+    _check_imagenet_files(options)
     amp = choose_amp(options.amp, device)
     excluded_from_means(options.config, options.mean_exclude)  # checks the names: a wrong one fails now, not after an epoch
     scenes = open_training_scenes(options)
