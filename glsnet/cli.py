@@ -71,6 +71,26 @@ MEAN_EXCLUDE_HELP = (
 )
 
 
+class ScheduleChoice(str, Enum):
+    constant = "constant"
+    poly = "poly"
+
+
+class PatchesChoice(str, Enum):
+    batch = "batch"
+    all = "all"
+
+
+class StagesChoice(str, Enum):
+    joint = "joint"
+    glnet = "glnet"
+
+
+class AuxModeChoice(str, Enum):
+    implemented = "implemented"
+    glnet = "glnet"
+
+
 class AmpChoice(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
@@ -105,14 +125,20 @@ def train(
     synthetic: bool = typer.Option(False, "--synthetic", help="Train on seeded synthetic scenes instead of --data."),
     synthetic_count: int = typer.Option(8, help="Synthetic scenes to generate (with --synthetic)."),
     synthetic_size: str = typer.Option("1024x1024", help="Synthetic scene size HxW (with --synthetic)."),
-    preset: Optional[PresetChoice] = typer.Option(None, help="paper: the paper's sizes and training (mode full), refusing to start without both ImageNet files (--imagenet-global/--imagenet-local) unless --no-pretrained; default: the paper's sizes, crop mode; small: CPU-sized (width 64, patch 128), crop mode. Default: default, or the --resume checkpoint's."),
+    preset: Optional[PresetChoice] = typer.Option(None, help="paper: the paper's sizes and training (mode full) with GLNet's recipe where the paper is silent (50 epochs, poly, weight decay 5e-4, flip + rot90, all patches per step; docs/model.md), refusing to start without both ImageNet files (--imagenet-global/--imagenet-local) unless --no-pretrained; default: the paper's sizes, crop mode; small: CPU-sized (width 64, patch 128), crop mode. Default: default, or the --resume checkpoint's."),
     mode: Optional[ModeChoice] = typer.Option(None, help="full: the paper's training, the global branch on the whole image each step (or the largest window --global-memory-mib allows, logged when less), six patches of it locally; crop: fast, for CPU smoke runs, the global branch on a random --crop-size crop and the patches from that crop (differs from the paper). Default: the preset's (paper: full, else crop), or the --resume checkpoint's."),
     global_memory_mib: Optional[float] = typer.Option(None, help="Mode full: activation memory budget of the global branch in MiB; images that need more are trained on the largest window that fits (logged). Default: no limit."),
     bands: Optional[str] = typer.Option(None, help="Image bands the model reads, 0-based in file order, e.g. 3,0,1 for IRRG from RGBIR tiles (default: 0,1,2)."),
     mean_exclude: Optional[str] = typer.Option(None, help=MEAN_EXCLUDE_HELP),
     variant: Optional[VariantChoice] = typer.Option(None, help="Backbones of the paper's ablation: shallow-deep (GLSNet, R18/R50), shallow-shallow, deep-deep."),
     steps: Optional[int] = typer.Option(None, help="Total steps (counted from 0, also when resuming). Default: --epochs passes."),
-    epochs: int = typer.Option(1, help="Passes over the training scenes (one crop per scene each), when --steps is not given."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training scenes (one step per scene each), when --steps is not given. The paper: not stated; GLNet: 50 (its local stage; 120 for its global ones). Default: 50 with --preset paper (GLNet), else 1 (ours)."),
+    schedule: Optional[ScheduleChoice] = typer.Option(None, help="Learning-rate schedule. The paper: not stated; poly: GLNet's lr x (1 - t/T)^0.9 per step (per stage with --stages glnet), each group keeping its own base rate (ours: GLNet set all groups to one rate); constant: ours. Default: poly with --preset paper, else constant."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam L2 weight decay. The paper: not stated; GLNet: 5e-4. Default: 5e-4 with --preset paper, else 0 (ours)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Flip + rot90 of each scene (GLNet: horizontal flip with p 0.5, then with p 0.5 a rotation by 90, 180 or 270 degrees). The paper: not stated. Default: on with --preset paper, else off."),
+    patches: Optional[PatchesChoice] = typer.Option(None, help="Patches of the image per step. batch: --batch-size patches drawn at random (ours); all: every patch of the image, --batch-size at a time, gradients accumulated, one optimiser step per image (GLNet). The paper: batches of 6, not how many per image. Default: all with --preset paper, else batch."),
+    stages: Optional[StagesChoice] = typer.Option(None, help="Default joint (or the --resume checkpoint's). joint: everything trained together (ours: the paper names no stages); glnet: GLNet's staged training adapted to GLSNet: the global branch alone, then the local branch with the global one fixed, then the fusion with both fixed, a third of the steps each (the split is ours)."),
+    aux_mode: Optional[AuxModeChoice] = typer.Option(None, help="Default implemented (or the --resume checkpoint's). What the paper's 0.15 weighs. implemented: each auxiliary focal loss x --aux-weight (our reading of the GLSNet text); glnet: GLNet's weighting, auxiliary losses x 1.0 plus --aux-weight x a feature-map regulariser (mean squared difference of the local tokens and the global tokens at the same pixels). See docs/model.md."),
     batch_size: int = typer.Option(6, help="Patches per step (the paper: 6)."),
     crop_size: int = typer.Option(512, help="Mode crop: pixels of the random crop the global branch sees (the paper: the whole image)."),
     focal_gamma: float = typer.Option(6.0, help="Focal loss gamma (the paper: 6)."),
@@ -143,7 +169,13 @@ def train(
     from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
     from glsnet.evaluation import print_scores
-    from glsnet.training import PRESET_MODES, TrainMode, TrainOptions, preset_config
+    from glsnet.training import (
+        PAPER_RECIPE,
+        PRESET_MODES,
+        TrainMode,
+        TrainOptions,
+        preset_config,
+    )
     from glsnet.training import train as run_training
 
     if (data is None) == (not synthetic):
@@ -166,8 +198,19 @@ def train(
         chosen_mode = PRESET_MODES[(preset or PresetChoice.default).value]
     if val_crop is None:
         val_crop = 512 if chosen_mode is TrainMode.CROP else 0
+    recipe = PAPER_RECIPE if preset is PresetChoice.paper else {}
+    if resume is not None and preset is None:  # a resumed run keeps its recipe unless told otherwise
+        stored = training_options(resume)
+        recipe = {name: stored[name] for name in (*PAPER_RECIPE, "stages", "aux_mode") if name in stored}
+    given = {
+        "epochs": epochs, "schedule": schedule.value if schedule else None, "weight_decay": weight_decay,
+        "augment": augment, "all_patches": None if patches is None else patches is PatchesChoice.all,
+        "stages": stages.value if stages else None, "aux_mode": aux_mode.value if aux_mode else None,
+    }
+    chosen_recipe = {name: value if value is not None else recipe.get(name, TrainOptions.__dataclass_fields__[name].default)
+                     for name, value in given.items()}
     options = TrainOptions(
-        out=out, data=data, layout=chosen_layout, config=config, steps=steps, epochs=epochs, mode=chosen_mode,
+        out=out, data=data, layout=chosen_layout, config=config, steps=steps, mode=chosen_mode, **chosen_recipe,
         batch_size=batch_size, crop_size=crop_size, global_memory_mib=global_memory_mib, global_lr=global_lr,
         local_lr=local_lr, focal_gamma=focal_gamma, aux_weight=aux_weight, seed=seed, resume=resume,
         val_every=val_every, val_fraction=val_fraction, split_file=split_file, val_crop=val_crop or None,
@@ -204,9 +247,9 @@ def evaluate(
     limit: int = typer.Option(0, help="Score only the first N scenes (0: all)."),
     batch_size: int = typer.Option(6, help="Patches per forward pass."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " On CUDA the run also reports GPU memory comparable with the paper's Table 3 (eager PyTorch, TF32 allowed, at --batch-size 6): the allocator's peak and the whole process's GPU memory through NVML (pip install nvidia-ml-py)."),
 ) -> None:
-    """Score a checkpoint: overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU."""
+    """Score a checkpoint: overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU (and, on CUDA, its GPU memory)."""
     from glsnet.data.datasets import parse_class_names
     from glsnet.data.layouts import Layout
     from glsnet.evaluation import EvalOptions, print_scores, write_scores_json
@@ -219,6 +262,8 @@ def evaluate(
     result = run_evaluation(checkpoint, data_dir, options)
     title = f"{checkpoint.name} (step {result.checkpoint_step}) on {len(result.scenes)} scene(s) of {data_dir}"
     print_scores(result.scores, result.class_names, title=title)
+    if result.gpu_memory is not None:
+        typer.echo(result.gpu_memory.describe())
     if json_out is not None:
         write_scores_json(json_out, result)
         typer.echo(f"scores: {json_out}")

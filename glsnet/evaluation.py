@@ -21,6 +21,7 @@ from glsnet.data.datasets import mean_exclusions
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
 from glsnet.data.splits import SPLIT_NAMES, read_split_file
+from glsnet.device.inference_memory import InferenceMemory, InferenceMemoryMeter
 from glsnet.device.selection import resolve_device
 from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.atomic_file import write_text_atomic
@@ -62,6 +63,7 @@ class EvaluationResult:
     pixels: int
     checkpoint_step: int = 0
     options: dict = field(default_factory=dict)
+    gpu_memory: InferenceMemory | None = None  # CUDA only: the Table-3-like figure (glsnet.device.inference_memory)
 
     def as_dict(self) -> dict:
         return {
@@ -69,6 +71,7 @@ class EvaluationResult:
             "pixels": self.pixels,
             "checkpoint_step": self.checkpoint_step,
             "options": self.options,
+            "gpu_memory": self.gpu_memory.as_dict() if self.gpu_memory is not None else None,
             "scores": json_safe(self.scores.as_dict(self.class_names)),
         }
 
@@ -129,13 +132,16 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
         scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
         indices = list(range(len(scenes.names)))
     indices = indices[: options.limit]
-    matrix, pixels = score_scenes(model, scenes, indices, options)
+    meter = InferenceMemoryMeter(device, options.batch_size)
+    with meter.measuring():
+        matrix, pixels = score_scenes(model, scenes, indices, options)
     return EvaluationResult(
         scores=matrix.scores(exclude=excluded),
         class_names=tuple(model.config.classes),
         scenes=tuple(scenes.names[i] for i in indices),
         pixels=pixels,
         checkpoint_step=info["step"],
+        gpu_memory=meter.result,
         options={"layout": Layout(options.layout).value, "downscale": options.downscale, "crop": options.crop,
                  "split": options.split if Layout(options.layout).is_mmseg or options.split_file else None,
                  "split_file": str(options.split_file) if options.split_file else None},

@@ -49,6 +49,9 @@ class GLSNetOutput:
     logits: torch.Tensor  # [B, K, P/4, P/4] fused patch logits
     global_aux: torch.Tensor  # [1, K, H/32, W/32] from the global branch alone
     local_aux: torch.Tensor  # [B, K, P/32, P/32] from the local branch alone
+    global_features: torch.Tensor | None = None  # [1, d, H/32, W/32], for GLNet's feature-map regulariser
+    local_features: torch.Tensor | None = None  # [B, d, P/32, P/32]
+    boxes: torch.Tensor | None = None  # [B, 4] the patches' boxes
 
 
 class GLSNet(nn.Module):
@@ -71,10 +74,16 @@ class GLSNet(nn.Module):
 
     def forward(self, image: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor) -> GLSNetOutput:
         """Training forward: one normalised image [1, C, H, W], B of its patches and their boxes [B, 4]."""
-        global_features = self.global_branch(image)
+        return self.patch_outputs(self.global_branch(image), patches, boxes)
+
+    def patch_outputs(self, global_features: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor) -> GLSNetOutput:
+        """The outputs for B patches given the image's global features (computed once per image, so that
+        the patches of one image can be trained in several chunks; glsnet.training)."""
         local_features, local_skip = self.local_branch(patches)
         logits = self.fusion(local_features, local_skip, global_features, boxes)
-        return GLSNetOutput(logits, self.global_aux(global_features), self.local_aux(local_features))
+        return GLSNetOutput(
+            logits, self.global_aux(global_features), self.local_aux(local_features), global_features, local_features, boxes,
+        )
 
     def parameter_groups(self, global_lr: float, local_lr: float) -> list[dict]:
         """Adam groups: the local branch (and its aux head) at ``local_lr``; the global branch, the

@@ -44,9 +44,12 @@ from glsnet.device.selection import resolve_device
 from glsnet.device.step_rate import StepRate
 from glsnet.evaluation import EvalOptions, excluded_from_means, json_safe, score_scenes
 from glsnet.global_window import activation_bytes_per_pixel, global_window
-from glsnet.losses import GLSNetLoss
+from glsnet.losses import AuxMode, GLSNetLoss
 from glsnet.model import GLSNet, build_glsnet
+from glsnet.recipe.augmentation import flip_rot90
 from glsnet.recipe.pretrained import check_weights_file, require_imagenet
+from glsnet.recipe.schedule import Schedule, lr_factor, set_learning_rates
+from glsnet.recipe.stages import Stages, enter_stage, stage_loss, stage_of
 from runtime.accuracy.metrics import Scores
 from runtime.algorithm.patch_grid import make_grid
 from runtime.errors import GlsnetError, InputError
@@ -99,6 +102,12 @@ class TrainOptions:
     amp: str | None = None  # bf16, fp16 or off; None: bf16 on CUDA, off on the CPU
     workers: int | None = None  # loader processes; None: 4 on CUDA, 0 (in the training process) on the CPU
     log_every: int = 50  # steps between log lines with the loss, steps/s and peak memory (0: only at the end)
+    schedule: Schedule = Schedule.CONSTANT  # poly: GLNet's (1 - t/T)^0.9 per stage
+    weight_decay: float = 0.0  # Adam's L2 weight decay (GLNet: 5e-4)
+    augment: bool = False  # GLNet's flip + rot90 of each scene
+    all_patches: bool = False  # every patch of the image per step, batch_size at a time, gradients accumulated (GLNet)
+    stages: Stages = Stages.JOINT  # glnet: global, then local (global fixed), then fusion, a third of the steps each
+    aux_mode: AuxMode = AuxMode.IMPLEMENTED  # what the paper's 0.15 weighs (glsnet.losses)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -113,6 +122,7 @@ class TrainOptions:
             "synthetic_count": self.synthetic_count >= 1,
             "workers": self.workers is None or self.workers >= 0,
             "log_every": self.log_every >= 0,
+            "weight_decay": self.weight_decay >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -120,6 +130,9 @@ class TrainOptions:
         if self.split_file is not None and self.val_names:
             raise InputError("give the validation scenes either by a split file or by val_names, not both")
         object.__setattr__(self, "mode", TrainMode(self.mode))
+        object.__setattr__(self, "schedule", Schedule(self.schedule))
+        object.__setattr__(self, "stages", Stages(self.stages))
+        object.__setattr__(self, "aux_mode", AuxMode(self.aux_mode))
 
     def mode_note(self) -> str:
         """One line: which mode runs, and how it differs from the paper's training."""
@@ -163,6 +176,16 @@ class TrainResult:
     train_names: tuple[str, ...] = ()
     val_names: tuple[str, ...] = ()
 
+
+# The recipe --preset paper adds where the paper is silent: GLNet's choices (docs/model.md says why
+# each). The paper's own settings are PAPER_TRAINING.
+PAPER_RECIPE = {
+    "epochs": 50,  # GLNet: 50 epochs for its local stage (120 for its global ones)
+    "schedule": Schedule.POLY,  # GLNet: poly, power 0.9, per iteration
+    "weight_decay": 5e-4,  # GLNet: Adam weight_decay 5e-4
+    "augment": True,  # GLNet: horizontal flip, rotation by 90/180/270
+    "all_patches": True,  # GLNet: every patch of each image per step, 6 at a time, gradients accumulated
+}
 
 PRESETS: dict[str, GLSNetConfig] = {"default": GLSNetConfig(), "paper": GLSNetConfig(), "small": SMALL}
 PRESET_MODES: dict[str, TrainMode] = {"default": TrainMode.CROP, "paper": TrainMode.FULL, "small": TrainMode.CROP}
@@ -242,7 +265,7 @@ def _initial_model(options: TrainOptions) -> tuple[GLSNet, int]:
 def _optimizer(model: GLSNet, options: TrainOptions) -> torch.optim.Adam:
     """Adam over the paper's two parameter groups (built after the model is on its device, so a resumed
     optimizer state lands there too)."""
-    optimizer = torch.optim.Adam(model.parameter_groups(options.global_lr, options.local_lr))
+    optimizer = torch.optim.Adam(model.parameter_groups(options.global_lr, options.local_lr), weight_decay=options.weight_decay)
     if options.resume is not None and not load_optimizer_state(options.resume, optimizer):
         log.warning("%s: no optimizer state beside the checkpoint; Adam restarts from zero moments", options.resume)
     return optimizer
@@ -278,9 +301,11 @@ def train(options: TrainOptions) -> TrainResult:
         model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, options)
     scaler = gradient_scaler(amp, device)
-    criterion = GLSNetLoss(options.focal_gamma, options.aux_weight, options.config.ignore_index)
+    criterion = GLSNetLoss(options.focal_gamma, options.aux_weight, options.config.ignore_index, options.aux_mode, model)
     workers = options.workers if options.workers is not None else (min(4, os.cpu_count() or 1) if on_cuda else 0)
-    samples = StepSamples(scenes, train_idx, options.config, window_of, options.batch_size, options.seed, start, total)
+    patches_per_step = ALL_PATCHES if options.all_patches else options.batch_size
+    augment = flip_rot90 if options.augment else None
+    samples = StepSamples(scenes, train_idx, options.config, window_of, patches_per_step, options.seed, start, total, augment)
     log.info("device %s, amp %s, %d loader worker(s)%s", device, amp.value, workers, ", channels-last, pinned memory" if on_cuda else "")
     result = TrainResult(
         Path(options.out), start, start,
@@ -302,40 +327,82 @@ def train(options: TrainOptions) -> TrainResult:
 
     reset_peak(device)
     rate = StepRate()
+    base_rates = [options.global_lr, options.local_lr]
     with _progress_bar(options.progress, max(0, total - start)) as advance:
         for item in step_loader(samples, device, workers):
             step = item.step
             sample = item.sample.to(device, channels_last=True) if on_cuda else item.sample
-            with autocast(amp, device):
-                output = model(sample.image, sample.patches, sample.boxes)
-                loss = criterion(output, sample.patch_labels, sample.crop_labels)
-            if not torch.isfinite(loss.total):
+            stage, begin, end = stage_of(step, total, options.stages)
+            enter_stage(model, stage)
+            if options.schedule is not Schedule.CONSTANT:
+                set_learning_rates(optimizer, base_rates, lr_factor(options.schedule, step, begin, end))
+            optimizer.zero_grad(set_to_none=True)
+            parts = _forward_backward(model, criterion, sample, options, amp, device, scaler, stage)
+            if not all(np.isfinite(v) for v in parts.values()):
                 raise GlsnetError(
-                    f"the loss became {float(loss.total)} at step {step} ({scenes.names[item.scene]}); lower the learning "
+                    f"the loss became {parts['total']} at step {step} ({scenes.names[item.scene]}); lower the learning "
                     f"rates (--global-lr {options.global_lr}, --local-lr {options.local_lr}) or resume from the last checkpoint"
                 )
-            optimizer.zero_grad(set_to_none=True)
             if scaler is None:
-                loss.total.backward()
                 optimizer.step()
             else:
-                scaler.scale(loss.total).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            result.losses.append(loss.as_floats())
+            result.losses.append(parts)
             result.final_step = step + 1
             rate.tick()
-            advance(result.losses[-1]["total"])
+            advance(parts["total"])
             if options.log_every and (result.final_step - start) % options.log_every == 0:
-                log.info("step %d/%d: loss %.4f, %s", result.final_step, total, result.losses[-1]["total"], rate.describe(device))
+                log.info("step %d/%d: loss %.4f, %s", result.final_step, total, parts["total"], rate.describe(device))
             if result.final_step % every == 0 and result.final_step < total:
                 checkpoint(result.final_step)
+    model.train().requires_grad_(True)
     if result.losses:
         result.seconds_per_step = rate.seconds_per_step()
         result.peak_memory_mib = peak_memory_mib(device)
         log.info("trained %d step(s): %s", len(result.losses), rate.describe(device))
     checkpoint(result.final_step)
     return result
+
+
+ALL_PATCHES = 1 << 30  # make_sample takes min(this, the grid's patches): all of them
+
+
+def _forward_backward(model, criterion, sample, options: TrainOptions, amp, device, scaler, stage) -> dict[str, float]:
+    """Forward and backward one step's sample; the loss parts as floats.
+
+    At most ``batch_size`` patches: one forward of the whole model, as the paper's step. More (``all_patches``):
+    the global branch runs once, the patches go through in chunks of ``batch_size``, each chunk's loss is
+    weighted by its share of the patches and back-propagated at once (its activations freed), the global
+    branch's graph kept until the last chunk; the gradients add up to those of the mean over all patches.
+    """
+    count = sample.patches.shape[0]
+    chunks = [(i, min(i + options.batch_size, count)) for i in range(0, count, options.batch_size)]
+    if len(chunks) == 1:
+        with autocast(amp, device):
+            parts = criterion(model(sample.image, sample.patches, sample.boxes), sample.patch_labels, sample.crop_labels)
+            loss = stage_loss(parts, stage, options.aux_weight)
+        _backward(loss, scaler)
+        return parts.as_floats()
+    totals: dict[str, float] = {}
+    with autocast(amp, device):
+        global_features = model.global_branch(sample.image)
+    for index, (first, last) in enumerate(chunks):
+        share = (last - first) / count
+        with autocast(amp, device):
+            output = model.patch_outputs(global_features, sample.patches[first:last], sample.boxes[first:last])
+            parts = criterion(output, sample.patch_labels[first:last], sample.crop_labels)
+            loss = stage_loss(parts, stage, options.aux_weight) * share
+        _backward(loss, scaler, retain_graph=index < len(chunks) - 1)
+        for name, value in parts.as_floats().items():
+            totals[name] = totals.get(name, 0.0) + share * value
+    return totals
+
+
+def _backward(loss: torch.Tensor, scaler, retain_graph: bool = False) -> None:
+    if not loss.requires_grad:
+        return  # a stage whose loss does not reach any trained part (cannot happen with the stages defined)
+    (loss if scaler is None else scaler.scale(loss)).backward(retain_graph=retain_graph)
 
 
 def _window_chooser(model, options: TrainOptions) -> Callable[[tuple[int, int]], int | tuple[int, int]]:

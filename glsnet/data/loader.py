@@ -4,7 +4,7 @@ Sample s depends only on (seed, s): the scene of step s (``scene_for_step``), th
 drawn from a generator seeded with (seed, 3, s), and, when augmentation is on, a flip / rotation
 drawn from (seed, 4, s). So background workers produce exactly what the single-process loop did,
 in the same order, and a resumed run sees the same samples as an uninterrupted one. With no workers
-and no augmentation the loader is the former loop (``tests/glsnet/test_device_training.py``).
+and no augmentation the loader is the former loop (``tests/glsnet/device/test_device_training.py``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from glsnet.training import split_scenes, train
 from runtime.errors import InputError
 from tests.glsnet.test_training import TINY, tiny_options
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NAMES = tuple(f"s{i:02d}" for i in range(10))
 
 
