@@ -130,7 +130,7 @@ def train(
     global_memory_mib: Optional[float] = typer.Option(None, help="Mode full: activation memory budget of the global branch in MiB; images that need more are trained on the largest window that fits (logged). Default: no limit."),
     bands: Optional[str] = typer.Option(None, help="Image bands the model reads, 0-based in file order, e.g. 3,0,1 for IRRG from RGBIR tiles (default: 0,1,2)."),
     mean_exclude: Optional[str] = typer.Option(None, help=MEAN_EXCLUDE_HELP),
-    variant: Optional[VariantChoice] = typer.Option(None, help="Backbones of the paper's ablation: shallow-deep (GLSNet, R18/R50), shallow-shallow, deep-deep."),
+    variant: Optional[VariantChoice] = typer.Option(None, help="The paper's ablation (Table 4): shallow-deep (GLSNet, R18/R50), shallow-shallow (R18/R18), deep-deep (R50/R50, each followed by an FPN; its wiring is ours, see docs/model.md)."),
     steps: Optional[int] = typer.Option(None, help="Total steps (counted from 0, also when resuming). Default: --epochs passes."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the training scenes (one step per scene each), when --steps is not given. The paper: not stated; GLNet: 50 (its local stage; 120 for its global ones). Default: 50 with --preset paper (GLNet), else 1 (ours)."),
     schedule: Optional[ScheduleChoice] = typer.Option(None, help="Learning-rate schedule. The paper: not stated; poly: GLNet's lr x (1 - t/T)^0.9 per step (per stage with --stages glnet), each group keeping its own base rate (ours: GLNet set all groups to one rate); constant: ours. Default: poly with --preset paper, else constant."),

@@ -15,7 +15,14 @@ from torch import nn
 
 from glsnet.backbones import ResNetEncoder
 from glsnet.config import GLSNetConfig
+from glsnet.fpn import FPNEncoder
 from glsnet.fusion import GLDeepFusion, conv_bn_relu
+
+
+def encoder(config: GLSNetConfig, name: str, weights: str | Path | None) -> nn.Module:
+    """The backbone ``name`` (ImageNet ``weights`` if given), followed by a feature pyramid when ``config.fpn``."""
+    resnet = ResNetEncoder(name, config.in_channels, weights)
+    return FPNEncoder(resnet, config.width) if config.fpn else resnet
 
 
 class GlobalBranch(nn.Module):
@@ -66,8 +73,8 @@ class GLSNet(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.global_branch = GlobalBranch(ResNetEncoder(c.global_backbone, c.in_channels, global_weights), c.width)
-        self.local_branch = LocalBranch(ResNetEncoder(c.local_backbone, c.in_channels, local_weights), c.width, c.skip_width)
+        self.global_branch = GlobalBranch(encoder(c, c.global_backbone, global_weights), c.width)
+        self.local_branch = LocalBranch(encoder(c, c.local_backbone, local_weights), c.width, c.skip_width)
         self.fusion = GLDeepFusion(c.width, c.skip_width, c.head_width, c.num_classes, c.context)
         self.global_aux = nn.Conv2d(c.width, c.num_classes, kernel_size=1)
         self.local_aux = nn.Conv2d(c.width, c.num_classes, kernel_size=1)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from glsnet.checkpoint import load_model, load_optimizer_state, save_checkpoint
-from glsnet.config import SMALL, VARIANTS, GLSNetConfig
+from glsnet.config import SMALL, VARIANTS, VARIANTS_WITH_FPN, GLSNetConfig
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.loader import (
     StepSamples,
@@ -154,7 +154,7 @@ class TrainOptions:
                f"(paper: {value.value if isinstance(value, Enum) else value})"
                for name, value in PAPER_TRAINING.items() if getattr(self, name) != value]
         paper = GLSNetConfig()
-        for name in ("global_backbone", "local_backbone", "width", "patch_size"):
+        for name in ("global_backbone", "local_backbone", "fpn", "width", "patch_size"):
             if getattr(self.config, name) != getattr(paper, name):
                 out.append(f"{name} {getattr(self.config, name)} (paper: {getattr(paper, name)})")
         if self.resume is None:
@@ -202,7 +202,7 @@ def preset_config(preset: str = "default", variant: str | None = None, layout: L
         if variant not in VARIANTS:
             raise InputError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
         global_backbone, local_backbone = VARIANTS[variant]
-        config = config.replace(global_backbone=global_backbone, local_backbone=local_backbone)
+        config = config.replace(global_backbone=global_backbone, local_backbone=local_backbone, fpn=variant in VARIANTS_WITH_FPN)
     return Layout(layout).dataset.config(config)
 
 

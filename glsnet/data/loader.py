@@ -10,6 +10,7 @@ and no augmentation the loader is the former loop (``tests/glsnet/device/test_de
 from __future__ import annotations
 
 import functools
+import multiprocessing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,7 +81,10 @@ class StepSamples(Dataset):
 def step_loader(samples: StepSamples, device: torch.device, workers: int = 0, prefetch: int = 2) -> DataLoader:
     """Samples in step order; ``workers`` background processes prepare the next ones while the device
     trains (each prefetching ``prefetch``), pinned on CUDA so the copy to the device overlaps compute."""
+    # fork: the workers inherit the scenes and the window chooser (closures, not picklable) and never touch
+    # CUDA, so forking after the model moved to the GPU is safe; Python 3.14 would otherwise pick forkserver
+    context = "fork" if workers > 0 and "fork" in multiprocessing.get_all_start_methods() else None
     return DataLoader(
         samples, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
-        prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False,
+        prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False, multiprocessing_context=context,
     )
