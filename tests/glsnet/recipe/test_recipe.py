@@ -152,3 +152,34 @@ def test_paper_preset_sets_glnets_recipe(tmp_path: Path, monkeypatch, capsys):
         run_cli(monkeypatch, capsys, "train", "--synthetic", "--preset", "paper", "--no-pretrained", "--no-augment",
                 "--schedule", "constant", "--patches", "batch", "--aux-mode", "glnet", "-o", tmp_path / "m")
     assert (seen[0].augment, seen[0].schedule, seen[0].all_patches, seen[0].aux_mode) == (False, Schedule.CONSTANT, False, AuxMode.GLNET)
+
+
+def test_weight_decay_changes_the_second_step_only(tmp_path: Path):
+    common = dict(steps=2, synthetic_count=2, crop_size=128, batch_size=1)
+    plain = train(tiny_options(tmp_path / "a.safetensors", **common)).losses
+    decayed = train(tiny_options(tmp_path / "b.safetensors", weight_decay=0.1, **common)).losses
+    assert decayed[0] == plain[0] and decayed[1]["total"] != plain[1]["total"]
+
+
+def test_a_resumed_run_keeps_its_recipe(tmp_path: Path, monkeypatch, capsys):
+    import glsnet.training
+    from tests.glsnet.test_train_cli import run_cli
+
+    common = ("--synthetic", "--synthetic-count", "2", "--synthetic-size", "160x160", "--batch-size", "2", "--preset", "small",
+              "--val-fraction", "0", "--no-progress", "--device", "cpu")
+    code, _, err = run_cli(monkeypatch, capsys, "train", *common, "--steps", "1", "--schedule", "poly", "--weight-decay", "0.001",
+                           "--augment", "--aux-mode", "glnet", "-o", tmp_path / "m.safetensors")
+    assert code == 0, err
+    seen = []
+    monkeypatch.setattr(glsnet.training, "train", lambda options: seen.append(options) or pytest.skip("captured"))
+    with pytest.raises(pytest.skip.Exception):
+        run_cli(monkeypatch, capsys, "train", "--synthetic", "--steps", "2", "--resume", tmp_path / "m.safetensors", "-o", tmp_path / "m.safetensors")
+    options = seen[0]
+    assert (options.schedule, options.weight_decay, options.augment, options.aux_mode) == (Schedule.POLY, 0.001, True, AuxMode.GLNET)
+
+
+def test_split_command_has_help(monkeypatch, capsys):
+    from tests.glsnet.test_train_cli import run_cli
+
+    code, out, _ = run_cli(monkeypatch, capsys, "split", "--help")
+    assert code == 0 and "default_rng" in out and "--scale" in out
