@@ -143,8 +143,8 @@ def train(
     crop_size: int = typer.Option(512, help="Mode crop: pixels of the random crop the global branch sees (the paper: the whole image)."),
     focal_gamma: float = typer.Option(6.0, help="Focal loss gamma (the paper: 6)."),
     aux_weight: float = typer.Option(0.15, help="Weight of each of the two auxiliary losses (the paper: 0.15; see docs/model.md on its ambiguity)."),
-    global_lr: float = typer.Option(1e-4, help="Adam learning rate of the global branch and fusion."),
-    local_lr: float = typer.Option(2e-5, help="Adam learning rate of the local branch."),
+    global_lr: float = typer.Option(1e-4, help="Adam learning rate of the global branch (the paper: 1e-4), also used for the fusion and the global aux head (ours)."),
+    local_lr: float = typer.Option(2e-5, help="Adam learning rate of the local branch and its aux head (the paper: 2e-5)."),
     seed: int = typer.Option(0, help="Seed of the initial weights, the split and every crop."),
     resume: Optional[Path] = typer.Option(None, help="Continue from this checkpoint (weights, optimizer, step)."),
     val_every: Optional[int] = typer.Option(None, help="Steps between validation + checkpoint. Default: once per epoch."),
@@ -160,7 +160,7 @@ def train(
     log_every: int = typer.Option(50, help="Steps between log lines giving the loss, steps/s and peak memory (CUDA: allocator peak; CPU: peak RSS); 0: at the end only."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train GLSNet (Adam, focal loss gamma 6 + 0.15 x two auxiliary losses) and write a checkpoint.
+    """Train GLSNet (Adam, focal loss gamma 6, two auxiliary losses weighted per --aux-mode) and write a checkpoint.
 
     --preset paper trains as the paper does (mode full). The log says which mode runs and every setting that differs from the paper's training.
     """

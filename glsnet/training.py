@@ -64,8 +64,10 @@ class TrainMode(str, Enum):
     CROP = "crop"  # fast: the global branch sees a random crop_size crop
 
 
-# Where the paper is explicit (training): focal gamma 6, two auxiliary losses at 0.15, Adam at
-# 1e-4 (global branch and fusion) / 2e-5 (local branch), batches of six, the whole image globally.
+# Where the paper is explicit (training): focal gamma 6, two auxiliary losses and 0.15 (which term it
+# weighs is ambiguous: --aux-mode), Adam at
+# 1e-4 (global branch) / 2e-5 (local branch), batches of six, the whole image globally. The fusion
+# and aux heads sharing the global rate is ours (docs/model.md).
 PAPER_TRAINING = {"mode": TrainMode.FULL, "batch_size": 6, "focal_gamma": 6.0, "aux_weight": 0.15, "global_lr": 1e-4, "local_lr": 2e-5}
 
 
