@@ -303,7 +303,7 @@ def split(
     data_dir: Path = typer.Argument(..., help="Folder of labelled scenes (see --layout); its scene names are listed."),
     out: Path = typer.Option(..., "--out", "-o", help="Split file (JSON) to write."),
     layout: LayoutChoice = typer.Option(LayoutChoice.deepglobe, help=LAYOUT_OPTION_HELP),
-    counts: str = typer.Option("455,207,142", help="Scenes for train,val,test. Default: GLNet's DeepGlobe split sizes, which GLSNet reports on (its split itself was random and not published)."),
+    counts: str = typer.Option("455,207,142", help="Scenes for train,val,test. Default: GLNet's DeepGlobe split sizes, which GLSNet reports on (its lists are not known for sure; see docs/model.md)."),
     scale: bool = typer.Option(False, "--scale", help="Scale --counts to the folder's number of scenes (largest remainder), e.g. 6/2/2 of 10 scenes and 454/207/142 of 803 for 455,207,142."),
     seed: int = typer.Option(0, help="Seed of numpy's default_rng permutation of the sorted names: same folder listing and seed, same split."),
 ) -> None:

@@ -2,7 +2,7 @@
 
 ``{"train": [...], "val": [...], "test": [...], "note": "..."}``; a list may be empty, a name may be in
 one list only. ``draw_split`` draws one from a folder listing with a seeded permutation, as the
-paper's random DeepGlobe split (455 / 207 / 142) must be redrawn: it was never published.
+paper's random DeepGlobe split (455 / 207 / 142) is redrawn: its lists are not known for sure.
 """
 
 from __future__ import annotations
