@@ -1,7 +1,7 @@
 """The torchvision ImageNet files the backbones start from, recognised by sha256.
 
-The paper starts both backbones from ImageNet; GLNet, whose code it builds on, loaded torchvision's
-(then only) ImageNet weights, the V1 files below. Nothing is downloaded: the user fetches the file
+The paper starts both backbones from ImageNet without naming the files; torchvision's V1 files below
+are the ones that existed when GLNet and GLSNet's baselines were trained (V2 came in 2021). Nothing is downloaded: the user fetches the file
 once (URL below, or ``torchvision.models.resnet50(weights="IMAGENET1K_V1")`` on a machine with network,
 which caches it under ``~/.cache/torch/hub/checkpoints/``) and passes its path.
 """
