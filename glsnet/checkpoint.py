@@ -43,7 +43,7 @@ def save_checkpoint(
         "step": str(step),
         "extra": json.dumps(extra or {}),
     }
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     if optimizer is not None:
@@ -143,7 +143,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for index, entries in state["state"].items():
         for name, value in entries.items():
             if isinstance(value, torch.Tensor):
-                flat[f"{index}/{name}"] = value.detach().contiguous()
+                flat[f"{index}/{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[name] = value
     return flat, {"param_groups": state["param_groups"], "scalars": scalars}

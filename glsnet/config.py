@@ -27,6 +27,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "shallow-shallow": ("resnet18", "resnet18"),
     "deep-deep": ("resnet50", "resnet50"),
 }
+# Table 4's Deep-Deep also has an FPN in both branches (glsnet.fpn).
+VARIANTS_WITH_FPN = frozenset({"deep-deep"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class GLSNetConfig:
     std: tuple[float, ...] = IMAGENET_STD
     bands: tuple[int, ...] = (0, 1, 2)
     ignore_index: int = 255
+    fpn: bool = False  # both backbones followed by a feature pyramid (the paper's Deep-Deep, Table 4)
 
     def __post_init__(self) -> None:
         if len(self.palette) != len(self.classes):
@@ -105,6 +108,7 @@ def variant(name: str, **changes: Any) -> GLSNetConfig:
     if name not in VARIANTS:
         raise InputError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
     global_backbone, local_backbone = VARIANTS[name]
+    changes = {"fpn": name in VARIANTS_WITH_FPN, **changes}
     return GLSNetConfig(global_backbone=global_backbone, local_backbone=local_backbone, **changes)
 
 

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from glsnet.config import GLSNetConfig
 from glsnet.data.datasets import mean_exclusions
 from glsnet.data.layouts import Layout, open_scenes
 from glsnet.data.scenes import Scenes
+from glsnet.data.splits import SPLIT_NAMES, read_split_file
+from glsnet.device.inference_memory import InferenceMemory, InferenceMemoryMeter
+from glsnet.device.selection import resolve_device
 from runtime.accuracy.metrics import ConfusionMatrix, Scores
 from runtime.atomic_file import write_text_atomic
 from runtime.errors import InputError
@@ -34,7 +38,9 @@ class EvalOptions:
     batch_size: int = 6  # patches per forward pass
     progress: bool = True
     mean_exclude: tuple[str, ...] | None = None  # classes left out of the means; None: the dataset's convention
-    split: str = "val"  # mmsegmentation layouts: the split scored
+    split: str = "val"  # the split scored: a split file's list, or an mmsegmentation folder's split (train/val)
+    split_file: Path | None = None  # train/val/test name lists (glsnet.data.splits)
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (glsnet.device.selection)
 
     def __post_init__(self) -> None:
         if self.downscale < 1:
@@ -43,8 +49,10 @@ class EvalOptions:
             raise InputError(f"crop must be >= 1 px, got {self.crop}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be >= 1, got {self.limit}")
-        if self.split not in ("train", "val"):
-            raise InputError(f"split must be train or val, got {self.split!r}")
+        if self.split not in SPLIT_NAMES:
+            raise InputError(f"split must be one of {list(SPLIT_NAMES)}, got {self.split!r}")
+        if self.split == "test" and self.split_file is None:
+            raise InputError("--split test needs --split-file: the test scenes are those the split file lists")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class EvaluationResult:
     pixels: int
     checkpoint_step: int = 0
     options: dict = field(default_factory=dict)
+    gpu_memory: InferenceMemory | None = None  # CUDA only: the Table-3-like figure (glsnet.device.inference_memory)
 
     def as_dict(self) -> dict:
         return {
@@ -62,6 +71,7 @@ class EvaluationResult:
             "pixels": self.pixels,
             "checkpoint_step": self.checkpoint_step,
             "options": self.options,
+            "gpu_memory": self.gpu_memory.as_dict() if self.gpu_memory is not None else None,
             "scores": json_safe(self.scores.as_dict(self.class_names)),
         }
 
@@ -93,11 +103,13 @@ def score_scenes(model, scenes: Scenes, indices: list[int], options: EvalOptions
     from glsnet.inference import predict_mask
 
     config = model.config
+    device = next(model.parameters()).device
     matrix = ConfusionMatrix(config.num_classes, config.ignore_index)
     pixels = 0
     for index in _tracked(indices, options.progress, "evaluating"):
         image, labels = shrink(*scenes.read(index), options.downscale, options.crop)
-        prediction = predict_mask(model, normalize(image, config.normalization), options.batch_size)
+        pixels_in = torch.from_numpy(normalize(image, config.normalization)).to(device)
+        prediction = predict_mask(model, pixels_in, options.batch_size)
         matrix.update(prediction, labels)
         pixels += labels.size
     return matrix, pixels
@@ -107,19 +119,32 @@ def evaluate(checkpoint: str | Path, folder: str | Path, options: EvalOptions = 
     """Load ``checkpoint`` and score it on every scene of ``folder`` (or the first ``options.limit``)."""
     from glsnet.checkpoint import load_model
 
+    device = resolve_device(options.device)
     model, info = load_model(checkpoint)
+    model.to(device)
     excluded = excluded_from_means(model.config, options.mean_exclude)  # checks the names before any scene is scored
-    scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
-    indices = list(range(len(scenes.names)))[: options.limit]
-    matrix, pixels = score_scenes(model, scenes, indices, options)
+    if options.split_file is not None:
+        scenes = open_scenes(options.layout, folder, model.config)
+        indices = read_split_file(options.split_file).indices(options.split, scenes.names, options.split_file)
+        if not indices:
+            raise InputError(f"{options.split_file}: the split file's {options.split} list is empty")
+    else:
+        scenes = open_scenes(options.layout, folder, model.config, splits=(options.split,))
+        indices = list(range(len(scenes.names)))
+    indices = indices[: options.limit]
+    meter = InferenceMemoryMeter(device, options.batch_size)
+    with meter.measuring():
+        matrix, pixels = score_scenes(model, scenes, indices, options)
     return EvaluationResult(
         scores=matrix.scores(exclude=excluded),
         class_names=tuple(model.config.classes),
         scenes=tuple(scenes.names[i] for i in indices),
         pixels=pixels,
         checkpoint_step=info["step"],
+        gpu_memory=meter.result,
         options={"layout": Layout(options.layout).value, "downscale": options.downscale, "crop": options.crop,
-                 "split": options.split if Layout(options.layout).is_mmseg else None},
+                 "split": options.split if Layout(options.layout).is_mmseg or options.split_file else None,
+                 "split_file": str(options.split_file) if options.split_file else None},
     )
 
 

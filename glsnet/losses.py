@@ -1,5 +1,10 @@
 """GLSNet's training loss: focal loss (weight 1.0, gamma 6) on the fused logits plus two auxiliary
-focal losses (weight 0.15 each) on the global and local branches' own predictions (paper values).
+focal losses on the global and local branches' own predictions.
+
+The paper's 0.15 has two readings (``AuxMode``, docs/model.md): ``implemented``, each auxiliary loss
+weighted 0.15; ``glnet``, as GLNet's code (which GLSNet builds on) weighs its terms: auxiliary losses at
+1.0 plus 0.15 x a feature-map regulariser, the mean squared difference between the local branch's
+tokens and the global branch's tokens at the same pixels (the centre of the fusion's aligned crop).
 
 Every prediction is upsampled bilinearly to its label map, so all three losses are measured at
 full label resolution and pixels labelled ``ignore_index`` (patch padding) count nowhere.
@@ -8,12 +13,18 @@ full label resolution and pixels labelled ``ignore_index`` (patch padding) count
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glsnet.model import GLSNetOutput
+from glsnet.model import GLSNet, GLSNetOutput
+
+
+class AuxMode(str, Enum):
+    IMPLEMENTED = "implemented"  # main + w * (global aux + local aux), w = 0.15
+    GLNET = "glnet"  # main + 1.0 * (global aux + local aux) + w * feature-map regulariser, w = 0.15
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 6.0, ignore_index: int = 255) -> torch.Tensor:
@@ -43,19 +54,39 @@ class LossParts:
     main: torch.Tensor
     global_aux: torch.Tensor
     local_aux: torch.Tensor
+    fmreg: torch.Tensor | None = None  # GLNet's feature-map regulariser (aux mode glnet only)
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "main", "global_aux", "local_aux")}
+        names = ("total", "main", "global_aux", "local_aux") + (("fmreg",) if self.fmreg is not None else ())
+        return {k: float(getattr(self, k).detach()) for k in names}
+
+
+def feature_map_regulariser(model: GLSNet, output: GLSNetOutput) -> torch.Tensor:
+    """Mean squared difference between each patch's local tokens and the global tokens at the same pixels."""
+    local = output.local_features
+    h, w = int(local.shape[-2]), int(local.shape[-1])
+    crop = model.fusion.crop
+    margin_y, margin_x = crop.margins(h, w)
+    aligned = crop(output.global_features, output.boxes, h, w)  # [B, d, h + 2my, w + 2mx]
+    aligned = aligned[:, :, margin_y : margin_y + h, margin_x : margin_x + w]
+    return F.mse_loss(local.float(), aligned.float())
 
 
 class GLSNetLoss(nn.Module):
     """focal(fused logits, patch labels) + aux_weight * (focal(global aux, crop labels) + focal(local aux, patch labels))."""
 
-    def __init__(self, gamma: float = 6.0, aux_weight: float = 0.15, ignore_index: int = 255) -> None:
+    def __init__(
+        self, gamma: float = 6.0, aux_weight: float = 0.15, ignore_index: int = 255,
+        aux_mode: AuxMode = AuxMode.IMPLEMENTED, model: GLSNet | None = None,
+    ) -> None:
         super().__init__()
         self.gamma = gamma
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.aux_mode = AuxMode(aux_mode)
+        if self.aux_mode is AuxMode.GLNET and model is None:
+            raise ValueError("aux mode glnet needs the model (its fusion's crop aligns the feature maps)")
+        self._model = [model]  # a list: not registered as a submodule
 
     def forward(self, output: GLSNetOutput, patch_labels: torch.Tensor, crop_labels: torch.Tensor) -> LossParts:
         """``patch_labels`` [B, P, P] and ``crop_labels`` [H, W] (the global branch's whole input)."""
@@ -66,5 +97,9 @@ class GLSNetLoss(nn.Module):
             self.gamma, self.ignore_index,
         )
         local_aux = focal_loss(_resized(output.local_aux, patch_size), patch_labels, self.gamma, self.ignore_index)
-        total = main + self.aux_weight * (global_aux + local_aux)
-        return LossParts(total, main, global_aux, local_aux)
+        if self.aux_mode is AuxMode.IMPLEMENTED:
+            total = main + self.aux_weight * (global_aux + local_aux)
+            return LossParts(total, main, global_aux, local_aux)
+        fmreg = feature_map_regulariser(self._model[0], output)
+        total = main + global_aux + local_aux + self.aux_weight * fmreg
+        return LossParts(total, main, global_aux, local_aux, fmreg)

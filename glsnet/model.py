@@ -15,7 +15,14 @@ from torch import nn
 
 from glsnet.backbones import ResNetEncoder
 from glsnet.config import GLSNetConfig
+from glsnet.fpn import FPNEncoder
 from glsnet.fusion import GLDeepFusion, conv_bn_relu
+
+
+def encoder(config: GLSNetConfig, name: str, weights: str | Path | None) -> nn.Module:
+    """The backbone ``name`` (ImageNet ``weights`` if given), followed by a feature pyramid when ``config.fpn``."""
+    resnet = ResNetEncoder(name, config.in_channels, weights)
+    return FPNEncoder(resnet, config.width) if config.fpn else resnet
 
 
 class GlobalBranch(nn.Module):
@@ -49,6 +56,9 @@ class GLSNetOutput:
     logits: torch.Tensor  # [B, K, P/4, P/4] fused patch logits
     global_aux: torch.Tensor  # [1, K, H/32, W/32] from the global branch alone
     local_aux: torch.Tensor  # [B, K, P/32, P/32] from the local branch alone
+    global_features: torch.Tensor | None = None  # [1, d, H/32, W/32], for GLNet's feature-map regulariser
+    local_features: torch.Tensor | None = None  # [B, d, P/32, P/32]
+    boxes: torch.Tensor | None = None  # [B, 4] the patches' boxes
 
 
 class GLSNet(nn.Module):
@@ -63,18 +73,24 @@ class GLSNet(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.global_branch = GlobalBranch(ResNetEncoder(c.global_backbone, c.in_channels, global_weights), c.width)
-        self.local_branch = LocalBranch(ResNetEncoder(c.local_backbone, c.in_channels, local_weights), c.width, c.skip_width)
+        self.global_branch = GlobalBranch(encoder(c, c.global_backbone, global_weights), c.width)
+        self.local_branch = LocalBranch(encoder(c, c.local_backbone, local_weights), c.width, c.skip_width)
         self.fusion = GLDeepFusion(c.width, c.skip_width, c.head_width, c.num_classes, c.context)
         self.global_aux = nn.Conv2d(c.width, c.num_classes, kernel_size=1)
         self.local_aux = nn.Conv2d(c.width, c.num_classes, kernel_size=1)
 
     def forward(self, image: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor) -> GLSNetOutput:
         """Training forward: one normalised image [1, C, H, W], B of its patches and their boxes [B, 4]."""
-        global_features = self.global_branch(image)
+        return self.patch_outputs(self.global_branch(image), patches, boxes)
+
+    def patch_outputs(self, global_features: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor) -> GLSNetOutput:
+        """The outputs for B patches given the image's global features (computed once per image, so that
+        the patches of one image can be trained in several chunks; glsnet.training)."""
         local_features, local_skip = self.local_branch(patches)
         logits = self.fusion(local_features, local_skip, global_features, boxes)
-        return GLSNetOutput(logits, self.global_aux(global_features), self.local_aux(local_features))
+        return GLSNetOutput(
+            logits, self.global_aux(global_features), self.local_aux(local_features), global_features, local_features, boxes,
+        )
 
     def parameter_groups(self, global_lr: float, local_lr: float) -> list[dict]:
         """Adam groups: the local branch (and its aux head) at ``local_lr``; the global branch, the

@@ -67,6 +67,9 @@ def export_global_stages(model: Any, stage_dir: Path, options: Any, image: Any) 
 
     from export.graphs.graph_io import ExportError, check_graph, conform_io, dynamic_axes, simplify
 
+    if getattr(model.config, "fpn", False):
+        log.info("no global stage graphs: an FPN's top-down path needs every level at once (the single global graph serves)")
+        return []
     onnx = require("onnx", "ONNX export")
     out = []
     x = image

@@ -9,6 +9,7 @@ inference.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,21 @@ class TrainingSample:
     boxes: torch.Tensor  # [B, 4] float32 x1, y1, x2, y2 of each patch in ``image`` pixels
     patch_labels: torch.Tensor  # [B, P, P] int64; padding is ignore_index
     crop_labels: torch.Tensor  # [H, W] int64 labels of ``image``; padding is ignore_index
+
+    def _map(self, function) -> "TrainingSample":
+        return TrainingSample(*(function(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def pin_memory(self) -> "TrainingSample":
+        """Page-locked copies, so ``to(cuda, non_blocking=True)`` overlaps the copy with compute."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def to(self, device: torch.device, channels_last: bool = False) -> "TrainingSample":
+        """The sample on ``device`` (asynchronously from pinned memory); images channels-last if asked."""
+        moved = self._map(lambda t: t.to(device, non_blocking=True))
+        if channels_last:
+            moved.image = moved.image.contiguous(memory_format=torch.channels_last)
+            moved.patches = moved.patches.contiguous(memory_format=torch.channels_last)
+        return moved
 
 
 def random_crop(

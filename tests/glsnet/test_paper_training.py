@@ -26,17 +26,17 @@ def options(out: Path, **changes) -> TrainOptions:
 
 def global_inputs(monkeypatch) -> list[tuple[int, ...]]:
     """Record the shape of every training image, the global branch's input (``model(sample.image, ...)``)."""
-    import glsnet.training
+    import glsnet.data.loader  # makes the samples since the prefetching loader (issue 21)
 
     shapes: list[tuple[int, ...]] = []
-    original = glsnet.training.make_sample
+    original = glsnet.data.loader.make_sample
 
     def recording(*args, **kwargs):
         sample = original(*args, **kwargs)
         shapes.append(tuple(sample.image.shape))
         return sample
 
-    monkeypatch.setattr(glsnet.training, "make_sample", recording)
+    monkeypatch.setattr(glsnet.data.loader, "make_sample", recording)
     return shapes
 
 
@@ -103,9 +103,12 @@ def test_paper_preset_follows_the_paper_where_it_is_explicit(tmp_path: Path):
     assert PRESET_MODES["paper"] is TrainMode.FULL and PRESET_MODES["small"] is TrainMode.CROP
     config = preset_config("paper")
     assert (config.global_backbone, config.local_backbone, config.patch_size) == ("resnet18", "resnet50", 508)
-    paper = TrainOptions(out=tmp_path / "p", config=config, mode=TrainMode.FULL)
+    imagenet = {"global_weights": tmp_path / "resnet18-f37072fd.pth", "local_weights": tmp_path / "resnet50-0676ba61.pth"}
+    paper = TrainOptions(out=tmp_path / "p", config=config, mode=TrainMode.FULL, **imagenet)
     assert {k: getattr(paper, k) for k in PAPER_TRAINING} == PAPER_TRAINING
     assert paper.paper_differences() == []
+    random = TrainOptions(out=tmp_path / "p", config=config, mode=TrainMode.FULL)  # issue 21: random weights are a difference
+    assert random.paper_differences() == ["global and local backbone from random weights (paper: ImageNet-pretrained)"]
     smoke = options(tmp_path / "s", mode=TrainMode.CROP, focal_gamma=2.0)
     differences = "; ".join(smoke.paper_differences())
     assert "mode crop (paper: full)" in differences and "focal_gamma 2.0 (paper: 6.0)" in differences

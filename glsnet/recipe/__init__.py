@@ -1,0 +1,1 @@
+"""The training recipe beyond the optimiser: ImageNet weights, schedule, augmentation, staged training."""
