@@ -21,6 +21,10 @@ EXTRAS: dict[str, str] = {
     "cuda.bindings": "tensorrt",
     "pycuda": "tensorrt (or the pycuda that JetPack ships)",
     "ray": "cluster",
+    "fsspec": "cluster",
+    "s3fs": "s3",
+    "gcsfs": "gcs",
+    "adlfs": "azure",
 }
 
 

@@ -85,7 +85,9 @@ def _probe(address: str) -> None:
 
 def _auto_address() -> str | None:
     """The HOST:PORT that Ray's "auto" means on this node ($RAY_ADDRESS, or the last `ray start`), or None."""
-    from ray._private.services import canonicalize_bootstrap_address  # the resolver ray.init uses for "auto"
+    from ray._private.services import (
+        canonicalize_bootstrap_address,  # the resolver ray.init uses for "auto"
+    )
 
     try:
         return canonicalize_bootstrap_address("auto")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from runtime.atomic_file import atomic_path, remove_temporaries_of
 from runtime.batch.inputs import expand_inputs
 from runtime.batch.resume import batch_provenance, is_done
+from runtime.batch.storage import Location
 from runtime.errors import InputError, MissingDependencyError
 from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import SegmenterOptions
@@ -37,8 +38,8 @@ def test_folders_globs_and_lists_expand_to_each_image_once(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     found = expand_inputs(["scenes", "more/**/*.jpg", str(listed), str(table)], exclude=tmp_path / "scenes" / "out")
 
-    assert found == [a.resolve(), b.resolve(), c.resolve()]
-    assert out_mask.resolve() not in found
+    assert found == [Location(str(a)), Location(str(b)), Location(str(c))]  # absolute, symlinks not followed
+    assert Location(str(out_mask)) not in found
 
 
 @pytest.mark.parametrize(
