@@ -150,6 +150,7 @@ def bench(
     torch_reference: bool = typer.Option(True, "--torch/--no-torch", help="Also measure the PyTorch reference (needs torch)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph."),
     batch: bool = typer.Option(False, "--batch", help="Instead: glsnet batch's scenes/min with 1 and 2 Ray workers on the same 8 scenes, and per-worker peak RSS (needs the cluster extra)."),
+    batch_nodes: bool = typer.Option(False, "--batch-nodes", help="With --batch: 1 and 2 worker nodes of a local multi-node Ray cluster (loopback, one worker per node) instead of 1 and 2 workers."),
     budgets: str = typer.Option("700MB,900MB,1.2GB", "--budgets", help="--max-memory values to measure at --size (comma-separated; '' for none)."),
 ) -> None:
     """Wall time, peak RSS (with an RSS timeline by phase) and patches/s of the runtime vs the PyTorch reference,
@@ -159,7 +160,7 @@ def bench(
     if batch:
         from runtime.bench.batch_bench import BatchBenchOptions, run_batch_bench
 
-        run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
+        run_batch_bench(BatchBenchOptions(out=out / ("batch-nodes" if batch_nodes else "batch"), bundle=bundle, nodes=batch_nodes))
         return
     from runtime.bench.segment_bench import BenchOptions, run_bench
     from runtime.byte_sizes import parse_memory_size

@@ -180,7 +180,7 @@ def test_a_second_driver_is_refused_while_the_lease_is_held(bucket, tmp_path):
 
 
 def test_each_run_appends_its_own_report_section_in_the_store(bucket, tmp_path):
-    fs, name = bucket
+    _, name = bucket
     location = Location(f"s3://{name}/out/batch-report.jsonl")
     for run in range(2):
         with ReportWriter(location, str(tmp_path / "driver")) as report:
