@@ -74,15 +74,16 @@ def run(
 
 @app.command()
 def batch(
-    inputs: List[str] = typer.Argument(..., help="Images, folders (their images), quoted globs such as 'scenes/**/*.tif', or .txt/.csv lists of paths."),
-    bundle: Path = opt.BUNDLE,
-    output: Path = opt.OUTPUT,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto (the one this node belongs to) or HOST:PORT. Default: start a local Ray instance for this run."),
+    inputs: List[str] = typer.Argument(..., help="Images, folders or prefixes (their images), quoted globs such as 'scenes/**/*.tif', or .txt/.csv lists; plain paths or s3://, gs://, az://, file:// URIs."),
+    bundle: str = typer.Option(..., "--bundle", "-b", help="Bundle folder: a path, or an s3://, gs://, az:// URI (fetched once per node, cached by its manifest's sha256)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output folder: a path (relative to this directory, resolved here) or an s3://, gs://, az:// URI."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto (the one this node belongs to) or HOST:PORT. Default: $RAY_ADDRESS when set (ray job submit), else a local Ray instance for this run."),
     workers: int = typer.Option(2, "--workers", "-w", help="Worker actors, each with its own Segmenter (opens the bundle once)."),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="Ray CPUs reserved by each worker; also its ONNX Runtime threads unless --threads is given."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray GPUs reserved by each worker (with --provider cuda or tensorrt, or --engine tensorrt)."),
     memory_per_worker: Optional[str] = typer.Option(None, "--memory-per-worker", help="Ray memory reserved by each worker, e.g. 3GB, so Ray places no more workers on a node than fit (default: --max-memory when given)."),
-    retries: int = typer.Option(2, "--retries", help="Times a scene is retried on another worker when its worker dies (killed, out of memory, node lost)."),
+    retries: int = typer.Option(2, "--retries", help="Times a scene is retried when its worker dies (killed, out of memory); a lost or preempted node does not count."),
+    scene_timeout: Optional[float] = typer.Option(None, "--scene-timeout", help="Seconds a scene may take before its worker is killed and the scene recorded as failed (default: 60 s per megapixel, at least 300 s; 0: no deadline)."),
     precision: str = opt.PRECISION,
     engine: str = opt.ENGINE,
     provider: Optional[str] = opt.PROVIDER,
@@ -125,6 +126,7 @@ def batch(
         gpus_per_worker=gpus_per_worker,
         memory_per_worker=parse_memory_size(memory_per_worker),
         retries=retries,
+        scene_timeout_s=scene_timeout,
     )
     summary = run_batch(options)
     if summary.failed:
@@ -152,6 +154,7 @@ def bench(
     torch_reference: bool = typer.Option(True, "--torch/--no-torch", help="Also measure the PyTorch reference (needs torch)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per graph."),
     batch: bool = typer.Option(False, "--batch", help="Instead: glsnet batch's scenes/min with 1 and 2 Ray workers on the same 8 scenes, and per-worker peak RSS (needs the cluster extra)."),
+    batch_nodes: bool = typer.Option(False, "--batch-nodes", help="With --batch: 1 and 2 worker nodes of a local multi-node Ray cluster (loopback, one worker per node) instead of 1 and 2 workers."),
     budgets: str = typer.Option("700MB,900MB,1.2GB", "--budgets", help="--max-memory values to measure at --size (comma-separated; '' for none)."),
 ) -> None:
     """Wall time, peak RSS (with an RSS timeline by phase) and patches/s of the runtime vs the PyTorch reference,
@@ -161,7 +164,7 @@ def bench(
     if batch:
         from runtime.bench.batch_bench import BatchBenchOptions, run_batch_bench
 
-        run_batch_bench(BatchBenchOptions(out=out / "batch", bundle=bundle))
+        run_batch_bench(BatchBenchOptions(out=out / ("batch-nodes" if batch_nodes else "batch"), bundle=bundle, nodes=batch_nodes))
         return
     from runtime.bench.segment_bench import BenchOptions, run_bench
     from runtime.byte_sizes import parse_memory_size

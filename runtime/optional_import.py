@@ -23,6 +23,10 @@ EXTRAS: dict[str, str] = {
     "array_api_compat": "tensorrt (or cuda, jetson, dev)",
     "cupy": "tensorrt (cupy-cuda12x; tensorrt-cu13 for CUDA 13)",
     "ray": "cluster",
+    "fsspec": "cluster",
+    "s3fs": "s3",
+    "gcsfs": "gcs",
+    "adlfs": "azure",
 }
 
 

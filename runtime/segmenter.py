@@ -149,12 +149,23 @@ class Segmenter:
         outputs = outputs or OutputOptions()
         source = open_image(input_path, self.options.max_pixels)
         try:
-            source = self._conform(source)
             if paths is None:
                 paths = outputs.paths_for(Path(input_path), None if output_dir is None else Path(output_dir))
-            return write_outputs(source, _marked_writing(self.pipeline.iter_rows(source, progress)), paths, outputs, self.manifest, provenance)
+            return self.segment_source(source, paths, outputs, progress, provenance)
         finally:
             source.close()
+
+    def segment_source(
+        self,
+        source: ImageSource,
+        paths: OutputPaths,
+        outputs: OutputOptions | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> OutputPaths:
+        """segment_file for an image already opened (e.g. a TIFF read by ranges from object storage); the caller closes it."""
+        source = self._conform(source)
+        return write_outputs(source, _marked_writing(self.pipeline.iter_rows(source, progress)), paths, outputs or OutputOptions(), self.manifest, provenance)
 
 
 def _array_source(image: np.ndarray) -> ArraySource:

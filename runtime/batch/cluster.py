@@ -18,6 +18,7 @@ from runtime.optional_import import require
 CONNECT_TIMEOUT_S = 5.0
 LOCAL_OBJECT_STORE_BYTES = 200 * 1000**2  # a batch passes paths and small results, never pixels
 DEFAULT_CLIENT_PORT = 10001
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 START_HINT = "start one with `ray start --head` (see docs/cluster.md), or drop --address to run on a local Ray instance"
 
 
@@ -39,8 +40,10 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
             _node_ip_address="127.0.0.1",
         )
     else:
-        _probe(address)
+        host = _probe(address)
         init = dict(address=address)
+        if host in LOOPBACK:  # a head on this machine's loopback: this driver joins as 127.0.0.1 too, not by its LAN address
+            init["_node_ip_address"] = "127.0.0.1"
     try:
         ray.init(log_to_driver=False, logging_level="WARNING", **init)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -57,8 +60,8 @@ def ray_session(address: str | None, local_cpus: int | None = None) -> Iterator[
         ray.shutdown()
 
 
-def _probe(address: str) -> None:
-    """Fail within CONNECT_TIMEOUT_S when nothing listens at the head's address."""
+def _probe(address: str) -> str:
+    """Fail within CONNECT_TIMEOUT_S when nothing listens at the head's address; return the head's host."""
     if address == "auto":
         target = _auto_address()
         if target is None:
@@ -81,11 +84,14 @@ def _probe(address: str) -> None:
     except OSError as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
         raise ClusterError(f"--address {address}: no Ray cluster answers at {host}:{port} ({reason}); {START_HINT}") from exc
+    return host
 
 
 def _auto_address() -> str | None:
     """The HOST:PORT that Ray's "auto" means on this node ($RAY_ADDRESS, or the last `ray start`), or None."""
-    from ray._private.services import canonicalize_bootstrap_address  # the resolver ray.init uses for "auto"
+    from ray._private.services import (
+        canonicalize_bootstrap_address,  # the resolver ray.init uses for "auto"
+    )
 
     try:
         return canonicalize_bootstrap_address("auto")

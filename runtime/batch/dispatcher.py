@@ -1,38 +1,61 @@
 """``glsnet batch``: many scenes on a Ray cluster, one Segmenter per worker actor, resumable.
 
-The driver expands the inputs, checks the bundle and options once, skips the scenes already done
-(runtime.batch.resume), then hands scenes one at a time to idle workers, so a slow scene never
-holds others back. Outputs go through Segmenter.segment_file (atomic). A scene that fails for its
-own reason comes back as a failed result; a worker that dies takes no result with it: its
-temporary files are removed and the scene goes back to the front of the queue for the next idle
-worker (at most ``retries`` times), while Ray restarts the dead worker. Each result is appended to
-``OUT/batch-report.jsonl`` as it arrives.
+The driver expands the inputs (paths or object-store URIs), reads the bundle's manifest and
+checks the options once, skips the scenes already done (runtime.batch.resume), takes the output
+folder's lease, then hands scenes, largest first, one at a time to idle workers spread across the
+nodes, so a slow scene never holds others back.
+
+Faults: a scene that fails for its own reason comes back as a failed result. A scene past its
+deadline (``--scene-timeout``, by default scaled by its pixels) has its worker killed; it is
+recorded as failed and the worker restarts. A worker that dies takes no result with it: the
+scene goes back to the front of the queue; the try counts against ``--retries`` unless the node
+was lost or preempted. Ray restarts dead workers without limit; a breaker stops the batch when
+workers die faster than DEATH_BREAKER allows. ``ActorUnavailableError`` (a worker Ray cannot
+reach for now) is not a death: nothing of its scene is removed, the scene is queued again, and the
+worker is asked again whether it is ready. Each result is appended to ``OUT/batch-report.jsonl``
+as it arrives, with the node id, the attempt and Ray's cause of each death.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from runtime.atomic_file import remove_temporaries_of
+from runtime.batch.bundle_fetch import BundleRef, check_bundle
 from runtime.batch.cluster import ray_session
 from runtime.batch.inputs import expand_inputs
-from runtime.batch.report import FAILED, REPORT_NAME, SKIPPED, BatchSummary, ReportWriter, SceneResult, print_summary
-from runtime.batch.resume import batch_provenance, is_done
-from runtime.batch.worker import Scene, SceneWorker
+from runtime.batch.lease import Lease
+from runtime.batch.report import (
+    FAILED,
+    REPORT_NAME,
+    SKIPPED,
+    BatchSummary,
+    ReportWriter,
+    SceneResult,
+    print_summary,
+)
+from runtime.batch.resume import batch_provenance, done_scenes, output_names
+from runtime.batch.scene_sizes import scene_pixels
+from runtime.batch.storage import Location, parse_location
+from runtime.batch.worker import Scene, SceneWorker, scratch_root
 from runtime.byte_sizes import format_bytes
 from runtime.errors import ClusterError, InputError
-from runtime.image_io.writers import OutputOptions, OutputPaths
+from runtime.image_io.writers import OutputOptions
 from runtime.options import SegmenterOptions
-from runtime.segmenter import Segmenter
 
-MAX_WORKER_RESTARTS = 8  # per worker: Ray restarts a dead worker this many times, then the batch goes on without it
-WAIT_TICK_S = 0.5  # how often the progress bar is refreshed while waiting for results
+WAIT_TICK_S = 0.5  # how often the progress bar, deadlines and the lease are looked at while waiting for results
+DEATH_WINDOW_S = 600.0  # the breaker counts deaths within this window...
+DEATH_BREAKER = 10  # ...and stops the batch beyond max(DEATH_BREAKER, 2 x workers) of them
+TIMEOUT_FLOOR_S = 300.0  # the default deadline: at least this...
+TIMEOUT_S_PER_MEGAPIXEL = 60.0  # ...or this per megapixel of the scene, whichever is longer
+GPU_PROVIDERS = ("cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -40,18 +63,20 @@ class BatchOptions:
     """A whole batch: what to segment, with which bundle and options, on which workers."""
 
     inputs: tuple[str, ...]
-    bundle: Path
-    output: Path
+    bundle: str | Path
+    output: str | Path
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     outputs: OutputOptions = field(default_factory=OutputOptions)
-    address: str | None = None  # None: a local Ray instance for this run
+    address: str | None = None  # None: $RAY_ADDRESS when set (ray job submit), else a local Ray instance for this run
     workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     memory_per_worker: int | None = None  # bytes of Ray memory reserved per worker (default: max_memory)
     retries: int = 2
+    scene_timeout_s: float | None = None  # None: scaled by pixels (see scene_deadline); 0: none
     start_timeout_s: float = 300.0  # no worker ready by then: the cluster cannot run the workers asked for
     local_cpus: int | None = None  # CPUs of the local Ray instance (default: all)
+    cwd: str | None = None  # where relative paths are resolved (default: the driver's working directory)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -62,6 +87,12 @@ class BatchOptions:
             raise InputError(f"--gpus-per-worker {self.gpus_per_worker}: must be >= 0")
         if self.retries < 0:
             raise InputError(f"--retries {self.retries}: must be >= 0")
+        if self.scene_timeout_s is not None and self.scene_timeout_s < 0:
+            raise InputError(f"--scene-timeout {self.scene_timeout_s}: must be >= 0 (0: no deadline)")
+        gpu = self.segmenter.engine == "tensorrt" or self.segmenter.ort_provider in GPU_PROVIDERS
+        if gpu and self.gpus_per_worker == 0:
+            what = "--engine tensorrt" if self.segmenter.engine == "tensorrt" else f"--provider {self.segmenter.ort_provider}"
+            raise InputError(f"{what} runs on a GPU but --gpus-per-worker is 0: give each worker a GPU (e.g. --gpus-per-worker 1)")
 
     def worker_segmenter(self) -> SegmenterOptions:
         """The workers' Segmenter options: ONNX Runtime threads default to the CPUs each worker reserved."""
@@ -80,26 +111,33 @@ class BatchOptions:
             resources["memory"] = memory
         return resources
 
+    def scene_deadline(self, pixels: int) -> float | None:
+        """Seconds a scene of ``pixels`` may take before its worker is killed (None: no deadline)."""
+        if self.scene_timeout_s is not None:
+            return self.scene_timeout_s or None
+        return max(TIMEOUT_FLOOR_S, TIMEOUT_S_PER_MEGAPIXEL * pixels / 1e6)
+
 
 def run_batch(options: BatchOptions, console=None, show_progress: bool = True) -> BatchSummary:
     """Segment every scene of ``options.inputs`` not already done; print a summary; return it."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    out = options.output
-    if out.exists() and not out.is_dir():
+    cwd = options.cwd or os.getcwd()
+    out = parse_location(options.output, cwd, "output folder")
+    if out.is_local and os.path.exists(out.local_path) and not os.path.isdir(out.local_path):
         raise InputError(f"{out}: exists and is not a folder; choose an output folder with -o")
-    scenes = expand_inputs(options.inputs, exclude=out)
+    inputs = tuple(item if "://" in item else os.path.join(cwd, os.path.expanduser(item)) for item in map(str, options.inputs))
+    scenes = expand_inputs(inputs, exclude=out)
     outputs = options.worker_outputs()
-    Segmenter(options.bundle, options=options.segmenter)  # bundle, checksums, precision and bands checked here, once
-    provenance = batch_provenance(options.bundle.resolve(), options.segmenter, outputs)
-    paths = {scene: outputs.paths_for(scene, out) for scene in scenes}
-    done = {scene for scene in scenes if is_done(paths[scene], provenance)}
+    bundle, _ = check_bundle(parse_location(options.bundle, cwd, "bundle"), options.segmenter)
+    provenance = batch_provenance(bundle.location.uri, options.segmenter, outputs, bundle.manifest_sha256)
+    done = done_scenes(scenes, out, outputs, provenance)
     todo = [scene for scene in scenes if scene not in done]
     summary = BatchSummary()
-    report_path = out / REPORT_NAME
+    report_location = out.join(REPORT_NAME)
     start = time.perf_counter()
-    with ReportWriter(report_path) as report:
+    with Lease(out) as lease, ReportWriter(report_location, os.path.join(scratch_root(), "driver")) as report:
 
         def record(result: SceneResult) -> None:
             summary.add(result)
@@ -107,62 +145,90 @@ def run_batch(options: BatchOptions, console=None, show_progress: bool = True) -
 
         for scene in scenes:
             if scene in done:
-                record(SceneResult(str(scene), [str(p) for p in paths[scene].written()], SKIPPED, attempts=0))
+                record(SceneResult(str(scene), [str(out.join(n)) for n in output_names(scene, outputs)], SKIPPED, attempts=0))
         if not todo:
             console.print(
                 f"nothing to do: all {len(scenes)} scenes are already done in {out} with this bundle and these options "
-                f"(report: {report_path})",
+                f"(report: {report_location})",
                 highlight=False,
             )
             return summary
         skipped = len(scenes) - len(todo)
         if skipped:
             console.print(f"{skipped} of {len(scenes)} scenes already done with this bundle and options: skipped", highlight=False)
-        with ray_session(options.address, options.local_cpus) as ray, _ProgressBar(console, len(todo), show_progress) as progress:
+        pixels = scene_pixels(todo)
+        todo.sort(key=lambda scene: -pixels[scene])  # largest first: the longest scenes never start last
+        address = options.address or ("auto" if os.environ.get("RAY_ADDRESS") else None)
+        with ray_session(address, options.local_cpus) as ray, _ProgressBar(console, len(todo), show_progress) as progress:
 
             def on_result(result: SceneResult) -> None:
                 record(result)
                 progress(summary)
 
-            _Dispatcher(ray, options, outputs, provenance, paths, on_result, summary, console).run([Scene(s, out) for s in todo])
+            dispatcher = _Dispatcher(ray, options, bundle, outputs, provenance, on_result, summary, console, lease.renew)
+            dispatcher.run([Scene(s, out) for s in todo], {s: options.scene_deadline(pixels[s]) for s in todo})
     summary.wall_seconds = time.perf_counter() - start
-    print_summary(summary, report_path, console)
+    print_summary(summary, report_location, console)
     return summary
+
+
+@dataclass
+class _Flight:
+    """A scene on a worker: who has it, since when, until when."""
+
+    worker: str
+    scene: Scene
+    started: float
+    deadline: float | None
+    timed_out: bool = False
 
 
 class _Dispatcher:
     """Workers, the queue of scenes and the results in flight; one scene per idle worker at a time."""
 
-    def __init__(self, ray, options: BatchOptions, outputs: OutputOptions, provenance: dict, paths: dict[Path, OutputPaths], on_result: Callable[[SceneResult], None], summary: BatchSummary, console) -> None:
-        self.ray, self.options, self.paths, self.on_result, self.summary, self.console = ray, options, paths, on_result, summary, console
+    def __init__(self, ray, options: BatchOptions, bundle: BundleRef, outputs: OutputOptions, provenance: dict, on_result: Callable[[SceneResult], None], summary: BatchSummary, console, tick: Callable[[], None] = lambda: None) -> None:
+        self.ray, self.options, self.outputs, self.on_result, self.summary, self.console, self.tick = ray, options, outputs, on_result, summary, console, tick
         self.errors = _ray_errors(ray)
-        worker_class = ray.remote(SceneWorker).options(max_restarts=MAX_WORKER_RESTARTS, max_task_retries=0, **options.ray_resources())
+        worker_class = ray.remote(SceneWorker).options(max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD", **options.ray_resources())
         self.actors = {
-            f"worker-{i}": worker_class.remote(f"worker-{i}", str(options.bundle.resolve()), options.worker_segmenter(), outputs, provenance)
+            f"worker-{i}": worker_class.remote(f"worker-{i}", bundle, options.worker_segmenter(), outputs, provenance)
             for i in range(1, options.workers + 1)
         }
+        self.info_of: dict[str, Any] = {}  # worker -> its WorkerInfo (pid, node) when last ready
+        self.parked: dict[str, tuple[_Flight, str]] = {}  # worker -> its scene and why, until the worker is known alive or dead
+        self.queue: deque[Scene] = deque()
         self.starting = {actor.ready.remote(): name for name, actor in self.actors.items()}
         self.idle: deque[str] = deque()
-        self.in_flight: dict[Any, tuple[str, Scene]] = {}
-        self.deaths: Counter = Counter()
+        self.in_flight: dict[Any, _Flight] = {}
+        self.death_times: deque[float] = deque()
+        self.deaths: dict[Location, list[str]] = {}
         self.start_errors: dict[str, str] = {}
         self.ever_ready = False
         self.first_dispatch: float | None = None
+        self.breaker = max(DEATH_BREAKER, 2 * options.workers)
         self._warn_if_short_of_resources()
 
-    def run(self, scenes: list[Scene]) -> None:
-        queue = deque(scenes)
+    def run(self, scenes: list[Scene], deadlines: dict[Location, float | None]) -> None:
+        queue = self.queue = deque(scenes)
         started = time.monotonic()
         try:
-            while queue or self.in_flight:
+            while queue or self.in_flight or self.parked:
                 while self.idle and queue:
                     if self.first_dispatch is None:
                         self.first_dispatch = time.perf_counter()
                     name, scene = self.idle.popleft(), queue.popleft()
-                    self.in_flight[self.actors[name].segment.remote(scene)] = (name, scene)
-                if not self.in_flight and not self.starting:
-                    self._give_up(queue)
+                    seconds = deadlines.get(scene.input)
+                    now = time.monotonic()
+                    self.in_flight[self.actors[name].segment.remote(scene)] = _Flight(name, scene, now, None if seconds is None else now + seconds)
+                if not self.in_flight and not self.starting and not self.parked:
+                    self._give_up(queue, "no worker is left")
                     return
+                if len(self.death_times) > self.breaker:
+                    self._give_up(queue, f"workers died {len(self.death_times)} times within {DEATH_WINDOW_S:.0f} s (the breaker's limit is {self.breaker})")
+                    return
+                self.tick()
+                self._enforce_deadlines()
+                self._settle_lost_nodes()
                 done, _ = self.ray.wait(list(self.in_flight) + list(self.starting), num_returns=1, timeout=WAIT_TICK_S)
                 if not done:
                     if not self.ever_ready and time.monotonic() - started > self.options.start_timeout_s:
@@ -172,69 +238,137 @@ class _Dispatcher:
                 if ref in self.starting:
                     self._worker_started(ref)
                 else:
-                    self._scene_finished(ref, queue)
+                    self._scene_finished(ref)
         finally:
             self._stop()
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for flight in list(self.in_flight.values()) + [parked for parked, _ in self.parked.values()]:
+            if flight.deadline is not None and now > flight.deadline and not flight.timed_out:
+                flight.timed_out = True
+                self.ray.kill(self.actors[flight.worker], no_restart=False)  # Ray restarts it; the scene's result becomes an error
 
     def _worker_started(self, ref) -> None:
         name = self.starting.pop(ref)
         try:
-            self.ray.get(ref)
+            info = self.ray.get(ref)
         except self.errors.actor_died as exc:
-            if _died_in_constructor(exc):  # e.g. the bundle is not at this path on that node: Ray does not restart it
+            if _died_in_constructor(exc):  # e.g. the bundle cannot be fetched on that node: Ray does not restart it
                 self.start_errors[name] = _creation_error(exc)
                 self.console.print(f"[red]{name} could not start:[/red] {self.start_errors[name]}", highlight=False)
+                self._settle_parked(name, died=True, cause=_cause_of_death(exc))
                 return
+            self._settle_parked(name, died=True, cause=_cause_of_death(exc), exc=exc)
             self._count_death(name)
             return
         except self.errors.unavailable:  # still restarting: ask again
             time.sleep(WAIT_TICK_S)
             self.starting[self.actors[name].ready.remote()] = name
             return
-        except self.errors.ray_error:
+        except self.errors.ray_error as exc:
+            self._settle_parked(name, died=True, cause=_first_line(exc))
             self._count_death(name)
             return
+        previous = self.info_of.get(name)
+        restarted = previous is not None and (previous.pid, previous.node_id) != (info.pid, info.node_id)
+        if name in self.parked and restarted:  # it was unreachable because it had died: Ray restarted it
+            self._settle_parked(name, died=True, cause=f"{self.parked[name][1]}; Ray restarted it (pid {previous.pid} -> {info.pid})", previous=previous)
+            self._count_death(name, ask_ready=False)
+        else:
+            self._settle_parked(name, died=False, cause="")
+        self.info_of[name] = info
         self.ever_ready = True
         self.idle.append(name)
 
-    def _scene_finished(self, ref, queue: deque) -> None:
-        name, scene = self.in_flight.pop(ref)
+    def _scene_finished(self, ref) -> None:
+        flight = self.in_flight.pop(ref)
+        name, scene = flight.worker, flight.scene
         try:
             result = self.ray.get(ref)
         except self.errors.task_error as exc:  # raised past SceneWorker.segment's own handling: still this scene's failure
             result = _failed(scene, name, f"{scene.input}: {_first_line(exc)}")
             self.idle.append(name)
-        except self.errors.ray_error as exc:  # the worker process died (killed, out of memory, node lost)
-            for path in self.paths[scene.input].written():
-                remove_temporaries_of(path)
+        except self.errors.unavailable as exc:
+            # Not a death (yet): the worker may still be writing, so nothing is removed. Its next ready()
+            # says whether the same process is there (the scene is queued again) or a restarted one (a death).
+            self.parked[name] = (flight, _first_line(exc))
+            self.starting[self.actors[name].ready.remote()] = name
+            return
+        except self.errors.ray_error as exc:  # the worker process is dead (killed, out of memory, node lost)
+            self.parked[name] = (flight, _cause_of_death(exc))
+            self._settle_parked(name, died=True, cause=_cause_of_death(exc), exc=exc)
             self._count_death(name)
-            if scene.attempt <= self.options.retries:
-                queue.appendleft(dataclasses.replace(scene, attempt=scene.attempt + 1))
-                return
-            result = _failed(scene, name, f"{scene.input}: the worker died on each of {scene.attempt} attempts ({_first_line(exc)})")
+            return
         else:
             self.idle.append(name)
-        self._record(result)
+        self._record(dataclasses.replace(result, deaths=self.deaths.pop(scene.input, [])))
+
+    def _settle_parked(self, name: str, died: bool, cause: str, exc: BaseException | None = None, previous=None) -> None:
+        """The scene of a worker that was unreachable or died: queued again, or recorded as failed."""
+        if name not in self.parked:
+            return
+        flight, _ = self.parked.pop(name)
+        scene = flight.scene
+        previous = previous or self.info_of.get(name)
+        node_id = previous.node_id if previous else None
+        if not died:  # the same process answered: its segment() has ended; the scene runs again (outputs are idempotent)
+            self.deaths.setdefault(scene.input, []).append(f"{name} on node {node_id}: unreachable for a while, not dead")
+            self.queue.appendleft(dataclasses.replace(scene, attempt=scene.attempt + 1))
+            return
+        self._sweep(scene)  # the writer is confirmed dead: its temporaries can go
+        if flight.timed_out:
+            seconds = time.monotonic() - flight.started
+            self._record(_failed(scene, name, f"{scene.input}: timed out after {seconds:.0f} s (--scene-timeout); its worker was ended and restarted", node_id))
+            return
+        lost = bool(getattr(exc, "preempted", False)) or not self._node_alive(node_id)
+        self.deaths.setdefault(scene.input, []).append(f"{name} on node {node_id}: {'node lost: ' if lost else ''}{cause}")
+        charged = scene.charged if lost else scene.charged + 1
+        if charged <= self.options.retries + 1:
+            self.queue.appendleft(dataclasses.replace(scene, attempt=scene.attempt + 1, charged=charged))
+            return
+        result = _failed(scene, name, f"{scene.input}: the worker died on each of {scene.charged} attempts ({cause})", node_id)
+        self._record(dataclasses.replace(result, deaths=self.deaths.pop(scene.input, [])))
+
+    def _settle_lost_nodes(self) -> None:
+        """An unreachable worker whose node is gone is dead: do not wait for Ray to place its restart."""
+        for name in list(self.parked):
+            info = self.info_of.get(name)
+            if info is not None and not self._node_alive(info.node_id):
+                self._settle_parked(name, died=True, cause="its node left the cluster")
+                self._count_death(name, ask_ready=False)
+
+    def _node_alive(self, node_id: str | None) -> bool:
+        if node_id is None:
+            return True
+        return any(n["NodeID"] == node_id and n["Alive"] for n in self.ray.nodes())
+
+    def _sweep(self, scene: Scene) -> None:
+        """After a confirmed death: the dead writer's temporaries beside local outputs (object-store outputs leave none)."""
+        if scene.output_dir.is_local:
+            for name in output_names(scene.input, self.outputs):
+                remove_temporaries_of(scene.output_dir.join(name).local_path)
 
     def _record(self, result: SceneResult) -> None:
         if self.first_dispatch is not None:
             self.summary.processing_seconds = time.perf_counter() - self.first_dispatch
         self.on_result(result)
 
-    def _count_death(self, name: str) -> None:
-        """A worker died: Ray restarts it (up to MAX_WORKER_RESTARTS); it rejoins once ready again."""
+    def _count_death(self, name: str, ask_ready: bool = True) -> None:
+        """A worker died: Ray restarts it; it rejoins once ready again. Deaths feed the breaker."""
         self.summary.worker_deaths += 1
-        self.deaths[name] += 1
-        if self.deaths[name] > MAX_WORKER_RESTARTS:
-            self.console.print(f"[red]{name} died {self.deaths[name]} times: the batch goes on without it[/red]", highlight=False)
-            return
-        self.starting[self.actors[name].ready.remote()] = name
+        now = time.monotonic()
+        self.death_times.append(now)
+        while self.death_times and now - self.death_times[0] > DEATH_WINDOW_S:
+            self.death_times.popleft()
+        if ask_ready:
+            self.starting[self.actors[name].ready.remote()] = name
 
-    def _give_up(self, queue: deque) -> None:
+    def _give_up(self, queue: deque, reason: str) -> None:
         if not self.ever_ready and self.start_errors:
             details = "; ".join(f"{name}: {error}" for name, error in self.start_errors.items())
             raise ClusterError(f"no worker could start: {details}")
-        reason = "no worker is left (each died more than the restarts allowed)"
+        self.console.print(f"[red]{reason}: the remaining scenes are recorded as failed[/red]", highlight=False)
         while queue:
             scene = queue.popleft()
             self._record(_failed(scene, None, f"{scene.input}: not segmented: {reason}"))
@@ -253,6 +387,8 @@ class _Dispatcher:
             need = self.options.ray_resources()[key]
             if need and total.get(ray_key, 0) < need * self.options.workers:
                 fit = int(total.get(ray_key, 0) // need)
+                if ray_key == "GPU" and fit == 0:
+                    raise ClusterError(f"--gpus-per-worker {need:g}: the cluster has no GPU; run GPU workers on GPU nodes, or use --provider cpu")
                 self.console.print(
                     f"[yellow]the cluster has {total.get(ray_key, 0):g} {ray_key}s: {fit} of {self.options.workers} workers "
                     f"fit now ({need:g} {ray_key} each); the others wait for resources[/yellow]",
@@ -260,14 +396,16 @@ class _Dispatcher:
                 )
 
     def _stop(self) -> None:
-        """End every worker; scenes still in flight (an interrupted run) leave no temporary file."""
+        """End every worker: each removes its scratch folder first; scenes still in flight leave no temporary file."""
+        idle = [self.actors[name] for name in self.idle]
+        if idle:
+            self.ray.wait([actor.shutdown.remote() for actor in idle], num_returns=len(idle), timeout=10)
         for actor in self.actors.values():
             self.ray.kill(actor, no_restart=True)
         if self.in_flight:
             self.ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=10)
-            for _, scene in self.in_flight.values():
-                for path in self.paths[scene.input].written():
-                    remove_temporaries_of(path)
+            for flight in self.in_flight.values():
+                self._sweep(flight.scene)
 
 
 @dataclass(frozen=True)
@@ -296,20 +434,34 @@ def _creation_error(exc: BaseException) -> str:
     return match.group(1) if match else lines[-1]
 
 
+def _cause_of_death(exc: BaseException) -> str:
+    """Ray's own words for why the actor died (the lines after its field list), in one line."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    said = [line for line in lines[1:] if line and not re.match(r"^(class_name|actor_id|pid|name|namespace|ip):", line)]
+    return " ".join(said) or _first_line(exc)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
 
-def _failed(scene: Scene, worker: str | None, error: str) -> SceneResult:
-    return SceneResult(str(scene.input), [], FAILED, error=error, worker=worker, attempts=scene.attempt)
+def _failed(scene: Scene, worker: str | None, error: str, node_id: str | None = None) -> SceneResult:
+    return SceneResult(str(scene.input), [], FAILED, error=error, worker=worker, node_id=node_id, attempts=scene.attempt)
 
 
 class _ProgressBar:
     """The live bar: scenes done of those to do, scenes per minute, failures; a no-op when disabled."""
 
     def __init__(self, console, total: int, enabled: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("scenes"),

@@ -1,21 +1,31 @@
 """What happened to each scene of a batch: one JSON line per scene, and the summary printed at the end.
 
 The report is a log: each line is written whole and flushed when its scene ends, so an interrupted
-run still leaves the scenes it finished (a re-run skips them and writes a fresh report).
+run still leaves the scenes it finished. Each run appends its own section, opened by a line
+``{"run": ..., "started": ...}``, so a re-run never overwrites what an earlier run recorded. In an
+object store (no append there) the report is kept in the driver's scratch and uploaded whole,
+at most every UPLOAD_EVERY_S seconds and at the end.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import tempfile
+import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
+from runtime.batch.storage import Location, read_bytes, upload
 from runtime.byte_sizes import format_bytes
 
 REPORT_NAME = "batch-report.jsonl"
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+UPLOAD_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -28,36 +38,69 @@ class SceneResult:
     error: str | None = None
     seconds: float = 0.0
     worker: str | None = None  # worker-<n>, the actor that segmented it (restarts keep the name)
-    node: str | None = None
+    node: str | None = None  # host name
+    node_id: str | None = None  # Ray's node id
     pid: int | None = None
     peak_rss_bytes: int | None = None  # the worker process's peak while on this scene
     peak_rss_per_scene: bool = True  # False: the process's lifetime peak (no per-scene reset here)
-    attempts: int = 1
+    attempts: int = 1  # tries, node losses included
+    deaths: list[str] = field(default_factory=list)  # per earlier try that died: worker, node id and Ray's cause of death
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
 
 
 class ReportWriter:
-    """``OUT/batch-report.jsonl``, replaced at the start of each run and appended scene by scene."""
+    """``OUT/batch-report.jsonl``: this run's section appended, scene by scene."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(path, "w", encoding="utf-8")
+    def __init__(self, location: Location, scratch: str | None = None) -> None:
+        self.location = location
+        self.run = uuid.uuid4().hex[:12]
+        self._last_upload = 0.0
+        if location.is_local:
+            self.local = location.local_path
+            os.makedirs(os.path.dirname(self.local), exist_ok=True)
+        else:
+            os.makedirs(scratch or tempfile.gettempdir(), exist_ok=True)
+            fd, self.local = tempfile.mkstemp(dir=scratch, prefix=".batch-report.", suffix=".jsonl")
+            with os.fdopen(fd, "wb") as handle:
+                try:
+                    handle.write(read_bytes(location))
+                except FileNotFoundError:
+                    pass
+        self._file: IO[str] = open(self.local, "a", encoding="utf-8")
+        header = {"run": self.run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "driver": f"{socket.gethostname()}:{os.getpid()}"}
+        self._file.write(json.dumps(header) + "\n")
+        self._flush(force=True)
 
     def write(self, result: SceneResult) -> None:
         self._file.write(result.to_json() + "\n")
+        self._flush()
+
+    def _flush(self, force: bool = False) -> None:
         self._file.flush()
+        if not self.location.is_local and (force or time.monotonic() - self._last_upload >= UPLOAD_EVERY_S):
+            upload(self.local, self.location)
+            self._last_upload = time.monotonic()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._flush(force=True)
+        finally:
+            self._file.close()
+            if not self.location.is_local:
+                os.unlink(self.local)
 
     def __enter__(self) -> "ReportWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_report(text: str) -> list[dict]:
+    """Every section of a report: the run header lines and the scene lines, in order."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 @dataclass
@@ -110,7 +153,7 @@ def _worker_number(name: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def print_summary(summary: BatchSummary, report: Path, console) -> None:
+def print_summary(summary: BatchSummary, report: Path | Location, console) -> None:
     """The closing table: scenes by status, throughput, per-worker peak RSS, then each failure."""
     from rich.table import Table
 

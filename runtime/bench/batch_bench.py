@@ -7,10 +7,16 @@ reserves one CPU and runs ONNX Runtime on one thread: two workers use twice the 
 what adding workers to a cluster does. Per-worker peak RSS is the highest per-scene peak of each
 worker process (runtime.process_memory.peak_rss). With no bundle given, a seeded random-init bundle of the small
 configuration is exported first (that needs torch).
+
+With ``nodes=True`` (``glsnet bench --batch --batch-nodes``) each count is a count of worker *nodes*
+instead: a ray.cluster_utils cluster on this machine, loopback only, with a head of no CPUs and N
+worker nodes of one CPU and their own scratch folder, one worker per node (SPREAD); the scenes
+are the same. On one machine the nodes share its cores, so the ratio is bounded by them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -21,6 +27,7 @@ import numpy as np
 from runtime.atomic_file import write_text_atomic
 from runtime.batch.cluster import ray_session
 from runtime.batch.dispatcher import BatchOptions, run_batch
+from runtime.batch.worker import SCRATCH_ENV
 from runtime.bench.segment_bench import run_child, synthetic_scene
 from runtime.byte_sizes import format_bytes
 from runtime.errors import GlsnetError, InputError, MissingDependencyError
@@ -38,6 +45,7 @@ class BatchBenchOptions:
     size: int = 768  # side of each square scene (a crop of a 2448 x 2448 DeepGlobe image)
     workers: tuple[int, ...] = (1, 2)
     seed: int = 0
+    nodes: bool = False  # counts of worker nodes of a local multi-node cluster, one worker each
 
     def __post_init__(self) -> None:
         if self.scenes < 1 or self.size < 64 or not self.workers or min(self.workers) < 1:
@@ -86,6 +94,27 @@ def _bundle(options: BatchBenchOptions) -> Path:
     return made / "bundle"
 
 
+@contextlib.contextmanager
+def _local_cluster(worker_nodes: int, scratch: Path):
+    """A multi-node Ray cluster on this machine (loopback): a head with no CPUs, worker nodes of 1 CPU; yields its address."""
+    from runtime.optional_import import require
+
+    require("ray", "glsnet bench --batch --batch-nodes")
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1, not the LAN address
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False, "object_store_memory": 80 * 1024**2})
+    try:
+        for n in range(worker_nodes):
+            folder = scratch / f"node-{n + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=80 * 1024**2, env_vars={SCRATCH_ENV: str(folder)})
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 def run_batch_bench(options: BatchBenchOptions) -> dict:
     """Run glsnet batch once per worker count on the same scenes; print a table, write ``out/batch-bench.json``."""
     from rich.console import Console
@@ -95,26 +124,30 @@ def run_batch_bench(options: BatchBenchOptions) -> dict:
     bundle = _bundle(options)
     scenes, origin = write_scenes(options)
     rows = []
-    with ray_session(None):
+    with contextlib.nullcontext() if options.nodes else ray_session(None):
         for workers in options.workers:
-            out = options.out / f"workers-{workers}"
+            out = options.out / f"{'nodes' if options.nodes else 'workers'}-{workers}"
             for old in out.glob("*"):
                 old.unlink()  # a fresh folder: nothing may be skipped
-            batch = BatchOptions(
-                inputs=(str(options.out / "scenes"),),
-                bundle=bundle,
-                output=out,
-                segmenter=SegmenterOptions(threads=1),
-                workers=workers,
-                cpus_per_worker=1.0,
-                retries=0,
-            )
-            summary = run_batch(batch, console=Console(stderr=True, quiet=True), show_progress=False)
+            with _local_cluster(workers, options.out / "scratch") if options.nodes else contextlib.nullcontext() as address:
+                batch = BatchOptions(
+                    inputs=(str(options.out / "scenes"),),
+                    bundle=bundle,
+                    output=out,
+                    segmenter=SegmenterOptions(threads=1),
+                    address=address,
+                    workers=workers,
+                    cpus_per_worker=1.0,
+                    retries=0,
+                )
+                summary = run_batch(batch, console=Console(stderr=True, quiet=True), show_progress=False)
             if summary.failed:
                 raise GlsnetError(f"batch bench: {len(summary.failed)} scenes failed with {workers} workers: {summary.failed[0].error}")
             rows.append(
                 {
                     "workers": workers,
+                    "worker_nodes": workers if options.nodes else 1,
+                    "nodes_used": len({r.node_id for r in summary.results if r.node_id}),
                     "scenes": len(scenes),
                     "processing_seconds": round(summary.processing_seconds, 2),
                     "scenes_per_minute": round(summary.scenes_per_minute, 2),
@@ -124,7 +157,7 @@ def run_batch_bench(options: BatchBenchOptions) -> dict:
             )
     base = rows[0]["scenes_per_minute"] or 1.0
     table = Table(title=f"glsnet batch: {len(scenes)} scenes of {options.size} x {options.size}, {origin}")
-    for column in ("workers", "processing", "scenes/min", f"vs {rows[0]['workers']} worker", "peak RSS per worker", "load avg"):
+    for column in ("worker nodes" if options.nodes else "workers", "processing", "scenes/min", f"vs {rows[0]['workers']} {'node' if options.nodes else 'worker'}", "peak RSS per worker", "load avg"):
         table.add_column(column, justify="right")
     for row in rows:
         peaks = ", ".join(f"{name} {format_bytes(peak)}" for name, peak in row["peak_rss_bytes"].items())

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -120,30 +120,33 @@ def _decode_with_pillow(path: Path, max_pixels: int | None) -> np.ndarray:
 
 
 class TiffSource:
-    """A TIFF/GeoTIFF read window by window: only the tiles or strips that cross the rows asked for."""
+    """A TIFF/GeoTIFF read window by window: only the tiles or strips that cross the rows asked for.
 
-    def __init__(self, path: Path) -> None:
+    ``path`` may be an open binary file (an object-store file read by ranges); ``name`` then names it in errors.
+    """
+
+    def __init__(self, path: Path | BinaryIO, name: str | None = None) -> None:
         import tifffile
 
-        self.name = str(path)
+        self.name = name or str(path)
         try:
             self._file = tifffile.TiffFile(path)
         except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
-            raise InputError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+            raise InputError(f"{self.name}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
         try:
             if not self._file.pages:
-                raise InputError(f"{path}: not a readable TIFF: it has no image pages (corrupt or truncated file)")
+                raise InputError(f"{self.name}: not a readable TIFF: it has no image pages (corrupt or truncated file)")
             page = self._file.pages.first
             self._page = page
             planes, depth, height, width, contig = page.shaped
             if depth != 1:
-                raise InputError(f"{path}: volumetric TIFFs (depth {depth}) are not supported; expected a 2-D image")
+                raise InputError(f"{self.name}: volumetric TIFFs (depth {depth}) are not supported; expected a 2-D image")
             self.height, self.width = int(height), int(width)
             self.bands = int(planes * contig)
             _check_size(self.name, self.height, self.width, self.bands)
             self.dtype = page.dtype
             if self.dtype is None or not (np.issubdtype(self.dtype, np.integer) or np.issubdtype(self.dtype, np.floating)):
-                raise InputError(f"{path}: TIFF pixel type {page.dtype} is not supported; expected integer or float samples")
+                raise InputError(f"{self.name}: TIFF pixel type {page.dtype} is not supported; expected integer or float samples")
             self._separate = planes > 1
             if page.is_tiled:
                 self._seg_rows, self._seg_cols = page.tilelength, math.ceil(self.width / page.tilewidth)
@@ -153,7 +156,7 @@ class TiffSource:
             self._segments_per_plane = math.ceil(self.height / self._seg_rows) * self._seg_cols
             if len(page.dataoffsets) != self._segments_per_plane * planes:
                 raise InputError(
-                    f"{path}: the TIFF has {len(page.dataoffsets)} data segments, expected "
+                    f"{self.name}: the TIFF has {len(page.dataoffsets)} data segments, expected "
                     f"{self._segments_per_plane * planes}; the file is corrupt or uses an unsupported layout"
                 )
             self.geotags = [_tag_tuple(page.tags[code]) for code in GEO_TAGS if code in page.tags]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from runtime.atomic_file import atomic_path, remove_temporaries_of
 from runtime.batch.inputs import expand_inputs
 from runtime.batch.resume import batch_provenance, is_done
+from runtime.batch.storage import Location
 from runtime.errors import InputError, MissingDependencyError
 from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import SegmenterOptions
@@ -37,8 +39,8 @@ def test_folders_globs_and_lists_expand_to_each_image_once(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     found = expand_inputs(["scenes", "more/**/*.jpg", str(listed), str(table)], exclude=tmp_path / "scenes" / "out")
 
-    assert found == [a.resolve(), b.resolve(), c.resolve()]
-    assert out_mask.resolve() not in found
+    assert found == [Location(str(a)), Location(str(b)), Location(str(c))]  # absolute, symlinks not followed
+    assert Location(str(out_mask)) not in found
 
 
 @pytest.mark.parametrize(
@@ -138,3 +140,45 @@ def test_a_worker_constructor_error_is_shown_as_its_own_message():
     )
     assert _creation_error(RuntimeError(wrapped)) == "/data/bundle: no manifest.json; this is not a GLSNet bundle"
     assert _creation_error(RuntimeError("x\nOSError: disk gone")) == "OSError: disk gone"
+
+
+def test_a_gpu_provider_without_gpus_per_worker_fails_before_anything_starts(tmp_path):
+    from runtime.batch.dispatcher import BatchOptions
+
+    with pytest.raises(InputError, match=r"--provider cuda runs on a GPU but --gpus-per-worker is 0"):
+        BatchOptions(inputs=("x",), bundle="b", output="o", segmenter=SegmenterOptions(provider="cuda"))
+    assert BatchOptions(inputs=("x",), bundle="b", output="o", segmenter=SegmenterOptions(provider="cuda"), gpus_per_worker=1).gpus_per_worker == 1
+
+
+def test_scene_deadlines_scale_with_pixels_unless_given():
+    from runtime.batch.dispatcher import TIMEOUT_FLOOR_S, TIMEOUT_S_PER_MEGAPIXEL, BatchOptions
+
+    default = BatchOptions(inputs=("x",), bundle="b", output="o")
+    assert default.scene_deadline(100 * 100) == TIMEOUT_FLOOR_S
+    assert default.scene_deadline(20_000 * 20_000) == pytest.approx(400 * TIMEOUT_S_PER_MEGAPIXEL)
+    assert BatchOptions(inputs=("x",), bundle="b", output="o", scene_timeout_s=7).scene_deadline(20_000 * 20_000) == 7
+    assert BatchOptions(inputs=("x",), bundle="b", output="o", scene_timeout_s=0).scene_deadline(1) is None
+
+
+def test_rays_cause_of_death_is_kept_in_one_line():
+    from runtime.batch.dispatcher import _cause_of_death
+
+    said = (
+        "The actor died unexpectedly before finishing this task.\n\tclass_name: SceneWorker\n\tactor_id: ab12\n\tpid: 77\n"
+        "\tip: 10.0.0.3\nThe actor is dead because its worker process has died. Worker exit type: NODE_OUT_OF_MEMORY"
+    )
+    assert _cause_of_death(RuntimeError(said)) == "The actor is dead because its worker process has died. Worker exit type: NODE_OUT_OF_MEMORY"
+
+
+def test_an_output_uri_of_another_scheme_is_refused_in_one_line_before_ray(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "batch", str(tmp_path), "--bundle", str(tmp_path), "-o", "ftp://host/out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 2  # bad input, as for every other command
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ftp://host/out: unsupported storage scheme ftp://"), done.stderr
+    assert list(tmp_path.iterdir()) == []
