@@ -44,7 +44,19 @@ from calibration.accuracy_gate import (
 from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions
 from calibration.fp16 import FP16Options, convert_graph_to_fp16, kept_nodes_summary
 from calibration.int8 import Int8Options, build_int8_graphs
-from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, TileSet, bundle_tiles, sample_tiles
+from calibration.integer_kernels import (
+    DISABLED_OPTIMIZERS,
+    count_kernels,
+    optimise_for_cpu,
+)
+from calibration.tiles import (
+    CALIBRATION,
+    HOLDOUT,
+    TileOptions,
+    TileSet,
+    bundle_tiles,
+    sample_tiles,
+)
 from runtime.bundle.manifest import (
     GRAPH_ROLES,
     EngineSpec,
@@ -288,30 +300,45 @@ def resolve_target(target: BuildTarget) -> BuildTarget:
     return target
 
 
-def build_onnxruntime_engines(bundle_dir: Path, precision: str) -> EngineSpec:
-    """Graphs optimised offline by ONNX Runtime (extended level: portable across x86/ARM CPUs), in the bundle."""
+def build_onnxruntime_engines(bundle_dir: Path, precision: str, say: Callable[[str], None] = log.info) -> EngineSpec:
+    """Graphs optimised offline by ONNX Runtime (extended level: portable across x86/ARM CPUs), in the bundle.
+
+    Q/DQ graphs come out with integer kernels (calibration/integer_kernels.py); the float Conv and
+    MatMul nodes each engine still holds are printed and recorded in the engine's profile.
+    """
     ort = require("onnxruntime", "the ONNX Runtime build")
     from runtime.atomic_file import atomic_path
 
     manifest = read_manifest(bundle_dir)
     directory = f"{ORT_ENGINE_DIR}/{precision}"
     files: dict[str, dict[str, str]] = {}
+    kernels: dict[str, dict] = {}
     for role in GRAPH_ROLES:
         source = graph_path(bundle_dir, manifest.graph(role, precision))
         relative = f"{directory}/{role}.onnx"
+        start = time.perf_counter()
         with atomic_path(bundle_dir / relative) as tmp:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            options.optimized_model_filepath = str(tmp)
-            options.log_severity_level = 3
-            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+            optimise_for_cpu(source, tmp)
+            count = count_kernels(tmp)
         files[role] = {"file": relative, "sha256": sha256_file(bundle_dir / relative)}
+        kernels[role] = count.as_dict()
+        say(f"onnxruntime {precision} {role}: {count.line()} ({time.perf_counter() - start:.1f} s)")
+        if precision == "int8" and count.float_convs:
+            say(f"onnxruntime int8 {role}: convolutions left in float: {', '.join(count.float_convs)}")
     spec = EngineSpec(
         target="onnxruntime",
         precision=precision,
         directory=directory,
         files=files,
-        profiles={"onnxruntime": {"version": ort.__version__, "optimization_level": "extended", "providers": ["CPUExecutionProvider"]}},
+        profiles={
+            "onnxruntime": {
+                "version": ort.__version__,
+                "optimization_level": "extended",
+                "disabled_optimizers": list(DISABLED_OPTIMIZERS),
+                "providers": ["CPUExecutionProvider"],
+            },
+            "kernels": kernels,
+        },
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     manifest = read_manifest(bundle_dir)
@@ -323,13 +350,16 @@ def build_onnxruntime_engines(bundle_dir: Path, precision: str) -> EngineSpec:
 def build_engines(bundle_dir: Path, precision: str, options: BuildOptions, say: Callable[[str], None]) -> EngineSpec:
     target = resolve_target(options.target)
     if target == BuildTarget.TENSORRT:
-        from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+        from export.tensorrt.tensorrt_build import (
+            TensorRTBuildOptions,
+            build_tensorrt_engines,
+        )
 
         say(f"building TensorRT {precision} engines")
         return build_tensorrt_engines(bundle_dir, precision, options.tensorrt or TensorRTBuildOptions())
     if options.target == BuildTarget.AUTO:
         say("TensorRT is not installed here: building the ONNX Runtime (CPU) engines instead")
-    spec = build_onnxruntime_engines(bundle_dir, precision)
+    spec = build_onnxruntime_engines(bundle_dir, precision, say)
     say(f"ONNX Runtime {precision} graphs optimised into {spec.directory}/")
     return spec
 

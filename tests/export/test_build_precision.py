@@ -118,6 +118,10 @@ def test_int8_build_writes_graphs_caches_and_manifest(calibrated, tmp_path):
         assert path == bundle / "int8" / f"{role}.calib.cache" and CalibrationCache.read(path).scales
     assert manifest.accuracy["int8"]["tiles"]["agreement"] >= 0.5 and manifest.accuracy["int8"]["images"] is None
     assert [e.precision for e in manifest.engines] == ["int8"]
+    kernels = manifest.engines[0].profiles["kernels"]
+    for role in ("global", "local", "fusion"):
+        assert f"onnxruntime int8 {role}: " in output and kernels[role]["integer"]["QLinearConv"] > 0
+        assert set(kernels[role]["float_convs"]) <= set(entry["excluded_nodes"][role])  # only what the sensitivity check kept
 
 
 def test_all_black_calibration_trips_the_gate(small_bundle, tmp_path):
