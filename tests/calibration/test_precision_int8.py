@@ -180,9 +180,11 @@ def test_modelopt_is_optional(setup, tmp_path):
 def test_node_groups_follow_the_modules(setup):
     _, _, _, _, fp32 = setup
     groups = node_groups(onnx.load(str(fp32["local"])), ("Conv",))
-    assert len(groups["/backbone/layer1/layer1.0"]) == 3  # a bottleneck block's three convolutions
-    assert "/backbone/layer1/layer1.0/downsample" in groups and "/neck" in groups
+    assert len(groups["/backbone/layer1/layer1.0"]) == 4  # a bottleneck block's three convolutions and its shortcut's
+    assert len(groups["/backbone/layer1/layer1.1"]) == 3 and "/neck" in groups
     assert sum(len(nodes) for nodes in groups.values()) == 55  # every convolution of ResNet-50 + neck + skip
+    with_adds = node_groups(onnx.load(str(fp32["local"])), ("Conv", "Add"))
+    assert with_adds["/backbone/layer1/layer1.0"][-1] == "/backbone/layer1/layer1.0/Add"  # the residual Add joins its block
 
 
 def test_sensitivity_check_leaves_the_most_damaging_group_in_float(setup, tmp_path):
