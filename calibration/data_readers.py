@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from calibration.integer_kernels import DISABLED_OPTIMIZERS
 from calibration.tiles import TileSet
 from runtime.bundle.manifest import (
     FUSION_INPUTS,
@@ -31,12 +32,13 @@ Feed = dict[str, np.ndarray]
 
 
 def cpu_session(path: str | Path, threads: int = 0):
-    """An ONNX Runtime CPU session (all optimisations; ``threads`` 0 lets ORT choose)."""
+    """An ONNX Runtime CPU session (all optimisations but those that stop Q/DQ graphs from running as
+    integer kernels, as in the engines the build saves; ``threads`` 0 lets ORT choose)."""
     ort = require("onnxruntime", "calibration and accuracy checks")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
 def fp32_sessions(bundle_dir: str | Path, manifest: Manifest, threads: int = 0) -> dict:

@@ -1,11 +1,16 @@
 """INT8: activation ranges from calibration tiles, explicit Q/DQ graphs placed for TensorRT, the
 TensorRT 10 calibration cache from the same ranges, and a sensitivity check.
 
-Placement follows TensorRT's explicit-quantization rules: symmetric int8 everywhere (zero point 0),
-per-channel weights, per-tensor activations, Q/DQ on the inputs of convolutions (a dedicated pair per
-consumer), float biases (TensorRT folds them itself), ReLUs kept in the graph, no Q/DQ on the
-outputs of weighted ops. Residual Adds are not quantized by default (see CNN_OPS). The fusion's
-softmax, LayerNorm, attention matmuls and crop arithmetic are not quantized: only its convolution head is.
+Placement serves both consumers of the one Q/DQ graph: TensorRT's explicit quantization (symmetric int8
+everywhere, zero point 0, per-channel weights, per-tensor activations, float biases, a dedicated pair per
+consumer) and ONNX Runtime's CPU provider, whose QDQ transformers fuse DQ -> Conv -> Q into QLinearConv
+and DQ -> Add -> Q into QLinearAdd only where the output of the op is quantized too. So convolutions and
+the branches' residual Adds are quantized on their inputs and outputs (CNN_OPS); a ReLU after a
+convolution reads the dequantized output and its own output is quantized again for the next
+convolution (activation after ReLU), which costs almost nothing since both ranges are the same.
+calibration/integer_kernels.py saves the engine so the fusion survives and counts what stayed in float.
+The fusion's softmax, LayerNorm, attention matmuls and crop arithmetic are not quantized: only its
+convolution head is.
 
 Ranges are measured once per graph with ONNX Runtime's calibrators (default: the 99.99th percentile
 of |x|), one feed at a time so memory stays bounded, over every float tensor, so the same numbers
@@ -17,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import io
 import inspect
+import io
 import logging
 import tempfile
 import time
@@ -30,6 +35,13 @@ import numpy as np
 
 from calibration.calibration_cache import DEFAULT_TENSORRT_VERSION, CalibrationCache
 from calibration.data_readers import Feed, FeedReader
+from calibration.stage_graphs import (
+    Correspondence,
+    correspondence,
+    load_graph,
+    stage_exclusions,
+    stage_ranges,
+)
 from runtime.atomic_file import atomic_path
 from runtime.errors import MissingDependencyError
 from runtime.optional_import import available, require
@@ -56,7 +68,7 @@ class QuantizationExtras:
     dedicated_qdq_pair: bool = True  # DedicatedQDQPair: a node left in float then reads the float tensor
     force_quantize_no_input_check: bool = False  # ForceQuantizeNoInputCheck
     add_qdq_pair_to_weight: bool = False  # AddQDQPairToWeight
-    no_output_quantization: tuple[str, ...] = ("Conv", "Add")  # OpTypesToExcludeOutputQuantization: TensorRT fuses what follows
+    no_output_quantization: tuple[str, ...] = ()  # OpTypesToExcludeOutputQuantization: none, so ORT can fuse integer kernels
     per_channel_axes: tuple[tuple[str, int], ...] = ()  # QDQOpTypePerChannelSupportToAxis
 
     def to_ort(self) -> dict:
@@ -73,10 +85,12 @@ class QuantizationExtras:
         }
 
 
-# Q/DQ on the inputs of convolutions only. TensorRT also suggests quantizing the residual input of
-# each Add (so it can fuse the add into an int8 convolution); on DeepGlobe that cost 1.8 points of
-# agreement for the local branch alone (96.1 vs 97.9 %), so it is an option (add "Add"), not the default.
-CNN_OPS = ("Conv",)
+# Convolutions and residual Adds, inputs and outputs. With Conv alone, a convolution whose output
+# feeds a residual Add has no Q after it and ONNX Runtime leaves it in float (12 of the small local
+# branch's 55 convolutions, and the int8 graph ran slower than fp32). An earlier placement with Q/DQ on
+# convolution inputs only measured 97.9 % local-branch tile agreement on DeepGlobe against 96.1 % with
+# Adds quantized; the sensitivity check keeps in float the blocks that cost the most.
+CNN_OPS = ("Conv", "Add")
 FUSION_OPS = ("Conv",)
 
 
@@ -245,18 +259,30 @@ def quantize_with_modelopt(source: Path, target: Path, samples: dict[str, np.nda
 # ---------------------------------------------------------------- sensitivity
 
 
+# Ops that a module of their own computes (their name carries that module: ``.../conv1/Conv``); others,
+# such as a residual block's Add, are written in the block's forward (``.../layer3.2/Add``).
+MODULE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+
+
 def node_groups(model, op_types: tuple[str, ...]) -> dict[str, list[str]]:
     """Quantizable nodes grouped by the module that owns them (a residual block, the stem, a head).
 
-    The group is the node name's path without its last two parts (``/backbone/layer3/layer3.2/conv1/Conv``
-    -> ``/backbone/layer3/layer3.2``); names without such a path form groups of one.
+    The group is the node's block: its name's path without the op (and without the layer module for
+    Conv: ``/backbone/layer3/layer3.2/conv1/Conv`` -> ``/backbone/layer3/layer3.2``), a shortcut's
+    ``downsample`` joining its block (``.../layer3.0/downsample/downsample.0/Conv`` -> ``.../layer3.0``),
+    because a block's Add left in float leaves the convolutions that feed it in float too. Names
+    without such a path form groups of one.
     """
     groups: dict[str, list[str]] = {}
     for node in model.graph.node:
         if node.op_type not in op_types:
             continue
-        parts = node.name.rsplit("/", 2)
-        key = parts[0] if len(parts) == 3 and parts[0] else node.name
+        module = node.name.split("/")[:-1]
+        if node.op_type in MODULE_OPS:
+            module = module[:-1]
+        if module and module[-1] == "downsample":
+            module = module[:-1]
+        key = "/".join(module) if len(module) > 1 and module[0] == "" else node.name
         groups.setdefault(key, []).append(node.name)
     return groups
 
@@ -274,6 +300,16 @@ class Int8GraphState:
     gains: dict[str, float] | None = None  # group -> agreement gained by leaving it in float (the last scan)
     seconds: float = 0.0
     modelopt_samples: dict[str, np.ndarray] | None = None  # set when ModelOpt quantizes this graph
+    stages: list[StageTarget] = field(default_factory=list)  # global: its stage graphs, quantized alongside
+
+
+@dataclass(frozen=True)
+class StageTarget:
+    """One global stage graph to quantize with the global graph's ranges and exclusions."""
+
+    prepared: Path
+    output: Path
+    match: Correspondence
 
 
 def quantize_state(state: Int8GraphState, options: Int8Options, target: Path | None = None, extra: tuple[str, ...] = ()) -> Path:
@@ -285,6 +321,10 @@ def quantize_state(state: Int8GraphState, options: Int8Options, target: Path | N
         quantize_with_modelopt(state.prepared, target, state.modelopt_samples, options, excluded + tuple(options.nodes_to_exclude))
     else:
         quantize_graph(state.prepared, target, state.ranges, state.role, options, excluded)
+        if target == state.output:
+            for stage in state.stages:
+                kept = stage_exclusions(excluded + tuple(options.nodes_to_exclude), stage.match)
+                quantize_graph(stage.prepared, stage.output, stage_ranges(state.ranges, stage.match), state.role, options, kept)
     state.seconds += time.perf_counter() - start
     return target
 
@@ -315,6 +355,7 @@ class Int8Build:
     rounds: list[dict]  # the sensitivity check, round by round
     method: str
     seconds: float
+    stages: list[Path] = field(default_factory=list)  # the global stage graphs, in order (none: not asked, or ModelOpt)
     quantizer: str = "onnxruntime.quantization.quantize_static"
 
     def summary(self) -> dict:
@@ -337,7 +378,7 @@ def describe_method(options: Int8Options) -> str:
     ops = ", ".join(f"{role}: {'/'.join(types)}" for role, types in options.ops)
     return (
         f"onnxruntime.quantization {options.method.value} calibrator ({how}), symmetric, per-tensor activations; "
-        f"{'per-channel' if options.per_channel else 'per-tensor'} symmetric int8 weights; QDQ on the inputs of {ops}"
+        f"{'per-channel' if options.per_channel else 'per-tensor'} symmetric int8 weights; QDQ on the inputs and outputs of {ops}"
     )
 
 
@@ -357,12 +398,16 @@ def build_int8_graphs(
     thresholds,
     report: Callable[[str], None] = log.info,
     judge: Callable[[dict[str, Path]], object] | None = None,
+    global_stages: tuple[Path, ...] = (),
 ) -> Int8Build:
     """Calibrate each graph, write its Q/DQ graph and TensorRT cache under ``out_dir``, then run the
     sensitivity check while ``judge`` (default: the candidate chain on held-back tiles) misses the
     thresholds: find the graph whose int8 version alone costs the most agreement, measure for each of
     its node groups (residual blocks, heads) how much agreement leaving that group in float wins back,
-    and leave the best one in float; repeat, up to ``max_excluded_groups`` groups in all."""
+    and leave the best one in float; repeat, up to ``max_excluded_groups`` groups in all.
+
+    ``global_stages``: the fp32 global stage graphs; each is quantized into ``out_dir`` under its own
+    file name whenever the global graph is, with the global graph's ranges and exclusions."""
     from calibration.accuracy_gate import chain_scores
     from calibration.data_readers import cpu_session
 
@@ -382,6 +427,12 @@ def build_int8_graphs(
             state = Int8GraphState(role, Path(fp32), prepared, out_dir / f"{role}.onnx", ranges)
             if options.use_modelopt and role in MODELOPT_ROLES:
                 state.modelopt_samples = modelopt_samples(calibration_feeds.feeds(role))
+            elif role == "global" and global_stages:
+                whole = load_graph(fp32)
+                for stage in global_stages:
+                    prepared_stage = prepare_for_quantization(stage, work / f"{Path(stage).stem}.prepared.onnx")
+                    match = correspondence(whole, load_graph(prepared_stage))
+                    state.stages.append(StageTarget(prepared_stage, out_dir / Path(stage).name, match))
             quantize_state(state, options)
             states[role] = state
             report(f"int8 {role}: calibrated {len(ranges.keys())} tensors and quantized in {time.perf_counter() - t0:.1f} s")
@@ -444,6 +495,7 @@ def build_int8_graphs(
         rounds=rounds,
         method=describe_method(options),
         seconds=time.perf_counter() - start,
+        stages=[stage.output for state in states.values() for stage in state.stages],
         quantizer=("NVIDIA ModelOpt (global, local) + " if options.use_modelopt else "") + "onnxruntime.quantization.quantize_static",
     )
 

@@ -44,10 +44,24 @@ from calibration.accuracy_gate import (
 from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions
 from calibration.fp16 import FP16Options, convert_graph_to_fp16, kept_nodes_summary
 from calibration.int8 import Int8Options, build_int8_graphs
-from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, TileSet, bundle_tiles, sample_tiles
+from calibration.integer_kernels import (
+    DISABLED_OPTIMIZERS,
+    count_kernels,
+    optimise_for_cpu,
+)
+from calibration.tiles import (
+    CALIBRATION,
+    HOLDOUT,
+    TileOptions,
+    TileSet,
+    bundle_tiles,
+    sample_tiles,
+)
+from runtime.bundle.loader import stage_engine_key
 from runtime.bundle.manifest import (
     GRAPH_ROLES,
     EngineSpec,
+    GlobalStageSpec,
     GraphSpec,
     Manifest,
     TensorSpec,
@@ -178,16 +192,41 @@ def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOpti
     """Write the candidate graphs into ``stage/<precision>/``; returns details for the report."""
     precision = options.precision
     fp32_paths = {role: stage / manifest.graph(role, "fp32").file for role in GRAPH_ROLES}
+    stage_paths = tuple(stage / s.graph.file for s in manifest.global_stages.get("fp32", ()))
     out_dir = stage / precision
     if precision == "fp16":
         results = [convert_graph_to_fp16(fp32_paths[role], out_dir / f"{role}.onnx", options.fp16) for role in GRAPH_ROLES]
+        for path in stage_paths:
+            convert_graph_to_fp16(path, out_dir / path.name, options.fp16)
         kept = {role: r.fp32_nodes for role, r in zip(GRAPH_ROLES, results)}
         say(f"fp16: converted in {sum(r.seconds for r in results):.1f} s; kept in fp32: {kept_nodes_summary(results)}")
+        if stage_paths:
+            say(f"fp16: {len(stage_paths)} global stage graphs converted")
         return {"fp32_nodes": {role: sorted(nodes) for role, nodes in kept.items()}, "kept_summary": kept_nodes_summary(results)}
     calibration = TileFeeds(tiles, manifest, CALIBRATION, reference)
     holdout = TileFeeds(tiles, manifest, HOLDOUT, reference)
-    built = build_int8_graphs(fp32_paths, out_dir, calibration, holdout, options.int8, options.thresholds.int8, say, judge)
+    built = build_int8_graphs(
+        fp32_paths, out_dir, calibration, holdout, options.int8, options.thresholds.int8, say, judge, global_stages=stage_paths
+    )
+    if stage_paths and not built.stages:
+        say("int8: no global stage graphs (ModelOpt quantizes the global graph): the runtime uses the single global graph")
     return built.summary()
+
+
+def precision_stages(root: Path, manifest: Manifest, precision: str) -> tuple[GlobalStageSpec, ...]:
+    """Manifest entries of the ``precision`` stage graphs under ``root`` (none unless every fp32 stage has one)."""
+    specs = []
+    for fp32 in manifest.global_stages.get("fp32", ()):
+        relative = f"{precision}/{Path(fp32.graph.file).name}"
+        if not (root / relative).is_file():
+            return ()
+        specs.append(GlobalStageSpec(graph=_describe(root, relative, fp32.graph, precision), stride=fp32.stride, halo=fp32.halo))
+    return tuple(specs)
+
+
+def _with_stages(manifest: Manifest, precision: str, stages: tuple[GlobalStageSpec, ...]) -> dict[str, tuple[GlobalStageSpec, ...]]:
+    kept = {p: s for p, s in manifest.global_stages.items() if p != precision}
+    return {**kept, precision: stages} if stages else kept
 
 
 class SceneJudge:
@@ -199,7 +238,10 @@ class SceneJudge:
 
     def __call__(self, paths: dict[str, Path] | None = None):
         specs = _stage_specs(self.stage, self.manifest, self.precision)
-        write_manifest(self.stage, self.manifest.replace(graphs={"fp32": self.manifest.graphs["fp32"], self.precision: specs}, engines=(), accuracy={}))
+        stages = _with_stages(self.manifest, self.precision, precision_stages(self.stage, self.manifest, self.precision))
+        stages = {p: s for p, s in stages.items() if p in ("fp32", self.precision)}
+        graphs = {"fp32": self.manifest.graphs["fp32"], self.precision: specs}
+        write_manifest(self.stage, self.manifest.replace(graphs=graphs, global_stages=stages, engines=(), accuracy={}))
         if self._reference is None:
             self._reference = scene_masks(self.stage, "fp32", self.tiles, self.threads)
         candidate = scene_masks(self.stage, self.precision, self.tiles, self.threads)
@@ -244,9 +286,12 @@ def promote(bundle_dir: Path, stage: Path, precision: str, report: GateReport, d
     graphs = {p: roles for p, roles in manifest.graphs.items() if p != precision}
     engines = tuple(e for e in manifest.engines if e.precision != precision)  # built from the old graphs
     if precision in manifest.graphs or len(engines) != len(manifest.engines):
-        write_manifest(bundle_dir, manifest.replace(graphs=graphs, engines=engines))
+        write_manifest(bundle_dir, manifest.replace(graphs=graphs, engines=engines, global_stages=_with_stages(manifest, precision, ())))
     target = bundle_dir / precision
     target.mkdir(exist_ok=True)
+    staged_stages = bool(precision_stages(stage, manifest, precision))
+    for fp32 in manifest.global_stages.get("fp32", ()):  # stage graphs of an older build must not be registered again
+        (target / Path(fp32.graph.file).name).unlink(missing_ok=True)
     for path in sorted((stage / precision).iterdir()):
         if path.is_file():
             os.replace(path, target / path.name)
@@ -257,7 +302,10 @@ def promote(bundle_dir: Path, stage: Path, precision: str, report: GateReport, d
     calibration = dict(manifest.calibration or {})
     if precision == "int8":
         calibration.update(_int8_calibration_entry(bundle_dir, manifest, details))
-    updated = manifest.replace(graphs={**graphs, precision: specs}, engines=engines, accuracy=accuracy, calibration=calibration or None)
+    stages = _with_stages(manifest, precision, precision_stages(bundle_dir, manifest, precision) if staged_stages else ())
+    updated = manifest.replace(
+        graphs={**graphs, precision: specs}, engines=engines, accuracy=accuracy, calibration=calibration or None, global_stages=stages
+    )
     write_manifest(bundle_dir, updated)
     return updated
 
@@ -288,30 +336,47 @@ def resolve_target(target: BuildTarget) -> BuildTarget:
     return target
 
 
-def build_onnxruntime_engines(bundle_dir: Path, precision: str) -> EngineSpec:
-    """Graphs optimised offline by ONNX Runtime (extended level: portable across x86/ARM CPUs), in the bundle."""
+def build_onnxruntime_engines(bundle_dir: Path, precision: str, say: Callable[[str], None] = log.info) -> EngineSpec:
+    """Graphs optimised offline by ONNX Runtime (extended level: portable across x86/ARM CPUs), in the bundle.
+
+    Q/DQ graphs come out with integer kernels (calibration/integer_kernels.py); the float Conv and
+    MatMul nodes each engine still holds are printed and recorded in the engine's profile.
+    """
     ort = require("onnxruntime", "the ONNX Runtime build")
     from runtime.atomic_file import atomic_path
 
     manifest = read_manifest(bundle_dir)
     directory = f"{ORT_ENGINE_DIR}/{precision}"
     files: dict[str, dict[str, str]] = {}
-    for role in GRAPH_ROLES:
-        source = graph_path(bundle_dir, manifest.graph(role, precision))
+    kernels: dict[str, dict] = {}
+    sources = {role: graph_path(bundle_dir, manifest.graph(role, precision)) for role in GRAPH_ROLES}
+    for index, stage in enumerate(manifest.global_stages.get(precision, ())):  # the runtime bands the global branch with them
+        sources[stage_engine_key(index)] = graph_path(bundle_dir, stage.graph)
+    for role, source in sources.items():
         relative = f"{directory}/{role}.onnx"
+        start = time.perf_counter()
         with atomic_path(bundle_dir / relative) as tmp:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            options.optimized_model_filepath = str(tmp)
-            options.log_severity_level = 3
-            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+            optimise_for_cpu(source, tmp)
+            count = count_kernels(tmp)
         files[role] = {"file": relative, "sha256": sha256_file(bundle_dir / relative)}
+        kernels[role] = count.as_dict()
+        say(f"onnxruntime {precision} {role}: {count.line()} ({time.perf_counter() - start:.1f} s)")
+        if precision == "int8" and count.float_convs:
+            say(f"onnxruntime int8 {role}: convolutions left in float: {', '.join(count.float_convs)}")
     spec = EngineSpec(
         target="onnxruntime",
         precision=precision,
         directory=directory,
         files=files,
-        profiles={"onnxruntime": {"version": ort.__version__, "optimization_level": "extended", "providers": ["CPUExecutionProvider"]}},
+        profiles={
+            "onnxruntime": {
+                "version": ort.__version__,
+                "optimization_level": "extended",
+                "disabled_optimizers": list(DISABLED_OPTIMIZERS),
+                "providers": ["CPUExecutionProvider"],
+            },
+            "kernels": kernels,
+        },
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     manifest = read_manifest(bundle_dir)
@@ -323,13 +388,16 @@ def build_onnxruntime_engines(bundle_dir: Path, precision: str) -> EngineSpec:
 def build_engines(bundle_dir: Path, precision: str, options: BuildOptions, say: Callable[[str], None]) -> EngineSpec:
     target = resolve_target(options.target)
     if target == BuildTarget.TENSORRT:
-        from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+        from export.tensorrt.tensorrt_build import (
+            TensorRTBuildOptions,
+            build_tensorrt_engines,
+        )
 
         say(f"building TensorRT {precision} engines")
         return build_tensorrt_engines(bundle_dir, precision, options.tensorrt or TensorRTBuildOptions())
     if options.target == BuildTarget.AUTO:
         say("TensorRT is not installed here: building the ONNX Runtime (CPU) engines instead")
-    spec = build_onnxruntime_engines(bundle_dir, precision)
+    spec = build_onnxruntime_engines(bundle_dir, precision, say)
     say(f"ONNX Runtime {precision} graphs optimised into {spec.directory}/")
     return spec
 

@@ -18,6 +18,9 @@ from runtime.errors import BundleError, InputError, MissingDependencyError
 from runtime.optional_import import require
 
 DEVICES = ("cpu", "cuda", "tensorrt")
+# Common-subexpression elimination merges the dedicated Q/DQ pairs of an int8 graph (one Q with two
+# DQs), and on x86 that keeps ONNX Runtime from turning them into integer kernels (QLinearConv): off.
+QDQ_BLOCKING_OPTIMIZERS = ("CommonSubexpressionElimination",)
 
 # Peak working memory of a graph in ONNX Runtime 1.32 on the CPU, as a multiple of the bytes of its
 # inputs plus outputs. Measured on the GLSNet graphs (peak RSS of one run minus RSS after loading):
@@ -115,7 +118,9 @@ class OnnxRuntimeBackend(Backend):
             so.inter_op_num_threads = 1
         providers = providers_for(self.options, ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=so, providers=providers, disabled_optimizers=list(QDQ_BLOCKING_OPTIMIZERS)
+            )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(
                 f"{self.model_path}: ONNX Runtime could not load this graph ({type(exc).__name__}: {exc}); "

@@ -11,11 +11,24 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, verify_file
+from runtime.bundle.manifest import (
+    GRAPH_ROLES,
+    PRECISIONS,
+    EngineSpec,
+    Manifest,
+    graph_path,
+    read_manifest,
+    verify_file,
+)
 from runtime.errors import BundleError, InputError
 
 ORT_TARGET = "onnxruntime"
 TENSORRT_EP_CACHE = Path("engines") / "ort-tensorrt-cache"
+
+
+def stage_engine_key(index: int) -> str:
+    """The key of global stage graph ``index`` in an ONNX Runtime engine's ``files``."""
+    return f"global_stage{index}"
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,11 @@ class Bundle:
                 )
             paths = {role: self._engine_file(engine, role) for role in GRAPH_ROLES}
             source = f"onnxruntime engine in {engine.directory}"
-            stages: tuple[StageGraph, ...] = ()  # the optimized build's global graph is not split in stages
+            specs = self.manifest.global_stages.get(precision, ())
+            keys = [stage_engine_key(i) for i in range(len(specs))]
+            stages: tuple[StageGraph, ...] = ()  # a build without its stages runs the single global graph
+            if specs and all(k in engine.files for k in keys):
+                stages = tuple(StageGraph(self._engine_file(engine, k), s.stride, s.halo) for k, s in zip(keys, specs))
         else:
             paths = {role: graph_path(self.directory, self.manifest.graph(role, precision)) for role in GRAPH_ROLES}
             source = "graphs"

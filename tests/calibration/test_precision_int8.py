@@ -24,6 +24,7 @@ from calibration.int8 import (  # noqa: E402
     node_groups,
     prepare_for_quantization,
 )
+from calibration.integer_kernels import count_kernels, optimise_for_cpu  # noqa: E402
 from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, sample_tiles  # noqa: E402
 from runtime.bundle.manifest import graph_path, read_manifest  # noqa: E402
 
@@ -106,6 +107,34 @@ def test_qdq_placement_follows_tensorrt_rules(int8):
                     assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
 
 
+def _convs(path) -> list[str]:
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+
+
+def test_optimised_int8_engines_run_every_convolution_as_an_integer_kernel(setup, int8, tmp_path):
+    _, _, _, _, fp32 = setup
+    for role in ROLES:
+        assert count_kernels(fp32[role]).float_convs  # the count sees float convolutions where there are some
+        engine = tmp_path / f"{role}.onnx"
+        optimise_for_cpu(int8.graphs[role], engine)
+        count = count_kernels(engine)
+        assert count.float_convs == (), f"{role}: convolutions left in float: {count.float_convs}"
+        assert count.integer["QLinearConv"] == len(_convs(fp32[role]))
+        if role != "fusion":
+            assert count.integer["QLinearAdd"] > 0  # residual Adds in integers too
+        else:
+            assert count.float_matmuls  # the attention stays float on purpose
+
+
+def test_int8_graphs_pass_the_tensorrt_parsers(int8):
+    from export.tensorrt.tensorrt_compat import check_model
+
+    for role in ROLES:
+        report = check_model(onnx.load(str(int8.graphs[role])), f"int8/{role}")
+        assert report, report.lines()
+        assert report.op_counts["QuantizeLinear"] > 0
+
+
 def test_calibration_cache_parses_back_to_the_same_scales(setup, int8, tmp_path):
     _, _, calibration, _, fp32 = setup
     prepared = prepare_for_quantization(fp32["fusion"], tmp_path / "fusion.prepared.onnx")
@@ -151,9 +180,11 @@ def test_modelopt_is_optional(setup, tmp_path):
 def test_node_groups_follow_the_modules(setup):
     _, _, _, _, fp32 = setup
     groups = node_groups(onnx.load(str(fp32["local"])), ("Conv",))
-    assert len(groups["/backbone/layer1/layer1.0"]) == 3  # a bottleneck block's three convolutions
-    assert "/backbone/layer1/layer1.0/downsample" in groups and "/neck" in groups
+    assert len(groups["/backbone/layer1/layer1.0"]) == 4  # a bottleneck block's three convolutions and its shortcut's
+    assert len(groups["/backbone/layer1/layer1.1"]) == 3 and "/neck" in groups
     assert sum(len(nodes) for nodes in groups.values()) == 55  # every convolution of ResNet-50 + neck + skip
+    with_adds = node_groups(onnx.load(str(fp32["local"])), ("Conv", "Add"))
+    assert with_adds["/backbone/layer1/layer1.0"][-1] == "/backbone/layer1/layer1.0/Add"  # the residual Add joins its block
 
 
 def test_sensitivity_check_leaves_the_most_damaging_group_in_float(setup, tmp_path):
@@ -174,3 +205,7 @@ def test_sensitivity_check_leaves_the_most_damaging_group_in_float(setup, tmp_pa
             assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
     assert role == "fusion" and set(built.excluded) == {"fusion"}
     assert built.rounds[0]["agreement"] < 1.0
+    engine = tmp_path / "fusion.engine.onnx"
+    optimise_for_cpu(built.graphs[role], engine)
+    kept_convs = sorted(n for n in built.excluded[role] if n in _convs(fp32[role]))
+    assert kept_convs and sorted(count_kernels(engine).float_convs) == kept_convs  # exactly those the check kept

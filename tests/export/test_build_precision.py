@@ -80,8 +80,15 @@ def test_fp16_build_registers_graphs_the_runtime_uses(fp16_bundle, calibrated):
         verify_file(bundle, entry["file"], entry["sha256"])
     assert not [p for p in bundle.iterdir() if p.name.startswith(".build-")]  # staging removed
     image = np.random.default_rng(0).integers(0, 255, (300, 260, 3), dtype=np.uint8)
+    stages = manifest.global_stages["fp16"]
+    assert [s.graph.file for s in stages] == [f"fp16/global_stage{i}.onnx" for i in range(4)]
+    assert [(s.stride, s.halo) for s in stages] == [(s.stride, s.halo) for s in manifest.global_stages["fp32"]]
+    for s in stages:
+        verify_file(bundle, s.graph.file, s.graph.sha256)
     with Segmenter(bundle, precision="fp32") as fp32, Segmenter(bundle, precision="fp16") as fp16:
         assert fp16.graphs.source.startswith("onnxruntime engine")
+        engine_dir = bundle / "engines/onnxruntime_cpu/fp16"
+        assert [g.path for g in fp16.graphs.global_stages] == [engine_dir / f"global_stage{i}.onnx" for i in range(4)]  # banded stage by stage
         assert (fp32.segment(image) == fp16.segment(image)).mean() > 0.99
     assert read_manifest(calibrated).graphs.keys() == {"fp32"}  # the source bundle was not touched
 
@@ -118,6 +125,13 @@ def test_int8_build_writes_graphs_caches_and_manifest(calibrated, tmp_path):
         assert path == bundle / "int8" / f"{role}.calib.cache" and CalibrationCache.read(path).scales
     assert manifest.accuracy["int8"]["tiles"]["agreement"] >= 0.5 and manifest.accuracy["int8"]["images"] is None
     assert [e.precision for e in manifest.engines] == ["int8"]
+    assert [s.graph.file for s in manifest.global_stages["int8"]] == [f"int8/global_stage{i}.onnx" for i in range(4)]
+    for s in manifest.global_stages["int8"]:
+        verify_file(bundle, s.graph.file, s.graph.sha256)
+    kernels = manifest.engines[0].profiles["kernels"]
+    for role in ("global", "local", "fusion"):
+        assert f"onnxruntime int8 {role}: " in output and kernels[role]["integer"]["QLinearConv"] > 0
+        assert set(kernels[role]["float_convs"]) <= set(entry["excluded_nodes"][role])  # only what the sensitivity check kept
 
 
 def test_all_black_calibration_trips_the_gate(small_bundle, tmp_path):
