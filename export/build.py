@@ -49,6 +49,7 @@ from calibration.integer_kernels import (
     count_kernels,
     optimise_for_cpu,
 )
+from calibration.tensorrt_int8 import FP16_SCALE_OPSET, TENSORRT_GRAPH_DIR, write_tensorrt_int8_graph
 from calibration.tiles import (
     CALIBRATION,
     HOLDOUT,
@@ -210,7 +211,28 @@ def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOpti
     )
     if stage_paths and not built.stages:
         say("int8: no global stage graphs (ModelOpt quantizes the global graph): the runtime uses the single global graph")
-    return built.summary()
+    return {**built.summary(), "tensorrt_graphs": _tensorrt_int8_graphs(built.graphs, out_dir, holdout, options, say)}
+
+
+def _tensorrt_int8_graphs(gated: dict[str, Path], out_dir: Path, holdout: TileFeeds, options: BuildOptions, say) -> dict[str, Any]:
+    """The gated Q/DQ graphs carried into fp16 for TensorRT (calibration/tensorrt_int8.py), with their agreement on
+    held-back tiles through ONNX Runtime on the CPU (reported, not gated: TensorRT's kernels differ from the CPU's anyway)."""
+    results = {role: write_tensorrt_int8_graph(gated[role], out_dir / TENSORRT_GRAPH_DIR / f"{role}.onnx", options.fp16) for role in GRAPH_ROLES}
+    agreement = None
+    if holdout.batches:
+        sessions = {role: cpu_session(result.path, options.threads or 0) for role, result in results.items()}
+        agreement = chain_scores(holdout, sessions).agreement
+    shown = "n/a" if agreement is None else f"{100 * agreement:.3f}%"
+    say(
+        f"int8 for TensorRT: the Q/DQ graphs in fp16 (opset {FP16_SCALE_OPSET}, float16 scales) in {TENSORRT_GRAPH_DIR}/; "
+        f"kept in fp32: {kept_nodes_summary(results.values())}; tile agreement on the CPU {shown}"
+    )
+    return {
+        "opset": FP16_SCALE_OPSET,
+        "scale_type": "float16",
+        "fp32_nodes": {role: sorted(r.fp32_nodes) for role, r in results.items()},
+        "tile_agreement_cpu": agreement,
+    }
 
 
 def precision_stages(root: Path, manifest: Manifest, precision: str) -> tuple[GlobalStageSpec, ...]:
@@ -295,6 +317,9 @@ def promote(bundle_dir: Path, stage: Path, precision: str, report: GateReport, d
     for path in sorted((stage / precision).iterdir()):
         if path.is_file():
             os.replace(path, target / path.name)
+        elif path.name == TENSORRT_GRAPH_DIR:  # int8: the TensorRT graphs, replaced as a whole
+            shutil.rmtree(target / path.name, ignore_errors=True)
+            os.replace(path, target / path.name)
     specs = {
         role: _describe(bundle_dir, f"{precision}/{role}.onnx", manifest.graph(role, "fp32"), precision) for role in GRAPH_ROLES
     }
@@ -316,10 +341,16 @@ def _int8_calibration_entry(bundle_dir: Path, manifest: Manifest, details: dict)
         relative = f"int8/{role}.calib.cache"
         caches[role] = {"file": relative, "sha256": sha256_file(bundle_dir / relative)}
     tiles = (manifest.calibration or {}).get("tiles", {})
+    graphs = {}
+    for role in GRAPH_ROLES:
+        relative = f"int8/{TENSORRT_GRAPH_DIR}/{role}.onnx"
+        graphs[role] = {"file": relative, "sha256": sha256_file(bundle_dir / relative)}
     return {
         "int8": {
             "method": details.get("method"),
             "tensorrt_caches": caches,
+            "tensorrt_graphs": graphs,
+            "tensorrt_graph_format": "the gated Q/DQ graph converted to fp16 (opset 19, float16 scales) for strongly typed TensorRT builds",
             "cache_format": "TensorRT calibration cache: TRT-<version>-EntropyCalibration2, scale = amax/127 (big-endian float32 hex)",
             "excluded_nodes": details.get("excluded_nodes", {}),
             "tiles_sha256": tiles.get("sha256"),

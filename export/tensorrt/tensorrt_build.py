@@ -1,8 +1,9 @@
 """Build a bundle's TensorRT engines on this machine's GPU and stamp them in the manifest.
 
 The default path builds *strongly typed* networks from the graphs of the requested precision
-(manifest.graphs[precision]: fp16-converted or Q/DQ int8 graphs), so the precision is the graph's and
-the same code serves TensorRT 10 and 11. With ``dla_core`` the local engine (the ResNet-50 branch,
+(manifest.graphs[precision]: fp16-converted graphs; for int8 the Q/DQ graphs in fp16 of
+manifest.calibration.int8.tensorrt_graphs), so the precision is the graph's and the same code serves
+TensorRT 10 and 11. With ``dla_core`` the local engine (the ResNet-50 branch,
 convolutions that DLA runs well) goes to that DLA core with GPU fallback; DLA takes static shapes
 only, so its profile is fixed at the optimal batch and the scheduler pads the last batch. On
 TensorRT 10 the DLA engine uses implicit precision from the fp32 graph (FP16, or INT8 from the
@@ -30,7 +31,17 @@ from runtime.algorithm.device_buffers import tensor_shape
 from runtime.atomic_file import write_bytes_atomic
 from runtime.backends.tensorrt.api import TensorRTApi, process_logger, tensorrt_api
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, TARGET, engine_directory, slug
-from runtime.bundle.manifest import GRAPH_ROLES, PRECISIONS, EngineSpec, Manifest, graph_path, read_manifest, sha256_file, write_manifest
+from runtime.bundle.manifest import (
+    GRAPH_ROLES,
+    PRECISIONS,
+    EngineSpec,
+    Manifest,
+    graph_path,
+    read_manifest,
+    sha256_file,
+    verify_file,
+    write_manifest,
+)
 from runtime.cuda.device import Device, DeviceInfo
 from runtime.errors import BundleError, GlsnetError, InputError
 
@@ -188,9 +199,28 @@ def _plan_roles(
                     f"TensorRT {api.version} builds DLA engines strongly typed, and DLA takes no explicit (Q/DQ) "
                     "quantization: build the DLA engine with --fp16, or use TensorRT 10 for implicit INT8"
                 )
-        graph = manifest.graph(role, "fp32" if implicit else precision)
-        plans[role] = (graph_path(bundle_dir, graph), implicit, on_dla)
+        graph = graph_path(bundle_dir, manifest.graph(role, "fp32" if implicit else precision))
+        if precision == "int8" and not implicit:
+            graph = tensorrt_int8_graph(bundle_dir, manifest, role) or graph
+        plans[role] = (graph, implicit, on_dla)
     return plans
+
+
+def tensorrt_int8_graph(bundle_dir: Path, manifest: Manifest, role: str) -> Path | None:
+    """The checksum-verified Q/DQ graph in fp16 that strongly typed INT8 builds use (calibration/tensorrt_int8.py).
+
+    None, with a warning, for a bundle built before those graphs existed: its fp32-based Q/DQ graph builds,
+    but every op no Q/DQ pair covers then runs in fp32/TF32.
+    """
+    entry = ((manifest.calibration or {}).get("int8") or {}).get("tensorrt_graphs", {}).get(role)
+    if entry is None:
+        log.warning(
+            "%s: no int8 graph in fp16 for TensorRT (an older build); building the %s engine from the fp32-based Q/DQ graph, "
+            "whose unquantized ops run in fp32 - rebuild with: glsnet-export build %s --int8",
+            bundle_dir, role, bundle_dir,
+        )
+        return None
+    return verify_file(bundle_dir, entry["file"], entry["sha256"])
 
 
 class _Builder:

@@ -486,6 +486,11 @@ def _check_restrictions(
 
             if numpy_helper.to_array(zero).any():
                 add("error", where, "zero point must be zero (symmetric quantization)")
+    if op == "QuantizeLinear" and opset >= 19 and len(node.input) > 1:
+        data, scale = types.get(node.input[0]), types.get(node.input[1])
+        if data and scale and data != scale:
+            # onnx-tensorrt casts a Q scale to the input's type only below opset 19; a strongly typed network refuses the mismatch
+            add("error", where, f"scale is {scale} but its input is {data}: from opset 19 on they must have one type")
     if op == "DequantizeLinear" and types.get(node.input[0]) == "u8":
         add("error", where, "uint8 quantized data: TensorRT supports int8 Q/DQ only")
     if op == "Cast":

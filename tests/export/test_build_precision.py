@@ -170,3 +170,34 @@ def test_bad_input(small_bundle, tmp_path):
         build_precision(bundle, BuildOptions(precision="fp16"))
     with pytest.raises(BundleError, match="manifest.json"):
         build_precision(tmp_path, BuildOptions(precision="fp16"))
+
+
+def test_int8_build_writes_tensorrt_graphs_that_quantize_the_fp16_graph(calibrated, tmp_path):
+    """TensorRT builds Q/DQ graphs strongly typed: from the fp32-based graph every unquantized op would run in fp32."""
+    import onnx
+
+    from calibration.tensorrt_int8 import FP16_SCALE_OPSET, qdq_scales
+    from export.tensorrt.tensorrt_compat import check_graph_file
+
+    bundle = copy_bundle(calibrated, tmp_path / "bundle")
+    build_precision(bundle, BuildOptions(precision="int8", thresholds=LENIENT, target="onnxruntime", whole_images=False))
+    manifest = read_manifest(bundle)
+    entry = manifest.calibration["int8"]["tensorrt_graphs"]
+    for role in ("global", "local", "fusion"):
+        path = verify_file(bundle, entry[role]["file"], entry[role]["sha256"])
+        assert path == bundle / "int8" / "tensorrt" / f"{role}.onnx"
+        cpu = onnx.load(str(bundle / "int8" / f"{role}.onnx"), load_external_data=False)
+        gpu = onnx.load(str(path), load_external_data=False)
+        assert [o.version for o in gpu.opset_import if o.domain in ("", "ai.onnx")] == [FP16_SCALE_OPSET]
+        count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+        assert count(gpu, "QuantizeLinear") == count(cpu, "QuantizeLinear") > 0
+        assert count(gpu, "DequantizeLinear") == count(cpu, "DequantizeLinear")
+        scales = qdq_scales(gpu)
+        assert {str(v.dtype) for v in scales.values()} == {"float16"}
+        assert all(np.array_equal(v, qdq_scales(cpu)[name].astype(np.float16)) for name, v in scales.items())
+        assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in gpu.graph.initializer) > 0
+        report = check_graph_file(path, role=f"int8 tensorrt/{role}", dim_names={d for t in manifest.graph(role).inputs for d in t.shape if isinstance(d, str)})
+        assert report, report.lines()
+    details = manifest.accuracy["int8"]["details"]["tensorrt_graphs"]
+    assert details["scale_type"] == "float16" and details["tile_agreement_cpu"] > 0.5
+    assert set(details["fp32_nodes"]["fusion"])  # softmax, LayerNorm, crop arithmetic stay fp32 as in the fp16 graph

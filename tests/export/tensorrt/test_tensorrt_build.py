@@ -251,3 +251,45 @@ def test_one_build_and_the_engines_it_opens_use_one_tensorrt_logger(tmp_path):
     with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=device, trt=trt):
         pass
     assert len(calls_named(trt, "Logger")) == 1
+
+
+def _with_tensorrt_int8_graphs(root):
+    """The bundle as glsnet-export build --int8 now leaves it: the Q/DQ graphs in fp16 under int8/tensorrt/."""
+    import shutil
+
+    from runtime.bundle.manifest import write_manifest
+
+    manifest = read_manifest(root)
+    graphs = {}
+    for role in ("global", "local", "fusion"):
+        relative = f"int8/tensorrt/{role}.onnx"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "int8" / f"{role}.onnx", root / relative)
+        graphs[role] = {"file": relative, "sha256": sha256_file(root / relative)}
+    write_manifest(root, manifest.replace(calibration={"int8": {"tensorrt_graphs": graphs}}))
+    return root
+
+
+def test_strongly_typed_int8_engines_build_from_the_qdq_graphs_in_fp16(tmp_path, caplog):
+    root = _with_tensorrt_int8_graphs(bundle(tmp_path))
+    trt = fake_tensorrt("11.4.0.106")
+    build_tensorrt_engines(root, "int8", TensorRTBuildOptions(), trt=trt, device=RecordingDevice())
+    assert [c[1] for c in calls_named(trt, "parse_from_file")] == [str(root / f"int8/tensorrt/{r}.onnx") for r in ("global", "local", "fusion")]
+    assert "older build" not in caplog.text
+
+    trt = fake_tensorrt("10.3.0")  # DLA on TensorRT 10: the local engine stays implicit from the fp32 graph
+    build_tensorrt_engines(root, "int8", TensorRTBuildOptions(dla_core=1), trt=trt, device=RecordingDevice(name="Orin"))
+    expected = ("int8/tensorrt/global.onnx", "local.onnx", "int8/tensorrt/fusion.onnx")
+    assert [c[1] for c in calls_named(trt, "parse_from_file")] == [str(root / p) for p in expected]
+
+    (root / "int8" / "tensorrt" / "fusion.onnx").write_text("{}")
+    with pytest.raises(BundleError, match=r"int8/tensorrt/fusion.onnx: sha256 .* does not match"):
+        build_tensorrt_engines(root, "int8", TensorRTBuildOptions(), trt=fake_tensorrt("11.4.0.106"), device=RecordingDevice())
+
+
+def test_a_bundle_without_them_builds_from_the_fp32_based_graphs_with_a_warning(tmp_path, caplog):
+    root = bundle(tmp_path)
+    trt = fake_tensorrt("11.4.0.106")
+    build_tensorrt_engines(root, "int8", TensorRTBuildOptions(), trt=trt, device=RecordingDevice())
+    assert [c[1] for c in calls_named(trt, "parse_from_file")] == [str(root / f"int8/{r}.onnx") for r in ("global", "local", "fusion")]
+    assert "no int8 graph in fp16 for TensorRT (an older build)" in caplog.text and "--int8" in caplog.text
