@@ -165,7 +165,10 @@ class Segmenter:
     ) -> OutputPaths:
         """segment_file for an image already opened (e.g. a TIFF read by ranges from object storage); the caller closes it."""
         source = self._conform(source)
-        return write_outputs(source, _marked_writing(self.pipeline.iter_rows(source, progress)), paths, outputs or OutputOptions(), self.manifest, provenance)
+        outputs = outputs or OutputOptions()
+        palette = np.asarray(self.manifest.palette, dtype=np.uint8) if outputs.color or outputs.overlay else None
+        rows = self.pipeline.iter_rows(source, progress, palette=palette)  # GPU pipelines map the palette on the device
+        return write_outputs(source, _marked_writing(rows), paths, outputs, self.manifest, provenance)
 
 
 def _array_source(image: np.ndarray) -> ArraySource:

@@ -12,7 +12,8 @@ ring slots of local outputs and boxes, so that local batches can run ahead of th
 one batch of logits; the stitching band (logit sums and weight sums, one patch high) and one
 band of mask rows. Pinned host staging: the pixels once, the boxes twice (tiny, double-buffered)
 and ``MASK_SLOTS`` bands of mask rows. A caller that hands the scheduler an already normalised
-image (``pixels=None``) stages that instead of the pixels.
+image (``pixels=None``) stages that instead of the pixels. When the writers want colours, the palette is
+mapped on the device too: one band of colour rows there and ``MASK_SLOTS`` pinned bands of them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ IMAGE_PIXELS = "image/pixels"
 STITCH_TOTAL = "stitch/total"
 STITCH_WEIGHTS = "stitch/weight_sum"
 STITCH_MASK = "stitch/mask"
+STITCH_COLOUR = "stitch/colour"
 
 _ONNX_DTYPES = {
     "float": "float32",
@@ -182,11 +184,13 @@ def plan_buffers(
     image_hw: tuple[int, int],
     lookahead: int = DEFAULT_LOOKAHEAD,
     pixels: PixelLayout | None = PixelLayout(3, np.uint8),
+    colour_channels: int = 0,
 ) -> BufferPlan:
     """Every buffer of the GPU schedule for ``batch`` patches of an image of ``image_hw`` (unpadded) pixels.
 
     ``pixels``: the layout of the uploaded pixels; None when the caller uploads an already
-    normalised image (then the normalised image is staged instead).
+    normalised image (then the normalised image is staged instead). ``colour_channels``: the
+    palette's channels when colour rows are made on the device (0: none).
     """
     if batch < 1 or lookahead < 1:
         raise InputError(f"batch ({batch}) and lookahead ({lookahead}) must be at least 1")
@@ -210,6 +214,12 @@ def plan_buffers(
         Allocation(STITCH_MASK, (p, image_hw[1]), np.dtype(np.uint8), 1, False),
         Allocation(STITCH_MASK, (p, image_hw[1]), np.dtype(np.uint8), MASK_SLOTS, True),
     )
+    if colour_channels:
+        shape = (p, image_hw[1], colour_channels)
+        stitching += (
+            Allocation(STITCH_COLOUR, shape, np.dtype(np.uint8), 1, False),
+            Allocation(STITCH_COLOUR, shape, np.dtype(np.uint8), MASK_SLOTS, True),
+        )
     if pixels is not None:
         shape = (image_hw[0], image_hw[1], pixels.channels)
         upload: tuple[Allocation, ...] = (

@@ -14,7 +14,9 @@ Per image (every wait below is device-side, ``stream_wait_event``, unless it say
 4. Stream "fusion": waits once for G, then per batch for that batch's local outputs; runs fusion,
    then the stitching (runtime.algorithm.device_stitching): upsampling, pyramid blending into a
    band one patch high, and, when a grid row is complete, argmax of the finished rows into a
-   device mask band, copied to a pinned mask slot (event "rows ready").
+   device mask band, copied to a pinned mask slot (event "rows ready"). When the writers want
+   colours (a palette given), the palette is mapped on the device too and the colour rows follow the
+   mask rows to a pinned slot of their own; they are handed out together as a ColouredBand.
 5. The host hands out mask rows as their copies land (host waits only on "rows ready", and before
    refilling a pinned boxes slot whose previous copy has not run).
 
@@ -40,6 +42,7 @@ from runtime.algorithm.device_buffers import (
     IMAGE_PIXELS,
     MASK_SLOTS,
     PATCH_SLOTS,
+    STITCH_COLOUR,
     STITCH_MASK,
     STITCH_TOTAL,
     STITCH_WEIGHTS,
@@ -48,7 +51,14 @@ from runtime.algorithm.device_buffers import (
     PixelLayout,
     plan_buffers,
 )
-from runtime.algorithm.device_stitching import DeviceConstants, DeviceStitcher, FinishedRows, cut_patches, normalize_into
+from runtime.algorithm.device_stitching import (
+    DeviceConstants,
+    DeviceStitcher,
+    FinishedRows,
+    colour_rows,
+    cut_patches,
+    normalize_into,
+)
 from runtime.algorithm.patch_grid import PatchGrid
 from runtime.algorithm.patch_schedule import ROLES, RowBand, batches, grid_for
 from runtime.bundle.manifest import (
@@ -63,6 +73,7 @@ from runtime.bundle.manifest import (
 )
 from runtime.cuda.device import Device, DeviceBuffer, DeviceTensor
 from runtime.errors import InputError
+from runtime.image_io.coloured_band import ColouredBand
 
 __all__ = ["AsyncEngine", "ROLES", "RowBand", "StreamScheduleOptions", "StreamScheduler"]
 
@@ -135,6 +146,7 @@ class _Image:
     stitcher: DeviceStitcher
     pending: deque  # (mask slot, FinishedRows) whose copies are queued, oldest first
     ready: list  # (top, rows) copied out of pinned memory, not yet handed out
+    palette: Any = None  # the palette on the device when colour rows are made there
     masks_queued: int = 0
 
 
@@ -189,14 +201,20 @@ class StreamScheduler:
         write_pixels: Callable[[np.ndarray], None],
         normalization: Normalization,
         progress: Callable[[int, int], None] | None = None,
+        palette: np.ndarray | None = None,
     ) -> Iterator[RowBand]:
         """Yield (first row, uint8 class indices [rows, width]) top to bottom as rows are finished.
 
         ``write_pixels(target)`` fills the image's pixels as read, [height, width, channels] of
         ``layout.dtype``, into ``target``, a pinned array: the only copy of the image on the host.
         Normalisation (``normalization``, the bundle's or a --bands choice) happens on the device.
+        ``palette`` (uint8 [classes, 3]): map it on the device too; each band is then a ColouredBand.
         """
-        buffers = self._buffers_for(height, width, layout)
+        if palette is not None:
+            palette = np.ascontiguousarray(palette, dtype=np.uint8)
+            if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) == 0:
+                raise InputError(f"a palette is uint8 [classes, 3], got shape {palette.shape}")
+        buffers = self._buffers_for(height, width, layout, 0 if palette is None else palette.shape[1])
         self._settle()
         self.device.make_current()
         host = buffers.staging(IMAGE_PIXELS, 0)
@@ -210,7 +228,7 @@ class StreamScheduler:
             normalize_into(self.device.array(device_pixels), normalization, self.device.array(image)[0], self.device.array_module(), constants)
 
         self.device.launch(self.global_stream, normalise, "normalize")
-        yield from self._schedule(height, width, buffers, progress)
+        yield from self._schedule(height, width, buffers, progress, palette)
 
     def iter_rows(
         self,
@@ -295,7 +313,14 @@ class StreamScheduler:
         self.close()
 
     # -------------------------------------------------------------- the schedule
-    def _schedule(self, height: int, width: int, buffers: _Buffers, progress: Callable[[int, int], None] | None) -> Iterator[RowBand]:
+    def _schedule(
+        self,
+        height: int,
+        width: int,
+        buffers: _Buffers,
+        progress: Callable[[int, int], None] | None,
+        palette: np.ndarray | None = None,
+    ) -> Iterator[RowBand]:
         """Everything after the normalised image is queued on the global stream."""
         grid = grid_for(self.manifest, height, width)
         device = self.device
@@ -312,7 +337,8 @@ class StreamScheduler:
             self._device_constants(),
         )
         stitcher.reset(self.fusion_stream)
-        self._image = image = _Image(grid, buffers, self._batches(grid), stitcher, deque(), [])
+        on_device = None if palette is None else self._device_constants().get(("palette", palette.tobytes()), lambda: palette)
+        self._image = image = _Image(grid, buffers, self._batches(grid), stitcher, deque(), [], on_device)
         plan = image.batches
         lookahead = self.options.lookahead
         queued = 0
@@ -399,14 +425,27 @@ class StreamScheduler:
         slot = image.masks_queued % MASK_SLOTS
         image.masks_queued += 1
         target = image.buffers.staging(STITCH_MASK, slot, rows.count)
-        self.device.memcpy_dtoh_async(target, rows.mask, self.fusion_stream)
-        self.device.record_event(self.rows_ready[slot], self.fusion_stream)
+        device, stream = self.device, self.fusion_stream
+        device.memcpy_dtoh_async(target, rows.mask, stream)
+        if image.palette is not None:
+            colours = image.buffers.tensor(STITCH_COLOUR, rows.count)
+
+            def paint() -> None:
+                device.array(colours)[...] = colour_rows(device.array(rows.mask), image.palette, device.array_module())
+
+            device.launch(stream, paint, "colour")  # after the argmax on the same stream, before the next one
+            device.memcpy_dtoh_async(image.buffers.staging(STITCH_COLOUR, slot, rows.count), colours, stream)
+        device.record_event(self.rows_ready[slot], stream)
         image.pending.append((slot, rows))
 
     def _take(self, image: _Image) -> None:
         slot, rows = image.pending.popleft()
-        self.device.event_synchronize(self.rows_ready[slot])  # host: this band's copy has landed
-        image.ready.append((rows.top, image.buffers.staging(STITCH_MASK, slot, rows.count).copy()))
+        self.device.event_synchronize(self.rows_ready[slot])  # host: this band's copies have landed
+        mask = image.buffers.staging(STITCH_MASK, slot, rows.count).copy()
+        if image.palette is None:
+            image.ready.append((rows.top, mask))
+        else:
+            image.ready.append(ColouredBand(rows.top, mask, image.buffers.staging(STITCH_COLOUR, slot, rows.count).copy()))
 
     def _hand_out(self, image: _Image, keep: int) -> Iterator[RowBand]:
         """Rows that have landed, leaving the ``keep`` newest copies in flight (0: all, at the end)."""
@@ -427,14 +466,16 @@ class StreamScheduler:
             self._constants = DeviceConstants(self.device.array_module(), self.device.constant)
         return self._constants
 
-    def _buffers_for(self, height: int, width: int, layout: PixelLayout | None) -> _Buffers:
-        key = (height, width, layout)
+    def _buffers_for(self, height: int, width: int, layout: PixelLayout | None, colour_channels: int = 0) -> _Buffers:
+        key = (height, width, layout, colour_channels)
         if self._buffers is None or self._key != key:
             self._settle()
             if self._buffers is not None:
                 self._buffers.free(self.device)
                 self._buffers = None
-            plan = plan_buffers(self.manifest, self.precision, self.options.batch_size, (height, width), self.options.lookahead, layout)
+            plan = plan_buffers(
+                self.manifest, self.precision, self.options.batch_size, (height, width), self.options.lookahead, layout, colour_channels
+            )
             self._buffers = _Buffers(self.device, plan)
             self._key = key
         return self._buffers

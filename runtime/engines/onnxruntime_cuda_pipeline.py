@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Iterator
 
+import numpy as np
+
 from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, plan_buffers
 from runtime.algorithm.memory_budget import AUTO_BATCH, DEFAULT_BATCH_SIZE, DevicePlan, MemoryPlan, plan_device_batch
 from runtime.algorithm.patch_schedule import ROLES, RowBand
@@ -117,12 +119,15 @@ class OrtCudaPipeline:
         self.close()
 
     # -------------------------------------------------------------- segmenting
-    def iter_rows(self, source: RowSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]:
+    def iter_rows(
+        self, source: RowSource, progress: Callable[[int, int], None] | None = None, *, palette: np.ndarray | None = None
+    ) -> Iterator[RowBand]:
+        """Finished mask rows of ``source``, top to bottom (with ``palette``: ColouredBands, colours mapped on the device)."""
         with self._run_lock:
             self._ensure_open()
             self.device.make_current()
             norm = self.options.normalization or self.manifest.normalization
-            yield from iter_source_rows(self._scheduler_for, source, norm, progress)
+            yield from iter_source_rows(self._scheduler_for, source, norm, progress, palette)
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan:
         batch = self.batch_size_for(height, width)

@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
+
 from runtime.algorithm.global_features import GlobalStage
 from runtime.algorithm.memory_budget import MemoryPlan
 from runtime.algorithm.patch_schedule import ROLES, RowBand
@@ -104,8 +106,11 @@ class OnnxRuntimePipeline:
         scheduler = self.scheduler
         return scheduler.plan(scheduler.grid_for(height, width), self._schedule, source_bytes)
 
-    def iter_rows(self, source: ImageSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]:
-        """Finished mask rows of ``source``, top to bottom (see Scheduler.iter_rows)."""
+    def iter_rows(
+        self, source: ImageSource, progress: Callable[[int, int], None] | None = None, *, palette: np.ndarray | None = None
+    ) -> Iterator[RowBand]:
+        """Finished mask rows of ``source``, top to bottom (see Scheduler.iter_rows). ``palette`` is not used:
+        on the CPU the writers colour the rows (runtime.image_io.writers)."""
         scheduler = self.scheduler
         source_bytes = source.array.nbytes if isinstance(source, ArraySource) else 0
         plan = scheduler.plan(scheduler.grid_for(source.height, source.width), self._schedule, source_bytes)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
+import numpy as np
+
 from runtime.algorithm.memory_budget import MemoryPlan
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.image_io.readers import ImageSource
@@ -32,7 +34,11 @@ class Pipeline(Protocol):
 
     def plan(self, height: int, width: int, source_bytes: int = 0) -> MemoryPlan: ...
 
-    def iter_rows(self, source: ImageSource, progress: Callable[[int, int], None] | None = None) -> Iterator[RowBand]: ...
+    def iter_rows(
+        self, source: ImageSource, progress: Callable[[int, int], None] | None = None, *, palette: np.ndarray | None = None
+    ) -> Iterator[RowBand]:
+        """Finished mask rows, top to bottom; a GPU pipeline given ``palette`` hands out ColouredBands (colours mapped there)."""
+        ...
 
     def close(self) -> None: ...
 

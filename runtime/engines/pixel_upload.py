@@ -39,8 +39,10 @@ def iter_source_rows(
     source: RowSource,
     norm: Normalization,
     progress: Callable[[int, int], None] | None = None,
+    palette: np.ndarray | None = None,
 ) -> Iterator[RowBand]:
-    """Mask rows of ``source`` from the scheduler ``scheduler_for(height, width)`` returns, pixels uploaded as read."""
+    """Mask rows of ``source`` from the scheduler ``scheduler_for(height, width)`` returns, pixels uploaded as read
+    (with ``palette``: ColouredBands, the colours mapped on the device)."""
     height, width = source.height, source.width
     first = as_bands(source.read_rows(0, min(READ_ROWS, height)))
     check_bands(first.shape[2], norm)
@@ -52,4 +54,4 @@ def iter_source_rows(
             bottom = min(top + READ_ROWS, height)
             target[top:bottom] = as_bands(source.read_rows(top, bottom))
 
-    yield from scheduler.iter_pixel_rows(height, width, PixelLayout(first.shape[2], first.dtype), write_pixels, norm, progress)
+    yield from scheduler.iter_pixel_rows(height, width, PixelLayout(first.shape[2], first.dtype), write_pixels, norm, progress, palette)

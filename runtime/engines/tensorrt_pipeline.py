@@ -177,8 +177,10 @@ class TensorRTPipeline:
         progress: Callable[[int, int], None] | None = None,
         *,
         normalization: Normalization | None = None,
+        palette: np.ndarray | None = None,
     ) -> Iterator[RowBand]:
-        """Finished mask rows of ``source`` (pixels [rows, W, C] from ``read_rows``), top to bottom.
+        """Finished mask rows of ``source`` (pixels [rows, W, C] from ``read_rows``), top to bottom;
+        with ``palette`` each band is a ColouredBand whose colours were mapped on the device.
 
         Concurrent callers take turns (a lock); one thread cannot interleave two images on one pipeline.
         """
@@ -193,7 +195,7 @@ class TensorRTPipeline:
                 self._ensure_open()
                 self.device.make_current()  # CUDA's current device is per thread; the Segmenter is shared between threads
                 norm = normalization or self.options.normalization or self.manifest.normalization
-                yield from iter_source_rows(self._scheduler_for, source, norm, progress)
+                yield from iter_source_rows(self._scheduler_for, source, norm, progress, palette)
             finally:
                 self._running_thread = None
 

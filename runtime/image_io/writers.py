@@ -25,6 +25,7 @@ import numpy as np
 from runtime.atomic_file import create_temporary, remove_stale_temporaries, replace_all
 from runtime.bundle.manifest import Manifest
 from runtime.errors import InputError
+from runtime.image_io.coloured_band import ColouredBand
 from runtime.image_io.readers import ImageSource
 
 FORMATS = ("png", "tif")
@@ -235,6 +236,9 @@ def write_outputs(
 ) -> OutputPaths:
     """Consume finished mask rows and write every requested output.
 
+    A band that is a ColouredBand (a GPU pipeline mapped the palette on the device) gives its colour
+    rows as they are; plain ``(top, mask)`` bands are coloured here with the manifest's palette.
+
     ``provenance`` (what produced the mask: glsnet batch records the bundle and options there) goes
     into the stats JSON under "provenance".
 
@@ -260,13 +264,15 @@ def write_outputs(
                 sink.start()
                 sinks[key] = sink
         written = 0
-        for top, mask in rows:
+        for band in rows:
+            top, mask = band
             if top != written:
                 raise RuntimeError(f"rows arrived out of order: expected row {written}, got {top}")
             written += len(mask)
             sinks["mask"].write(top, mask)
             if "color" in sinks or "overlay" in sinks:
-                color = palette[np.minimum(mask, len(palette) - 1)]
+                # a GPU pipeline hands out the colours it mapped on the device; otherwise they are mapped here
+                color = band.color if isinstance(band, ColouredBand) else palette[np.minimum(mask, len(palette) - 1)]
                 if "color" in sinks:
                     sinks["color"].write(top, color)
                 if "overlay" in sinks:
