@@ -7,7 +7,8 @@
   the bundle's fp32 and fp16 graphs;
 - the bundle's TensorRT engines (runtime.engines.tensorrt_pipeline), fp16 and int8, when it has them
   for this GPU (they are not built here: a build does not fit the check's six minutes);
-- glsnet-cpp --provider cuda: not yet part of the check (the C++ runtime is outside this change).
+- glsnet-cpp --device cuda, fp32 and fp16: the C++ runtime's library on ONNX Runtime's CUDA provider,
+  called through its C ABI (export.gpu.cpp_runner), when ``make cpp`` linked a GPU-enabled ONNX Runtime.
 
 Every candidate's ``missing`` answers in one line without touching the GPU more than opening it.
 """
@@ -206,15 +207,9 @@ def _tensorrt_missing(bundle_dir: Path, precision: str) -> str | None:
     return _device_missing()
 
 
-CPP_NOT_MEASURED = "the C++ runtime's CUDA provider is not measured by this check yet (issue 25 item 5, outside this change)"
-
-
-def _not_measured() -> Any:
-    raise GlsnetError(CPP_NOT_MEASURED)
-
-
-def gpu_candidates(bundle_dir: Path, model: Callable[[], Any], batch_size: int) -> list[Candidate]:
-    """The table's rows in order; ``model`` loads the torch model the bundle was exported from (only when a torch row runs)."""
+def gpu_candidates(bundle_dir: Path, model: Callable[[], Any], batch_size: int, cpp_build: Path | None = None) -> list[Candidate]:
+    """The table's rows in order; ``model`` loads the torch model the bundle was exported from (only when a torch row runs);
+    ``cpp_build``: the C++ build folder (default: $GLSNET_CPP_BUILD or build/cpp)."""
 
     def manifest() -> Any:
         from runtime.bundle.manifest import read_manifest
@@ -244,5 +239,20 @@ def gpu_candidates(bundle_dir: Path, model: Callable[[], Any], batch_size: int) 
             Candidate("PyTorch eager", precision, _eager_missing, lambda: TorchEagerRunner(model(), manifest(), precision, batch_size)),
         ]
 
-    cpp = Candidate("glsnet-cpp --provider cuda", "fp32", lambda: CPP_NOT_MEASURED, _not_measured)
-    return [*torch_rows(TF32), *torch_rows("fp16"), ort("fp32"), ort("fp16"), tensorrt("fp16"), tensorrt("int8"), cpp]
+    def cpp(precision: str) -> Candidate:
+        from export.gpu.cpp_runner import CppRunner, cpp_build_dir, cpp_cuda_missing
+
+        build = cpp_build or cpp_build_dir()
+        opened: dict[str, CppRunner] = {}  # the check opens the handle; the row then measures that one
+
+        def missing() -> str | None:
+            if precision not in manifest().graphs:
+                return f"the bundle has no {precision} graphs (glsnet-export build {bundle_dir} --{precision})"
+            return cpp_cuda_missing(build, bundle_dir, precision, opened)
+
+        def open_runner() -> CppRunner:
+            return opened.pop("runner", None) or CppRunner(build, bundle_dir, precision, "cuda")
+
+        return Candidate("glsnet-cpp --device cuda", precision, missing, open_runner)
+
+    return [*torch_rows(TF32), *torch_rows("fp16"), ort("fp32"), ort("fp16"), tensorrt("fp16"), tensorrt("int8"), cpp("fp32"), cpp("fp16")]

@@ -123,7 +123,8 @@ def test_make_gpu_check_runs_on_the_cpu_and_marks_every_gpu_row_not_run(small_bu
         ("ONNX Runtime CUDA", "fp16"),
         ("TensorRT", "fp16"),
         ("TensorRT", "int8"),
-        ("glsnet-cpp --provider cuda", "fp32"),
+        ("glsnet-cpp --device cuda", "fp32"),
+        ("glsnet-cpp --device cuda", "fp16"),
     ]
     assert all(r["status"] == NOT_RUN and r["reason"] and "\n" not in r["reason"] for r in rows)
     assert any("CUDA" in r["reason"] for r in rows[:4]) and "CPU wheel" in rows[4]["reason"]
