@@ -589,9 +589,16 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
     }
   } joiner{queue, global_thread, local_thread};
 
+  // The fusion runs through one IoBinding per image: the global features are bound once, when they arrive,
+  // and ONNX Runtime copies a bound input to the device of the provider that consumes it at bind time
+  // (IOBinding::BindInput), so with --device cuda they go up once per image and stay on the device for every
+  // fusion batch, instead of being copied by each Run. On the CPU binding copies nothing.
   std::vector<float> features;
   bool have_features = false;
-  const auto in_names = c_names(fusion_.inputs), out_names = c_names(fusion_.outputs);
+  const auto out_names = c_names(fusion_.outputs);
+  Ort::IoBinding binding(*fusion_.session);
+  const std::string &local0 = fusion_.inputs.at(0), &local1 = fusion_.inputs.at(1), &global = fusion_.inputs.at(2), &box = fusion_.inputs.at(3);
+  float no_data = 0.0f;  // the (never read) data pointer of the empty tensors that release a batch's local outputs
   std::vector<float> boxes, upsampled(static_cast<size_t>(k * p * p)), scratch;
   std::optional<UpsampleTaps> row_taps, col_taps;
   LocalBatch batch;
@@ -599,6 +606,8 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
     if (!have_features) {
       features = global_future.get();  // the global branch's failure surfaces here
       have_features = true;
+      Ort::Value value = Ort::Value::CreateTensor<float>(cpu_memory(), features.data(), features.size(), global_shape.data(), global_shape.size());
+      binding.BindInput(global.c_str(), value);  // copied to the fusion's device here, once
     }
     boxes.clear();
     for (int64_t i = batch.start; i < batch.start + batch.count; ++i) {
@@ -606,19 +615,28 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
       for (int64_t v : {x, y, x + p, y + p}) boxes.push_back(static_cast<float>(v));
     }
     const std::vector<int64_t> box_dims{batch.count, 4};
-    std::vector<Ort::Value> inputs;
-    inputs.push_back(std::move(batch.values[0]));
-    inputs.push_back(std::move(batch.values[1]));
-    inputs.push_back(Ort::Value::CreateTensor<float>(cpu_memory(), features.data(), features.size(), global_shape.data(), global_shape.size()));
-    inputs.push_back(Ort::Value::CreateTensor<float>(cpu_memory(), boxes.data(), boxes.size(), box_dims.data(), box_dims.size()));
+    Ort::Value box_value = Ort::Value::CreateTensor<float>(cpu_memory(), boxes.data(), boxes.size(), box_dims.data(), box_dims.size());
+    binding.BindInput(local0.c_str(), batch.values[0]);
+    binding.BindInput(local1.c_str(), batch.values[1]);
+    binding.BindInput(box.c_str(), box_value);
+    binding.BindOutput(out_names[0], cpu_memory());  // the logits come back to the host, where stitching runs
     std::vector<Ort::Value> out;
     {
       auto held = slot.take();
       out = ort_call("fusion graph", [&](Ort::RunOptions& run) {
-        return fusion_.session->Run(run, in_names.data(), inputs.data(), inputs.size(), out_names.data(), 1);
+        fusion_.session->Run(run, binding);
+        return binding.GetOutputValues();
       });
     }
-    inputs.clear();  // the batch's local outputs: the queue slot and their memory are free again
+    // the batch's local outputs: free their queue slot and memory now (the binding would hold them until the next
+    // batch), by binding empty tensors of the same rank in their place; the features stay bound
+    for (const std::string* name : {&local0, &local1}) {
+      auto dims = batch.values[name == &local0 ? 0 : 1].GetTensorTypeAndShapeInfo().GetShape();
+      dims[0] = 0;
+      binding.BindInput(name->c_str(), Ort::Value::CreateTensor<float>(cpu_memory(), &no_data, 0, dims.data(), dims.size()));
+    }
+    batch.values.clear();
+    binding.ClearBoundOutputs();  // `out` keeps the logits alive while they are stitched
     const auto shape = out[0].GetTensorTypeAndShapeInfo().GetShape();
     if (shape.size() != 4 || shape[0] != batch.count || shape[1] != k)
       fail(GLSNET_ERROR_RUNTIME, "fusion graph: logits have an unexpected shape; re-export the bundle");
