@@ -550,6 +550,11 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
       global_promise.set_exception(std::current_exception());
     }
   });
+  // The local outputs wait for the fusion where it reads them: in device memory with --device cuda (they never
+  // come back to the host), in host memory otherwise.
+  const Ort::MemoryInfo handoff = options_.device == "cuda"
+                                      ? Ort::MemoryInfo("Cuda", OrtDeviceAllocator, options_.device_id, OrtMemTypeDefault)
+                                      : Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
   std::thread local_thread([&] {
     const CallScope scope(call);
     try {
@@ -565,10 +570,14 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
         reader.patches(start, batch.count, patches);
         const std::vector<int64_t> dims{batch.count, c, p, p};
         Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), patches.data(), patches.size(), dims.data(), dims.size());
+        Ort::IoBinding binding(*local_.session);
+        binding.BindInput(in_names[0], input);
+        for (const char* name : out_names) binding.BindOutput(name, handoff);  // where the fusion reads them
         {
           auto held = slot.take();
           batch.values = ort_call("local graph", [&](Ort::RunOptions& run) {
-            return local_.session->Run(run, in_names.data(), &input, 1, out_names.data(), out_names.size());
+            local_.session->Run(run, binding);
+            return binding.GetOutputValues();
           });
         }
         std::vector<float>().swap(patches);
