@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "band_selection.hpp"
 #include "errors.hpp"
 #include "heap_release.hpp"
 #include "session_failure.hpp"
@@ -62,7 +63,8 @@ constexpr int64_t kNormaliseChunkRows = 64;
 
 Ort::Env& ort_env() {
   init_onnxruntime_api();
-  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet");
+  // ORT's environment is process-wide: its logging function routes each session's messages by log id (logging.hpp)
+  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet", ort_logging_function, nullptr);
   return env;
 }
 
@@ -268,8 +270,10 @@ std::pair<int64_t, int64_t> stage_channels(Ort::Session& session, const std::str
 Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
     : bundle_dir_(bundle_dir),
       options_(options),
+      log_(std::make_unique<LogRegistration>(options.log)),
       manifest_(read_manifest(bundle_dir)),
       normalizer_(manifest_.normalization.mean, manifest_.normalization.std, manifest_.normalization.scale) {
+  if (options.bands) manifest_.normalization = normalization_for(manifest_.normalization, *options.bands);  // before any work
   init_onnxruntime_api();
   const std::vector<std::string> precisions{"fp32", "fp16", "int8"}, devices{"cpu", "cuda", "tensorrt"};
   if (std::find(precisions.begin(), precisions.end(), options.precision) == precisions.end())
@@ -312,7 +316,8 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
 
   Ort::SessionOptions so;
   so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-  so.SetLogSeverityLevel(3);
+  so.SetLogSeverityLevel(options.log.callback ? options.log.level : ORT_LOGGING_LEVEL_ERROR);
+  so.SetLogId(log_->id().c_str());
   if (!options.cpu_arena) so.DisableCpuMemArena();
   if (options.threads > 0) {
     so.SetIntraOpNumThreads(options.threads);

@@ -9,11 +9,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "algorithm.hpp"
 #include "call_control.hpp"
 #include "global_features.hpp"
 #include "image_io.hpp"
+#include "logging.hpp"
 #include "manifest.hpp"
 
 namespace glsnet {
@@ -33,6 +35,8 @@ struct RuntimeOptions {
   int64_t max_pixels = kDefaultMaxPixels;
   int device_id = 0;          // the GPU of the cuda / tensorrt providers
   bool release_heap = false;  // malloc_trim after large frees (heap_release.hpp): the host's choice
+  std::optional<std::vector<int>> bands;  // input bands read instead of the manifest's (--bands)
+  LogTarget log;  // where this handle's ONNX Runtime messages and own warnings go (no callback: ORT's stderr sink)
 };
 
 class Pipeline {
@@ -47,6 +51,7 @@ class Pipeline {
 
   const Manifest& manifest() const { return manifest_; }
   const RuntimeOptions& options() const { return options_; }
+  const LogTarget& log_target() const { return log_->target(); }
 
  private:
   struct Graph {
@@ -62,6 +67,7 @@ class Pipeline {
 
   std::string bundle_dir_;
   RuntimeOptions options_;
+  std::unique_ptr<LogRegistration> log_;  // before the sessions: they log until destroyed
   Manifest manifest_;
   Normalizer normalizer_;
   Graph global_, local_, fusion_;
