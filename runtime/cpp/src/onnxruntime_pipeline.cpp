@@ -375,7 +375,16 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   };
   width_ = channels(0, manifest_.model_width);
   skip_ = channels(1, manifest_.model_skip_width);
+  // concurrent calls share one budget: each reserves its plan's estimate beyond what the handle holds once
+  budget_ = std::make_unique<SharedBudget>(options_.max_memory ? std::max<int64_t>(1, *options_.max_memory - held_once_bytes()) : 0);
   if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
+}
+
+int64_t Pipeline::held_once_bytes() const {
+  int64_t weights = weight_bytes(local_.file_bytes) + weight_bytes(fusion_.file_bytes);
+  if (stages_.empty()) weights += weight_bytes(global_.file_bytes);
+  for (const Graph& stage : stages_) weights += weight_bytes(stage.file_bytes);
+  return kProcessBaseBytes + weights;
 }
 
 Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, const std::string& path, Ort::SessionOptions& so) const {
@@ -535,6 +544,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
   check_bands(source.bands, bands, source.name);
   const PatchGrid grid = grid_for(source.height, source.width);
   const MemoryPlan plan = this->plan(grid, source.resident_bytes);
+  const SharedBudget::Reservation reserved = budget_->reserve(plan.estimate_bytes - held_once_bytes(), call);  // may wait
   const int64_t p = grid.patch, k = static_cast<int64_t>(manifest_.classes.size());
   Stitcher stitcher(grid, static_cast<int>(k));
   BatchQueue queue(kDefaultQueueDepth);

@@ -17,6 +17,7 @@
 #include "image_io.hpp"
 #include "logging.hpp"
 #include "manifest.hpp"
+#include "shared_budget.hpp"
 
 namespace glsnet {
 
@@ -64,6 +65,7 @@ class Pipeline {
   std::vector<float> global_features(const ImageSource& source, const PatchGrid& grid, const MemoryPlan& plan,
                                      std::vector<int64_t>& shape) const;
   Rows run_stage(size_t index, Rows&& input, int64_t first, int64_t count) const;
+  int64_t held_once_bytes() const;  // what the handle holds for all its calls: the process base and the loaded weights
 
   std::string bundle_dir_;
   RuntimeOptions options_;
@@ -75,6 +77,7 @@ class Pipeline {
   std::vector<StageShape> stage_shapes_;
   int64_t width_ = 0, skip_ = 0;  // channels of the local graph's two outputs
   bool serialize_graphs_ = true;  // one graph at a time (the CPU: each graph already uses every core)
+  std::unique_ptr<SharedBudget> budget_;  // --max-memory beyond held_once_bytes(), reserved by the calls in flight
 };
 
 }  // namespace glsnet

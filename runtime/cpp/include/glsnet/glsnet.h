@@ -62,7 +62,8 @@ typedef struct glsnet_options {
   const char* device;        /* "cpu" (NULL: cpu), "cuda" or "tensorrt" (ONNX Runtime execution providers) */
   int32_t threads;           /* ONNX Runtime intra-op threads per graph; 0: one per core */
   int32_t batch_size;        /* patches per batch; 0: chosen by the memory plan */
-  uint64_t max_memory;       /* memory budget in bytes; 0: none (default banding rule) */
+  uint64_t max_memory;       /* memory budget in bytes of the handle, shared by its concurrent calls (a call waits while
+                                the others hold too much); 0: none (default banding rule) */
   int32_t global_band_rows;  /* force the global branch into bands of this many rows (multiple of 32); 0: plan */
   int32_t global_halo;       /* rows of context above and below each global band (multiple of 32); -1: 256 */
   int32_t cpu_arena;         /* 1: ONNX Runtime's CPU memory arena on (default 0: off, lower peak memory) */
