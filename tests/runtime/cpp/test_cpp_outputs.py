@@ -15,7 +15,8 @@ import tifffile
 
 from runtime.image_io.readers import GEO_TAGS
 from runtime.image_io.writers import OutputOptions
-from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene, python_segmenter  # noqa: F401  (a fixture)
+from runtime.segmenter import Segmenter
+from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
 
 GDAL_NODATA, GDAL_METADATA = 42113, 42112
 
@@ -23,6 +24,12 @@ GDAL_NODATA, GDAL_METADATA = 42113, 42112
 @pytest.fixture(scope="module")
 def cpp_build() -> Path:
     return _build("cpp")
+
+
+@pytest.fixture(scope="module")
+def python_segmenter(small_bundle):
+    with Segmenter(small_bundle) as segmenter:
+        yield segmenter
 
 
 class FileOptions(ctypes.Structure):
@@ -38,7 +45,7 @@ class FileOptions(ctypes.Structure):
 
 
 def _cpp(build: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(build / "glsnet-cpp"), "run", *args], capture_output=True, text=True)
+    return subprocess.run([str(build / "glsnet-cpp"), "run", *args], capture_output=True, text=True, check=False)
 
 
 def _geotiff(path: Path, image: np.ndarray, transformation: bool = False, **layout: object) -> list[int]:
