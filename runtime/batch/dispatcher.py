@@ -95,10 +95,10 @@ class BatchOptions:
             raise InputError(f"{what} runs on a GPU but --gpus-per-worker is 0: give each worker a GPU (e.g. --gpus-per-worker 1)")
 
     def worker_segmenter(self) -> SegmenterOptions:
-        """The workers' Segmenter options: ONNX Runtime threads default to the CPUs each worker reserved."""
-        if self.segmenter.threads is not None:
-            return self.segmenter
-        return dataclasses.replace(self.segmenter, threads=max(1, round(self.cpus_per_worker)))
+        """The workers' Segmenter options: ONNX Runtime threads default to the CPUs each worker reserved, and
+        never spin (workers share a node's cores: a spinning pool burns what the next worker reserved)."""
+        threads = self.segmenter.threads if self.segmenter.threads is not None else max(1, round(self.cpus_per_worker))
+        return dataclasses.replace(self.segmenter, threads=threads, thread_spinning=False)
 
     def worker_outputs(self) -> OutputOptions:
         """Batch always writes the stats JSON: it records the bundle and options that resume compares."""

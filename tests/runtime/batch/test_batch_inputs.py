@@ -150,6 +150,16 @@ def test_a_gpu_provider_without_gpus_per_worker_fails_before_anything_starts(tmp
     assert BatchOptions(inputs=("x",), bundle="b", output="o", segmenter=SegmenterOptions(provider="cuda"), gpus_per_worker=1).gpus_per_worker == 1
 
 
+def test_workers_run_as_many_ort_threads_as_their_cpus_without_spinning():
+    from runtime.batch.dispatcher import BatchOptions
+
+    worker = BatchOptions(inputs=("x",), bundle="b", output="o", cpus_per_worker=4).worker_segmenter()
+    assert (worker.threads, worker.thread_spinning) == (4, False)
+    given = BatchOptions(inputs=("x",), bundle="b", output="o", cpus_per_worker=4, segmenter=SegmenterOptions(threads=3)).worker_segmenter()
+    assert (given.threads, given.thread_spinning) == (3, False)
+    assert SegmenterOptions().thread_spinning  # glsnet run keeps ONNX Runtime's default
+
+
 def test_scene_deadlines_scale_with_pixels_unless_given():
     from runtime.batch.dispatcher import TIMEOUT_FLOOR_S, TIMEOUT_S_PER_MEGAPIXEL, BatchOptions
 
