@@ -81,7 +81,7 @@ def batch(
     workers: int = typer.Option(2, "--workers", "-w", help="Worker actors, each with its own Segmenter (opens the bundle once)."),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="Ray CPUs reserved by each worker; also its ONNX Runtime threads unless --threads is given."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray GPUs reserved by each worker (with --provider cuda or tensorrt, or --engine tensorrt)."),
-    memory_per_worker: Optional[str] = typer.Option(None, "--memory-per-worker", help="Ray memory reserved by each worker, e.g. 3GB, so Ray places no more workers on a node than fit (default: --max-memory when given)."),
+    memory_per_worker: Optional[str] = typer.Option(None, "--memory-per-worker", help="Ray memory reserved by each worker, e.g. 3GB, so Ray places no more workers on a node than fit (default: the memory plan of the largest scene plus the Ray process, on ONNX Runtime's CPU provider; else --max-memory when given)."),
     retries: int = typer.Option(2, "--retries", help="Times a scene is retried when its worker dies (killed, out of memory); a lost or preempted node does not count."),
     scene_timeout: Optional[float] = typer.Option(None, "--scene-timeout", help="Seconds a scene may take before its worker is killed and the scene recorded as failed (default: 60 s per megapixel, at least 300 s; 0: no deadline)."),
     precision: str = opt.PRECISION,

@@ -44,6 +44,7 @@ class SegmenterOptions:
     max_memory: int | None = None  # bytes; see runtime.byte_sizes.parse_memory_size
     max_device_memory: int | None = None  # bytes of GPU memory (TensorRT engine): engines, scratch and buffers
     threads: int | None = None
+    thread_spinning: bool = True  # ONNX Runtime's pool threads busy-wait between tasks; batch workers sharing a node turn it off
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     global_band_rows: int | None = None

@@ -21,6 +21,8 @@ DEVICES = ("cpu", "cuda", "tensorrt")
 # Common-subexpression elimination merges the dedicated Q/DQ pairs of an int8 graph (one Q with two
 # DQs), and on x86 that keeps ONNX Runtime from turning them into integer kernels (QLinearConv): off.
 QDQ_BLOCKING_OPTIMIZERS = ("CommonSubexpressionElimination",)
+# ONNX Runtime's session config keys that let its intra-op and inter-op pool threads busy-wait for work.
+SPINNING_ENTRIES = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
 # Peak working memory of a graph in ONNX Runtime 1.32 on the CPU, as a multiple of the bytes of its
 # inputs plus outputs. Measured on the GLSNet graphs (peak RSS of one run minus RSS after loading):
@@ -50,6 +52,9 @@ class OrtOptions:
 
     device: str = "cpu"
     threads: int | None = None  # intra-op threads; None lets ONNX Runtime choose (one per core)
+    # ORT's pool threads spin on the CPU between tasks (its default, quickest alone on a machine); off
+    # they sleep, so processes sharing a node's cores (batch workers) do not burn each other's time.
+    spinning: bool = True
     fp16: bool = False  # TensorRT EP only: allow fp16 kernels
     tensorrt_cache_dir: Path | None = None  # TensorRT EP engine cache (inside the bundle)
     # ORT's CPU arena keeps every block it ever allocated (the whole-image global graph's included)
@@ -116,6 +121,9 @@ class OnnxRuntimeBackend(Backend):
         if self.options.threads is not None:
             so.intra_op_num_threads = self.options.threads
             so.inter_op_num_threads = 1
+        if not self.options.spinning:
+            for entry in SPINNING_ENTRIES:
+                so.add_session_config_entry(entry, "0")
         providers = providers_for(self.options, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(

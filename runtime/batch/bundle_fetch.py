@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from runtime.algorithm.scheduler import normalization_for
 from runtime.batch.storage import Location, read_bytes
-from runtime.bundle.loader import GRAPH_ROLES, open_bundle
+from runtime.bundle.loader import GRAPH_ROLES, graph_files, open_bundle
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest, manifest_from_dict
 from runtime.errors import BundleError
 from runtime.options import SegmenterOptions
@@ -54,6 +54,22 @@ def check_bundle(bundle: Location, options: SegmenterOptions) -> tuple[BundleRef
         manifest.graph(role, options.precision)
     normalization_for(manifest, options.bands)
     return BundleRef(bundle, hashlib.sha256(data).hexdigest()), manifest
+
+
+def graph_file_sizes(ref: BundleRef, manifest: Manifest, precision: str) -> dict[str, int]:
+    """Bytes of each graph file ``precision`` runs on, by bundle-relative path (asked of the store, nothing downloaded).
+
+    The driver's memory plan counts the weights from these (runtime.engines.declared_plan).
+    """
+    sizes = {}
+    for file, _ in graph_files(manifest, precision, str(ref.location)).all():
+        where = ref.location.join(file)
+        fs, path = where.filesystem()
+        try:
+            sizes[file] = int(fs.size(path))
+        except FileNotFoundError:
+            raise BundleError(f"{where}: named in the manifest but missing; the bundle is incomplete") from None
+    return sizes
 
 
 def local_bundle(ref: BundleRef, scratch: str, precision: str) -> str:

@@ -3,7 +3,7 @@
 Every scene of a batch writes its stats JSON with a "provenance" entry: the sha256 of the bundle's
 manifest (which holds the sha256 of every graph, so it names the bundle exactly) and the options
 that shape the outputs. A scene is done when all its outputs exist and its stats name the same
-bundle and options. Left out: ONNX Runtime's thread count (speed, not the mask) and the pixel limit
+bundle and options. Left out: ONNX Runtime's thread count and spinning (speed, not the mask) and the pixel limit
 (which inputs are accepted, not what is written for them).
 
 The stats JSON is uploaded last (runtime.batch.worker), so it is the commit marker: in an object
@@ -25,7 +25,7 @@ from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
 from runtime.image_io.writers import OutputOptions, OutputPaths
 from runtime.options import SegmenterOptions
 
-EXECUTION_ONLY = ("threads", "max_pixels")  # SegmenterOptions fields that do not change the outputs
+EXECUTION_ONLY = ("threads", "thread_spinning", "max_pixels")  # SegmenterOptions fields that do not change the outputs
 
 
 def batch_provenance(bundle: Path | str, options: SegmenterOptions, outputs: OutputOptions, manifest_sha256: str | None = None) -> dict[str, Any]:

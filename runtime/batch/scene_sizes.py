@@ -1,4 +1,5 @@
-"""Each scene's size in pixels, read from its header on the driver: largest scenes go first, deadlines scale with it.
+"""Each scene's height and width, read from its header on the driver: largest scenes go first, deadlines
+scale with their pixels, and the largest one's memory plan sets what each worker reserves.
 
 Only headers are read (a TIFF's first IFD, a PNG/JPEG's header through Pillow's lazy open), by
 small ranged reads for object storage, a few in parallel; a scene that is not there fails here, on
@@ -18,13 +19,13 @@ HEADER_BLOCK_BYTES = 64 * 1024
 PARALLEL_READS = 16
 
 
-def scene_pixels(scenes: list[Location]) -> dict[Location, int]:
-    """scene -> height x width, from the headers."""
+def scene_shapes(scenes: list[Location]) -> dict[Location, tuple[int, int]]:
+    """scene -> (height, width), from the headers; (0, 0) for a header this cannot read."""
     with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, max(1, len(scenes)))) as pool:
-        return dict(zip(scenes, pool.map(_pixels, scenes)))
+        return dict(zip(scenes, pool.map(_shape, scenes)))
 
 
-def _pixels(scene: Location) -> int:
+def _shape(scene: Location) -> tuple[int, int]:
     fs, path = scene.filesystem()
     try:
         with fs.open(path, "rb", block_size=HEADER_BLOCK_BYTES) as handle:
@@ -33,11 +34,11 @@ def _pixels(scene: Location) -> int:
 
                 with tifffile.TiffFile(handle) as tif:
                     shape = tif.pages.first.shaped
-                    return int(shape[2]) * int(shape[3])
+                    return int(shape[2]), int(shape[3])
             from PIL import Image
 
             with Image.open(handle) as image:
-                return int(image.width) * int(image.height)
+                return int(image.height), int(image.width)
     except FileNotFoundError:
         raise InputError(f"{scene}: no such file or object") from None
     except IsADirectoryError:
@@ -45,4 +46,4 @@ def _pixels(scene: Location) -> int:
     except Exception as exc:  # noqa: BLE001  an unreadable header: the worker reports the scene's own error
         if isinstance(exc, InputError):
             raise
-        return 0
+        return 0, 0

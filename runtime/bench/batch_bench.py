@@ -99,10 +99,13 @@ def _local_cluster(worker_nodes: int, scratch: Path):
     """A multi-node Ray cluster on this machine (loopback): a head with no CPUs, worker nodes of 1 CPU; yields its address."""
     from runtime.optional_import import require
 
+    # Keep Ray on 127.0.0.1, not the LAN address. Ray reads this once, when it is first imported (its
+    # ray_constants), so it is set before the import: set after it, the head listens on the LAN address
+    # and this process waits for a GCS there that never answers.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     require("ray", "glsnet bench --batch --batch-nodes")
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1, not the LAN address
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False, "object_store_memory": 80 * 1024**2})
     try:
         for n in range(worker_nodes):

@@ -15,8 +15,8 @@ from runtime.bundle.manifest import (
     GRAPH_ROLES,
     PRECISIONS,
     EngineSpec,
+    GlobalStageSpec,
     Manifest,
-    graph_path,
     read_manifest,
     verify_file,
 )
@@ -73,10 +73,7 @@ class Bundle:
 
     def ort_engine(self, precision: str) -> EngineSpec | None:
         """The ONNX Runtime build of ``precision``'s graphs, if ``glsnet-export build`` wrote one."""
-        for engine in self.manifest.engines:
-            if engine.target == ORT_TARGET and engine.precision == precision:
-                return engine
-        return None
+        return ort_engine(self.manifest, precision)
 
     def graph_set(self, precision: str = "fp32") -> GraphSet:
         """Verified graph files for ``precision`` (optimized ONNX Runtime graphs preferred)."""
@@ -88,42 +85,66 @@ class Bundle:
             return self._graph_sets[precision]
 
     def _verify(self, precision: str) -> GraphSet:
-        engine = self.ort_engine(precision)
-        if engine is not None:
-            missing = [r for r in GRAPH_ROLES if r not in engine.files]
-            if missing:
-                raise BundleError(
-                    f"{self.directory}: the onnxruntime {precision} build in {engine.directory} lacks {missing}; "
-                    f"rebuild it with: glsnet-export build {self.directory} --{precision}"
-                )
-            paths = {role: self._engine_file(engine, role) for role in GRAPH_ROLES}
-            source = f"onnxruntime engine in {engine.directory}"
-            specs = self.manifest.global_stages.get(precision, ())
-            keys = [stage_engine_key(i) for i in range(len(specs))]
-            stages: tuple[StageGraph, ...] = ()  # a build without its stages runs the single global graph
-            if specs and all(k in engine.files for k in keys):
-                stages = tuple(StageGraph(self._engine_file(engine, k), s.stride, s.halo) for k, s in zip(keys, specs))
-        else:
-            paths = {role: graph_path(self.directory, self.manifest.graph(role, precision)) for role in GRAPH_ROLES}
-            source = "graphs"
-            stages = tuple(
-                StageGraph(graph_path(self.directory, s.graph), s.stride, s.halo) for s in self.manifest.global_stages.get(precision, ())
-            )
-        return GraphSet(precision, paths["global"], paths["local"], paths["fusion"], source, stages)
-
-    def _engine_file(self, engine: EngineSpec, role: str) -> Path:
-        entry = engine.files[role]
-        if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
-            raise BundleError(f"{self.directory}: engines entry for {role} must be {{'file', 'sha256'}}, got {entry!r}")
-        relative = Path(entry["file"])
-        if not relative.parts[: len(Path(engine.directory).parts)] == Path(engine.directory).parts:
-            relative = Path(engine.directory) / relative
-        return verify_file(self.directory, str(relative), entry["sha256"])
+        files = graph_files(self.manifest, precision, str(self.directory))
+        paths = {role: verify_file(self.directory, *files.roles[role]) for role in GRAPH_ROLES}
+        stages = tuple(StageGraph(verify_file(self.directory, *file), s.stride, s.halo) for file, s in files.stages)
+        return GraphSet(precision, paths["global"], paths["local"], paths["fusion"], files.source, stages)
 
     @property
     def tensorrt_cache_dir(self) -> Path:
         """Where ONNX Runtime's TensorRT execution provider keeps its engine cache for this bundle."""
         return self.directory / TENSORRT_EP_CACHE
+
+
+@dataclass(frozen=True)
+class GraphFiles:
+    """The files a precision runs on, as the manifest names them (bundle-relative path, sha256): nothing read yet."""
+
+    roles: dict[str, tuple[str, str]]  # global / local / fusion
+    stages: tuple[tuple[tuple[str, str], GlobalStageSpec], ...]  # the global stage graphs in order (empty: the single global graph)
+    source: str  # "graphs" or "onnxruntime engine in <dir>"
+
+    def all(self) -> list[tuple[str, str]]:
+        return [*self.roles.values(), *(file for file, _ in self.stages)]
+
+
+def graph_files(manifest: Manifest, precision: str, where: str = "the bundle") -> GraphFiles:
+    """Which files the runtime loads for ``precision`` (an ONNX Runtime build preferred), from the manifest alone.
+
+    A driver that only has the manifest (runtime.batch) sizes the graphs from this without fetching them.
+    """
+    engine = ort_engine(manifest, precision)
+    specs = manifest.global_stages.get(precision, ())
+    if engine is None:
+        roles = {role: (g.file, g.sha256) for role in GRAPH_ROLES for g in (manifest.graph(role, precision),)}
+        return GraphFiles(roles, tuple(((s.graph.file, s.graph.sha256), s) for s in specs), "graphs")
+    missing = [r for r in GRAPH_ROLES if r not in engine.files]
+    if missing:
+        raise BundleError(
+            f"{where}: the onnxruntime {precision} build in {engine.directory} lacks {missing}; "
+            f"rebuild it with: glsnet-export build {where} --{precision}"
+        )
+    keys = [stage_engine_key(i) for i in range(len(specs))]
+    stages = ()  # a build without its stages runs the single global graph
+    if specs and all(k in engine.files for k in keys):
+        stages = tuple((_engine_file(engine, k, where), s) for k, s in zip(keys, specs))
+    roles = {role: _engine_file(engine, role, where) for role in GRAPH_ROLES}
+    return GraphFiles(roles, stages, f"onnxruntime engine in {engine.directory}")
+
+
+def ort_engine(manifest: Manifest, precision: str) -> EngineSpec | None:
+    """The ONNX Runtime build of ``precision``'s graphs, if ``glsnet-export build`` wrote one."""
+    return next((e for e in manifest.engines if e.target == ORT_TARGET and e.precision == precision), None)
+
+
+def _engine_file(engine: EngineSpec, key: str, where: str) -> tuple[str, str]:
+    entry = engine.files[key]
+    if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+        raise BundleError(f"{where}: engines entry for {key} must be {{'file', 'sha256'}}, got {entry!r}")
+    relative = Path(entry["file"])
+    if not relative.parts[: len(Path(engine.directory).parts)] == Path(engine.directory).parts:
+        relative = Path(engine.directory) / relative
+    return str(relative), entry["sha256"]
 
 
 def open_bundle(bundle: "str | Path | Bundle") -> Bundle:

@@ -90,6 +90,7 @@ class OnnxRuntimePipeline:
         ort_options = OrtOptions(
             device=o.ort_provider,
             threads=o.threads,
+            spinning=o.thread_spinning,
             fp16=o.precision == "fp16",
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],

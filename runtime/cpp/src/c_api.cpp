@@ -10,9 +10,12 @@
 #include <cstring>
 #include <new>
 
+#include "band_selection.hpp"
+#include "class_statistics.hpp"
 #include "errors.hpp"
 #include "glsnet/glsnet.h"
 #include "input_range.hpp"
+#include "logging.hpp"
 #include "onnxruntime_pipeline.hpp"
 
 struct glsnet_cancel_token {
@@ -147,6 +150,7 @@ glsnet::CallControl call_control(glsnet_cancel_token* cancel, int64_t timeout_ms
 
 void segment_image(glsnet_handle* handle, const glsnet_image& image, const glsnet::Stitcher::RowSink& sink) {
   const glsnet::CallControl call = call_control(image.cancel, image.timeout_ms);
+  const glsnet::LogScope log(&handle->pipeline->log_target());
   auto source = glsnet::array_source(image.pixels, image.pixel_type, image.height, image.width, image.channels, image.row_pitch,
                                      "array of shape (" + std::to_string(image.height) + ", " + std::to_string(image.width) + ", " +
                                          std::to_string(image.channels) + ")");
@@ -205,6 +209,7 @@ void glsnet_options_init_sized(glsnet_options* options, size_t size) {
   glsnet_options full;
   std::memset(static_cast<void*>(&full), 0, sizeof full);
   full.global_halo = -1;
+  full.log_level = GLSNET_LOG_WARNING;
   fill_prefix(options, full, size);
 }
 
@@ -233,6 +238,10 @@ glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options,
       o.release_heap = options->release_heap != 0;
       if (options->device_id < 0) glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, "device_id must be >= 0, got " + std::to_string(options->device_id));
       o.device_id = options->device_id;
+      o.bands = glsnet::parse_bands(options->bands ? options->bands : "");
+      if (options->log_level < GLSNET_LOG_VERBOSE || options->log_level > GLSNET_LOG_FATAL)
+        glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, "log_level must be a glsnet_log_level (0 verbose .. 4 fatal), got " + std::to_string(options->log_level));
+      o.log = {options->log_callback, options->log_user_data, options->log_level};
     }
     auto handle = std::make_unique<glsnet_handle>();
     handle->pipeline = std::make_unique<glsnet::Pipeline>(bundle_dir, o);
@@ -297,27 +306,32 @@ glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_
     require(fmt == "png" || fmt == "tif", "output format '" + fmt + "' is not one of png, tif");
     const auto range = glsnet::parse_input_range(options.input_range ? options.input_range : "");
     const glsnet::CallControl call = call_control(options.cancel, options.timeout_ms);
+    const glsnet::LogScope log(&handle->pipeline->log_target());
     const auto& manifest = handle->pipeline->manifest();
     auto source = glsnet::open_image(image_path, handle->pipeline->options().max_pixels);
     auto conformed = glsnet::conform_source(*source, manifest.input_pixels, manifest.normalization, range);
     const glsnet::ImageSource& input = conformed ? *conformed : *source;
     const std::string dir = output_dir, stem = glsnet::file_stem(image_path);
     glsnet::make_dirs(dir);
-    for (const char* kind : {"_mask.", "_color."}) {  // refuse before writing anything, so no output is half-done
-      const std::string target = dir + "/" + stem + kind + fmt;
+    const std::string stats_path = dir + "/" + stem + "_stats.json";
+    for (const std::string& target : {dir + "/" + stem + "_mask." + fmt, dir + "/" + stem + "_color." + fmt, stats_path}) {
+      // refuse before writing anything, so no output is half-done
       struct stat st {};
       if (stat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
         glsnet::fail(GLSNET_ERROR_OUTPUT, target + ": cannot write an output here (a folder has this name); choose another output folder with -o");
     }
     const auto& palette = manifest.palette;
-    auto mask_writer = glsnet::open_writer(dir + "/" + stem + "_mask." + fmt, fmt, input.height, input.width, 1);
+    const auto& tags = source->geotags;  // of the file itself: a range-mapped view borrows it
+    auto mask_writer = glsnet::open_writer(dir + "/" + stem + "_mask." + fmt, fmt, input.height, input.width, 1, tags);
     std::unique_ptr<glsnet::MaskWriter> color_writer;
-    if (options.color) color_writer = glsnet::open_writer(dir + "/" + stem + "_color." + fmt, fmt, input.height, input.width, 3);
+    if (options.color) color_writer = glsnet::open_writer(dir + "/" + stem + "_color." + fmt, fmt, input.height, input.width, 3, tags);
     std::vector<uint8_t> rgb;
+    glsnet::ClassCounts counts;
     handle->pipeline->run(
         input,
         [&](int64_t, int64_t rows, const uint8_t* mask) {
       mask_writer->write_rows(mask, rows);
+      if (options.stats) counts.add(mask, rows * input.width);
       if (color_writer) {
         rgb.resize(static_cast<size_t>(rows * input.width * 3));
         for (int64_t i = 0; i < rows * input.width; ++i) {
@@ -332,6 +346,12 @@ glsnet_status glsnet_segment_file_with(glsnet_handle* handle, const char* image_
     std::vector<glsnet::MaskWriter*> writers{mask_writer.get()};
     if (color_writer) writers.push_back(color_writer.get());
     for (auto* w : writers) w->finish();
+    std::unique_ptr<glsnet::MaskWriter> stats_output;
+    if (options.stats) {
+      stats_output = glsnet::open_text_output(
+          stats_path, glsnet::class_statistics_json(image_path, counts, manifest.classes, input.height, input.width));
+      writers.push_back(stats_output.get());
+    }
     glsnet::commit_all(writers);
   });
 }

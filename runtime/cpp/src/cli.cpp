@@ -17,7 +17,8 @@ const char* kUsage =
     "Usage: glsnet-cpp run IMAGE... --bundle DIR -o OUT [options]\n"
     "\n"
     "Segment PNG, JPEG or TIFF images with a GLSNet bundle on ONNX Runtime (no Python) and write\n"
-    "OUT/<stem>_mask.<format> and OUT/<stem>_color.<format>, as `glsnet run` does.\n"
+    "OUT/<stem>_mask.<format>, OUT/<stem>_color.<format> (and OUT/<stem>_stats.json with --stats), as\n"
+    "`glsnet run` does; TIFF masks of a GeoTIFF carry its georeferencing tags.\n"
     "\n"
     "Options:\n"
     "  -b, --bundle DIR       bundle directory written by glsnet-export (required)\n"
@@ -30,6 +31,8 @@ const char* kUsage =
     "  --batch-size N         patches per batch (default: chosen by the memory plan)\n"
     "  --format F             png (default) or tif\n"
     "  --no-color             do not write the colour mask\n"
+    "  --stats                also write per-class pixel statistics as JSON (as glsnet run --stats)\n"
+    "  --bands B              input bands to feed the model, e.g. 0,1,2 (default: the bundle's; as glsnet run --bands)\n"
     "  --input-range R        how 16-bit or float pixels map onto the model's trained range: MIN,MAX for\n"
     "                         every band (0,65535; 0,1 for float), MIN,MAX/MIN,MAX/... one per band, or\n"
     "                         pLOW,pHIGH a percentile stretch per band (p2,p98); needed when the image's\n"
@@ -92,12 +95,12 @@ int main(int argc, char** argv) {
   try {
     if (args[0] != "run") throw UsageError("unknown command '" + args[0] + "'; the command is: glsnet-cpp run IMAGE... --bundle DIR -o OUT");
     std::vector<std::string> images;
-    std::string bundle, output, format = "png", input_range;
+    std::string bundle, output, format = "png", input_range, bands;
     glsnet_options o;
     glsnet_options_init_sized(&o, sizeof o);
     o.release_heap = 1;  // this process is ours: keep RSS near what the runtime holds (see bound_malloc_retention)
     std::string precision = "fp32", device = "cpu";
-    bool color = true;
+    bool color = true, stats = false;
     for (size_t i = 1; i < args.size(); ++i) {
       const std::string& a = args[i];
       auto value = [&]() -> std::string {
@@ -118,7 +121,9 @@ int main(int argc, char** argv) {
       else if (a == "--max-pixels") o.max_pixels = parse_int(a, value(), 1);
       else if (a == "--format") format = value();
       else if (a == "--no-color") color = false;
+      else if (a == "--stats") stats = true;
       else if (a == "--input-range") input_range = value();
+      else if (a == "--bands") bands = value();
       else if (a == "--color") color = true;
       else if (!a.empty() && a[0] == '-') throw UsageError("unknown option '" + a + "' (see glsnet-cpp run --help)");
       else images.push_back(a);
@@ -129,6 +134,7 @@ int main(int argc, char** argv) {
     if (format != "png" && format != "tif") throw UsageError("--format '" + format + "' is not one of png, tif");
     o.precision = precision.c_str();
     o.device = device.c_str();
+    o.bands = bands.c_str();
     glsnet_handle* handle = nullptr;
     glsnet_status status = glsnet_open(bundle.c_str(), &o, &handle);
     if (status != GLSNET_OK) {
@@ -140,6 +146,7 @@ int main(int argc, char** argv) {
       glsnet_file_options_init(&file_options, sizeof file_options);
       file_options.format = format.c_str();
       file_options.color = color ? 1 : 0;
+      file_options.stats = stats ? 1 : 0;
       file_options.input_range = input_range.empty() ? nullptr : input_range.c_str();
       status = glsnet_segment_file_with(handle, image.c_str(), output.c_str(), &file_options);
       if (status != GLSNET_OK) {
@@ -152,8 +159,10 @@ int main(int argc, char** argv) {
         const size_t dot = base.rfind('.');
         return dot == std::string::npos || dot == 0 ? base : base.substr(0, dot);
       }();
-      std::fprintf(stderr, "%s -> %s/%s_mask.%s%s\n", image.c_str(), output.c_str(), stem.c_str(), format.c_str(),
-                   color ? (", " + output + "/" + stem + "_color." + format).c_str() : "");
+      std::string written = output + "/" + stem + "_mask." + format;
+      if (color) written += ", " + output + "/" + stem + "_color." + format;
+      if (stats) written += ", " + output + "/" + stem + "_stats.json";
+      std::fprintf(stderr, "%s -> %s\n", image.c_str(), written.c_str());
     }
     glsnet_close(handle);
     return 0;

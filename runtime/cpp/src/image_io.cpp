@@ -18,6 +18,7 @@
 #include <random>
 
 #include "errors.hpp"
+#include "logging.hpp"
 
 namespace glsnet {
 namespace {
@@ -159,7 +160,10 @@ void png_fail(png_structp png, png_const_charp message) {
   longjmp(err->jump, 1);
 }
 
-void png_quiet(png_structp, png_const_charp) {}
+// libpng's warnings go to the log of the call decoding or writing (on this thread), if it has one.
+void png_warn(png_structp, png_const_charp message) {
+  log_to(current_log_target(), GLSNET_LOG_WARNING, std::string("libpng: ") + (message ? message : ""));
+}
 
 // libpng's read structs, destroyed on every way out.
 struct PngReader {
@@ -174,7 +178,7 @@ std::unique_ptr<ImageSource> decode_png(const std::string& path, File file, int6
   auto source = std::make_unique<DecodedSource>();
   PngError err{};
   PngReader reader;
-  reader.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
+  reader.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_warn);
   reader.info = reader.png ? png_create_info_struct(reader.png) : nullptr;
   if (!reader.info) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while reading the PNG");
   png_structp png = reader.png;
@@ -230,23 +234,35 @@ std::string format_tiff_message(const char* module, const char* fmt, va_list arg
   return std::string(module ? module : "libtiff") + ": " + buf;
 }
 
+// A libtiff warning to the log of the call that opened the TIFF: tags libtiff has no definition for (GeoTIFF's,
+// GDAL's) at INFO, the rest at WARNING.
+void log_tiff_warning(const LogTarget* target, const char* module, const char* fmt, va_list args) {
+  if (!target || !target->callback) return;
+  const std::string message = format_tiff_message(module, fmt, args);
+  log_to(target, message.find("Unknown field with tag") != std::string::npos ? GLSNET_LOG_INFO : GLSNET_LOG_WARNING, message);
+}
+
 #if GLSNET_TIFF_HANDLE_ERRORS
 int tiff_error_ext(TIFF*, void* user_data, const char* module, const char* fmt, va_list args) {
   *static_cast<std::string*>(user_data) = format_tiff_message(module, fmt, args);
   return 1;  // handled: the process-wide handler is not called
 }
 
-int tiff_warning_ext(TIFF*, void*, const char*, const char*, va_list) { return 1; }
+int tiff_warning_ext(TIFF*, void* user_data, const char* module, const char* fmt, va_list args) {
+  log_tiff_warning(static_cast<const LogTarget*>(user_data), module, fmt, args);
+  return 1;
+}
 #else
 thread_local std::string tiff_message;
 
 void tiff_error(const char* module, const char* fmt, va_list args) { tiff_message = format_tiff_message(module, fmt, args); }
 
-void tiff_warning(const char*, const char*, va_list) {}
+void tiff_warning(const char* module, const char* fmt, va_list args) { log_tiff_warning(current_log_target(), module, fmt, args); }
 #endif
 
 class TiffErrors {
  public:
+  TiffErrors() : log_(current_log_target()) {}
   void clear() {
     message_.clear();
 #if !GLSNET_TIFF_HANDLE_ERRORS
@@ -267,7 +283,7 @@ class TiffErrors {
     std::unique_ptr<TIFFOpenOptions, void (*)(TIFFOpenOptions*)> options(TIFFOpenOptionsAlloc(), TIFFOpenOptionsFree);
     if (!options) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while opening the TIFF");
     TIFFOpenOptionsSetErrorHandlerExtR(options.get(), tiff_error_ext, &message_);
-    TIFFOpenOptionsSetWarningHandlerExtR(options.get(), tiff_warning_ext, nullptr);
+    TIFFOpenOptionsSetWarningHandlerExtR(options.get(), tiff_warning_ext, const_cast<LogTarget*>(log_));
     return TIFFOpenExt(path.c_str(), mode, options.get());
 #else
     static std::once_flag once;
@@ -281,7 +297,125 @@ class TiffErrors {
 
  private:
   std::string message_;
+  const LogTarget* log_;  // the log of the call that opened the TIFF (null: warnings dropped)
 };
+
+// --------------------------------------------------------------------------- GeoTIFF tags
+
+struct GeoTagName {
+  uint32_t code;
+  const char* name;  // a literal: libtiff keeps the pointer for the handle's lifetime
+};
+constexpr GeoTagName kGeoTags[] = {{33550, "ModelPixelScaleTag"}, {33922, "ModelTiepointTag"},  {34264, "ModelTransformationTag"},
+                                   {34735, "GeoKeyDirectoryTag"}, {34736, "GeoDoubleParamsTag"}, {34737, "GeoAsciiParamsTag"}};
+
+template <typename T>
+void append_as_double(GeoTag& tag, const void* data, uint32_t count) {
+  tag.data.resize(size_t(count) * sizeof(double));
+  for (uint32_t i = 0; i < count; ++i) {
+    T v;
+    std::memcpy(&v, static_cast<const uint8_t*>(data) + size_t(i) * sizeof(T), sizeof(T));
+    const double d = static_cast<double>(v);
+    std::memcpy(tag.data.data() + size_t(i) * sizeof(double), &d, sizeof(double));
+  }
+  tag.type = TIFF_DOUBLE;
+}
+
+// One tag's values as tifffile reads them and runtime/image_io/readers.py _tag_tuple hands them to the writer: ASCII
+// without its trailing NULs and surrounding blanks (a NUL is appended again when written); SHORT, LONG, FLOAT, DOUBLE
+// and LONG8 kept; other integer types as DOUBLE. Rationals and UNDEFINED bytes are not copied (never GeoTIFF types).
+std::optional<GeoTag> geotag_value(uint32_t code, int type, const void* data, uint32_t count) {
+  GeoTag tag;
+  tag.code = code;
+  tag.type = type;
+  tag.count = count;
+  const uint8_t* bytes = static_cast<const uint8_t*>(data);
+  switch (type) {
+    case TIFF_ASCII: {
+      std::string text(reinterpret_cast<const char*>(bytes), count);
+      while (!text.empty() && text.back() == '\0') text.pop_back();
+      const char* blanks = " \t\n\r\f\v";
+      const size_t first = text.find_first_not_of(blanks);
+      text = first == std::string::npos ? "" : text.substr(first, text.find_last_not_of(blanks) - first + 1);
+      tag.data.assign(text.begin(), text.end());
+      tag.data.push_back(0);
+      tag.count = static_cast<uint32_t>(tag.data.size());
+      return tag;
+    }
+    case TIFF_SHORT: case TIFF_LONG: case TIFF_FLOAT: case TIFF_DOUBLE: case TIFF_LONG8:
+      tag.data.assign(bytes, bytes + size_t(count) * TIFFDataWidth(static_cast<TIFFDataType>(type)));
+      return tag;
+    case TIFF_BYTE: append_as_double<uint8_t>(tag, data, count); return tag;
+    case TIFF_SBYTE: append_as_double<int8_t>(tag, data, count); return tag;
+    case TIFF_SSHORT: append_as_double<int16_t>(tag, data, count); return tag;
+    case TIFF_SLONG: append_as_double<int32_t>(tag, data, count); return tag;
+    case TIFF_SLONG8: append_as_double<int64_t>(tag, data, count); return tag;
+    default: return std::nullopt;
+  }
+}
+
+// The GeoTIFF tags of the current directory. libtiff reads tags it has no definition for as anonymous fields (counted
+// with a uint32); a host that registered the GeoTIFF tags (libgeotiff, GDAL) may have defined them otherwise.
+std::vector<GeoTag> read_geotags(TIFF* tif) {
+  std::vector<GeoTag> tags;
+  for (const auto& known : kGeoTags) {
+    const TIFFField* field = TIFFFindField(tif, known.code, TIFF_ANY);
+    if (!field) continue;
+    const int type = TIFFFieldDataType(field);
+    void* data = nullptr;
+    uint32_t count = 0;
+    uint64_t single = 0;
+    if (TIFFFieldPassCount(field)) {
+      if (TIFFFieldReadCount(field) == TIFF_VARIABLE2) {
+        if (!TIFFGetField(tif, known.code, &count, &data)) continue;
+      } else {
+        uint16_t short_count = 0;
+        if (!TIFFGetField(tif, known.code, &short_count, &data)) continue;
+        count = short_count;
+      }
+    } else if (type == TIFF_ASCII) {
+      char* text = nullptr;
+      if (!TIFFGetField(tif, known.code, &text) || !text) continue;
+      data = text;
+      count = static_cast<uint32_t>(std::strlen(text) + 1);
+    } else if (TIFFFieldReadCount(field) == 1) {
+      if (!TIFFGetField(tif, known.code, &single)) continue;
+      data = &single;
+      count = 1;
+    } else {
+      if (!TIFFGetField(tif, known.code, &data)) continue;
+      count = static_cast<uint32_t>(std::max(0, TIFFFieldReadCount(field)));
+    }
+    if (!data || count == 0) continue;
+    if (auto tag = geotag_value(known.code, type, data, count)) tags.push_back(std::move(*tag));
+  }
+  return tags;
+}
+
+const char* geotag_name(uint32_t code) {
+  for (const auto& known : kGeoTags)
+    if (known.code == code) return known.name;
+  return "GeoTag";
+}
+
+// Sets `tags` on a TIFF being written, defining them on this handle only (no process-wide tag extender).
+bool write_geotags(TIFF* tif, const std::vector<GeoTag>& tags) {
+  for (const GeoTag& tag : tags) {
+    if (!TIFFFindField(tif, tag.code, TIFF_ANY)) {
+      TIFFFieldInfo info{tag.code, TIFF_VARIABLE2, TIFF_VARIABLE2, static_cast<TIFFDataType>(tag.type), FIELD_CUSTOM, 1, 1,
+                         const_cast<char*>(geotag_name(tag.code))};
+      if (TIFFMergeFieldInfo(tif, &info, 1) != 0) return false;
+    }
+    const TIFFField* field = TIFFFindField(tif, tag.code, TIFF_ANY);
+    if (!field || TIFFFieldDataType(field) != tag.type) continue;  // a host defined it with another type: not copied
+    int ok = 0;
+    if (TIFFFieldPassCount(field)) ok = TIFFSetField(tif, tag.code, tag.count, tag.data.data());
+    else if (tag.type == TIFF_ASCII) ok = TIFFSetField(tif, tag.code, reinterpret_cast<const char*>(tag.data.data()));
+    else continue;
+    if (!ok) return false;
+  }
+  return true;
+}
 
 // A TIFF read window by window: a row range decodes only the strips or tiles that cross it.
 class TiffSource : public ImageSource {
@@ -328,6 +462,7 @@ class TiffSource : public ImageSource {
       seg_h_ = std::min<int64_t>(rps ? rps : height, height);
     }
     if (seg_w_ <= 0 || seg_h_ <= 0) close_and_fail(path + ": the TIFF's strip or tile size is invalid");
+    geotags = read_geotags(tif_);
   }
   ~TiffSource() override {
     if (tif_) TIFFClose(tif_);
@@ -466,7 +601,6 @@ class PngWriter : public MaskWriter {
     const int flushed = std::fflush(file_), closed = std::fclose(file_);
     file_ = nullptr;
     if (flushed || closed) output_error(path_, std::strerror(errno));
-    finished_ = true;
   }
 
  private:
@@ -475,13 +609,13 @@ class PngWriter : public MaskWriter {
     png_ = nullptr;
     if (file_) std::fclose(file_);
     file_ = nullptr;
-    if (!finished_) unlink(temporary_.c_str());
+    if (!committed_) unlink(temporary_.c_str());
   }
   void start(int64_t width, int channels) {
     file_ = std::fopen(temporary_.c_str(), "wb");
     if (!file_) output_error(path_, std::strerror(errno));
     const std::string& path = path_;
-    png_ = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err_, png_fail, png_quiet);
+    png_ = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err_, png_fail, png_warn);
     info_ = png_ ? png_create_info_struct(png_) : nullptr;
     if (!info_) fail(GLSNET_ERROR_MEMORY, path + ": out of memory while writing the PNG");
     if (setjmp(err_.jump)) fail(GLSNET_ERROR_OUTPUT, path + ": writing the PNG failed (" + err_.message + ")");
@@ -500,14 +634,13 @@ class PngWriter : public MaskWriter {
   PngError err_{};
   size_t stride_ = 0;
   int64_t height_, written_ = 0;
-  bool finished_ = false;
 };
 
 constexpr int64_t kRowsPerStrip = 64;
 
 class TiffWriter : public MaskWriter {
  public:
-  TiffWriter(const std::string& path, int64_t height, int64_t width, int channels)
+  TiffWriter(const std::string& path, int64_t height, int64_t width, int channels, const std::vector<GeoTag>& geotags)
       : height_(height), rows_per_strip_(std::min(kRowsPerStrip, height)), stride_(static_cast<size_t>(width) * channels) {
     path_ = path;
     temporary_ = temporary_beside(path, "tif");
@@ -526,10 +659,18 @@ class TiffWriter : public MaskWriter {
     TIFFSetField(tif_, TIFFTAG_PHOTOMETRIC, static_cast<uint16_t>(channels == 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK));
     TIFFSetField(tif_, TIFFTAG_COMPRESSION, static_cast<uint16_t>(COMPRESSION_ADOBE_DEFLATE));
     TIFFSetField(tif_, TIFFTAG_ROWSPERSTRIP, static_cast<uint32_t>(rows_per_strip_));
+    errors_.clear();
+    if (!write_geotags(tif_, geotags)) {
+      const std::string why = "its GeoTIFF tags: " + errors_.text();
+      TIFFClose(tif_);
+      tif_ = nullptr;
+      unlink(temporary_.c_str());
+      output_error(path, why);
+    }
   }
   ~TiffWriter() override {
     if (tif_) TIFFClose(tif_);
-    if (!finished_) unlink(temporary_.c_str());
+    if (!committed_) unlink(temporary_.c_str());
   }
   void write_rows(const uint8_t* rows, int64_t count) override {
     pending_.insert(pending_.end(), rows, rows + count * stride_);
@@ -543,7 +684,6 @@ class TiffWriter : public MaskWriter {
     TIFFClose(tif_);
     tif_ = nullptr;
     if (!ok) output_error(path_, errors_.text());
-    finished_ = true;
   }
 
  private:
@@ -561,7 +701,29 @@ class TiffWriter : public MaskWriter {
   std::vector<uint8_t> pending_;
   uint32_t strip_ = 0;
   int64_t written_ = 0;
-  bool finished_ = false;
+};
+
+// A finished text file under a temporary name (the statistics JSON), renamed by commit_all with the masks.
+class TextOutput : public MaskWriter {
+ public:
+  TextOutput(const std::string& path, const std::string& text) {
+    path_ = path;
+    const size_t dot = base_of(path).rfind('.');
+    temporary_ = temporary_beside(path, dot == std::string::npos ? "txt" : base_of(path).substr(dot + 1));
+    File file(std::fopen(temporary_.c_str(), "wb"));
+    const bool written = file && std::fwrite(text.data(), 1, text.size(), file.get()) == text.size();
+    const int error = errno;
+    const bool closed = file && std::fclose(file.release()) == 0;
+    if (!written || !closed) {
+      unlink(temporary_.c_str());
+      fail(GLSNET_ERROR_OUTPUT, path + ": writing the statistics failed (" + std::strerror(error ? error : errno) + ")");
+    }
+  }
+  ~TextOutput() override {
+    if (!committed_) unlink(temporary_.c_str());
+  }
+  void write_rows(const uint8_t*, int64_t) override { fail(GLSNET_ERROR_RUNTIME, path_ + ": a text output takes no mask rows"); }
+  void finish() override {}
 };
 
 }  // namespace
@@ -645,6 +807,7 @@ void commit_all(const std::vector<MaskWriter*>& writers) {
   }
   for (const auto& [target, backup] : done)
     if (!backup.empty()) unlink(backup.c_str());
+  for (MaskWriter* w : writers) w->mark_committed();
 }
 
 void check_bands(int64_t band_count, const std::vector<int>& model_bands, const std::string& name) {
@@ -663,10 +826,15 @@ void check_bands(int64_t band_count, const std::vector<int>& model_bands, const 
               std::to_string(needed) + " bands that exist, e.g. --bands " + example);
 }
 
-std::unique_ptr<MaskWriter> open_writer(const std::string& path, const std::string& format, int64_t height, int64_t width, int channels) {
+std::unique_ptr<MaskWriter> open_writer(const std::string& path, const std::string& format, int64_t height, int64_t width, int channels,
+                                        const std::vector<GeoTag>& geotags) {
   if (format == "png") return std::make_unique<PngWriter>(path, height, width, channels);
-  if (format == "tif") return std::make_unique<TiffWriter>(path, height, width, channels);
+  if (format == "tif") return std::make_unique<TiffWriter>(path, height, width, channels, geotags);
   fail(GLSNET_ERROR_INVALID_ARGUMENT, "output format '" + format + "' is not one of png, tif");
+}
+
+std::unique_ptr<MaskWriter> open_text_output(const std::string& path, const std::string& text) {
+  return std::make_unique<TextOutput>(path, text);
 }
 
 void make_dirs(const std::string& path) {

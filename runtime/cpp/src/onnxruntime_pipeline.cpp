@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "band_selection.hpp"
 #include "errors.hpp"
 #include "heap_release.hpp"
 #include "session_failure.hpp"
@@ -62,7 +63,8 @@ constexpr int64_t kNormaliseChunkRows = 64;
 
 Ort::Env& ort_env() {
   init_onnxruntime_api();
-  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet");
+  // ORT's environment is process-wide: its logging function routes each session's messages by log id (logging.hpp)
+  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet", ort_logging_function, nullptr);
   return env;
 }
 
@@ -268,8 +270,10 @@ std::pair<int64_t, int64_t> stage_channels(Ort::Session& session, const std::str
 Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
     : bundle_dir_(bundle_dir),
       options_(options),
+      log_(std::make_unique<LogRegistration>(options.log)),
       manifest_(read_manifest(bundle_dir)),
       normalizer_(manifest_.normalization.mean, manifest_.normalization.std, manifest_.normalization.scale) {
+  if (options.bands) manifest_.normalization = normalization_for(manifest_.normalization, *options.bands);  // before any work
   init_onnxruntime_api();
   const std::vector<std::string> precisions{"fp32", "fp16", "int8"}, devices{"cpu", "cuda", "tensorrt"};
   if (std::find(precisions.begin(), precisions.end(), options.precision) == precisions.end())
@@ -312,7 +316,8 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
 
   Ort::SessionOptions so;
   so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-  so.SetLogSeverityLevel(3);
+  so.SetLogSeverityLevel(options.log.callback ? options.log.level : ORT_LOGGING_LEVEL_ERROR);
+  so.SetLogId(log_->id().c_str());
   if (!options.cpu_arena) so.DisableCpuMemArena();
   if (options.threads > 0) {
     so.SetIntraOpNumThreads(options.threads);
@@ -370,7 +375,16 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   };
   width_ = channels(0, manifest_.model_width);
   skip_ = channels(1, manifest_.model_skip_width);
+  // concurrent calls share one budget: each reserves its plan's estimate beyond what the handle holds once
+  budget_ = std::make_unique<SharedBudget>(options_.max_memory ? std::max<int64_t>(1, *options_.max_memory - held_once_bytes()) : 0);
   if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
+}
+
+int64_t Pipeline::held_once_bytes() const {
+  int64_t weights = weight_bytes(local_.file_bytes) + weight_bytes(fusion_.file_bytes);
+  if (stages_.empty()) weights += weight_bytes(global_.file_bytes);
+  for (const Graph& stage : stages_) weights += weight_bytes(stage.file_bytes);
+  return kProcessBaseBytes + weights;
 }
 
 Pipeline::Graph Pipeline::load(const GraphSpec& spec, const std::string& what, const std::string& path, Ort::SessionOptions& so) const {
@@ -530,6 +544,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
   check_bands(source.bands, bands, source.name);
   const PatchGrid grid = grid_for(source.height, source.width);
   const MemoryPlan plan = this->plan(grid, source.resident_bytes);
+  const SharedBudget::Reservation reserved = budget_->reserve(plan.estimate_bytes - held_once_bytes(), call);  // may wait
   const int64_t p = grid.patch, k = static_cast<int64_t>(manifest_.classes.size());
   Stitcher stitcher(grid, static_cast<int>(k));
   BatchQueue queue(kDefaultQueueDepth);

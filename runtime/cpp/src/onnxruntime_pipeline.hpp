@@ -9,12 +9,15 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "algorithm.hpp"
 #include "call_control.hpp"
 #include "global_features.hpp"
 #include "image_io.hpp"
+#include "logging.hpp"
 #include "manifest.hpp"
+#include "shared_budget.hpp"
 
 namespace glsnet {
 
@@ -33,6 +36,8 @@ struct RuntimeOptions {
   int64_t max_pixels = kDefaultMaxPixels;
   int device_id = 0;          // the GPU of the cuda / tensorrt providers
   bool release_heap = false;  // malloc_trim after large frees (heap_release.hpp): the host's choice
+  std::optional<std::vector<int>> bands;  // input bands read instead of the manifest's (--bands)
+  LogTarget log;  // where this handle's ONNX Runtime messages and own warnings go (no callback: ORT's stderr sink)
 };
 
 class Pipeline {
@@ -47,6 +52,7 @@ class Pipeline {
 
   const Manifest& manifest() const { return manifest_; }
   const RuntimeOptions& options() const { return options_; }
+  const LogTarget& log_target() const { return log_->target(); }
 
  private:
   struct Graph {
@@ -59,9 +65,11 @@ class Pipeline {
   std::vector<float> global_features(const ImageSource& source, const PatchGrid& grid, const MemoryPlan& plan,
                                      std::vector<int64_t>& shape) const;
   Rows run_stage(size_t index, Rows&& input, int64_t first, int64_t count) const;
+  int64_t held_once_bytes() const;  // what the handle holds for all its calls: the process base and the loaded weights
 
   std::string bundle_dir_;
   RuntimeOptions options_;
+  std::unique_ptr<LogRegistration> log_;  // before the sessions: they log until destroyed
   Manifest manifest_;
   Normalizer normalizer_;
   Graph global_, local_, fusion_;
@@ -69,6 +77,7 @@ class Pipeline {
   std::vector<StageShape> stage_shapes_;
   int64_t width_ = 0, skip_ = 0;  // channels of the local graph's two outputs
   bool serialize_graphs_ = true;  // one graph at a time (the CPU: each graph already uses every core)
+  std::unique_ptr<SharedBudget> budget_;  // --max-memory beyond held_once_bytes(), reserved by the calls in flight
 };
 
 }  // namespace glsnet

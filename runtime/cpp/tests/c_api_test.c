@@ -19,12 +19,13 @@
 static int failures = 0;
 
 /* Interposed on libglsnet's calls (the executable's definitions come first), to count calls and inject failures. */
-static int fail_color_rename = 0, fail_png_header = 0, trim_calls = 0, strip_reads = 0, host_tiff_errors = 0;
+static int fail_color_rename = 0, fail_stats_rename = 0, fail_png_header = 0, trim_calls = 0, strip_reads = 0, host_tiff_errors = 0;
 
 int rename(const char* from, const char* to) {
   static int (*real)(const char*, const char*) = NULL;
   if (!real) real = (int (*)(const char*, const char*))dlsym(RTLD_NEXT, "rename");
   if (fail_color_rename && strstr(to, "_color.") != NULL) return -1; /* errno as left: the message is not checked */
+  if (fail_stats_rename && strstr(to, "_stats.json") != NULL) return -1;
   return real(from, to);
 }
 
@@ -263,6 +264,32 @@ static void cancellation(const char* good, const char* work) {
   glsnet_cancel_token_destroy(NULL);
 }
 
+/* A GeoTIFF (WORKDIR/geo.tif) to TIFF masks with the statistics JSON: its tags read and written on libtiff handles of
+ * our own, the three outputs renamed together; a failing statistics rename leaves none of them. */
+static void geotiff_and_statistics(glsnet_handle* h, const char* work) {
+  char image[4096], out[4096], path[8192];
+  snprintf(image, sizeof image, "%s/geo.tif", work);
+  glsnet_file_options fo;
+  glsnet_file_options_init(&fo, sizeof fo);
+  fo.format = "tif";
+  fo.stats = 1;
+  snprintf(out, sizeof out, "%s/out-geo", work);
+  expect("GeoTIFF with statistics", glsnet_segment_file_with(h, image, out, &fo), GLSNET_OK, "");
+  check("mask, colour mask and statistics written", entries(out) == 3);
+  snprintf(path, sizeof path, "%s/geo_mask.tif", out);
+  TIFF* tif = TIFFOpen(path, "r");
+  uint32_t count = 0;
+  double* scale = NULL;
+  /* the tag is unknown to this libtiff: read as an anonymous field, counted with a uint32 */
+  check("the mask carries ModelPixelScale", tif && TIFFGetField(tif, 33550, &count, &scale) && count == 3 && scale[0] == 0.25);
+  if (tif) TIFFClose(tif);
+  fail_stats_rename = 1;
+  snprintf(out, sizeof out, "%s/out-geo-failed", work);
+  expect("statistics rename fails", glsnet_segment_file_with(h, image, out, &fo), GLSNET_ERROR_OUTPUT, "geo_stats.json");
+  fail_stats_rename = 0;
+  check("no output when the statistics cannot be renamed", entries(out) == 0);
+}
+
 int main(int argc, char** argv) {
   if (argc != 6) {
     fprintf(stderr, "usage: %s GOOD TAMPERED SCHEMA ESCAPE WORKDIR\n", argv[0]);
@@ -395,6 +422,7 @@ int main(int argc, char** argv) {
     ++failures;
   }
   defects(h, good, work);
+  geotiff_and_statistics(h, work);
   cancellation(good, work);
   glsnet_close(h);
   glsnet_close(NULL);

@@ -2,6 +2,7 @@
 // wrapped buffer size; a failing open is an Exception carrying the C API's status. Registered with CTest.
 #include <cstdio>
 #include <cstdint>
+#include <string>
 
 #include "glsnet/glsnet.hpp"
 
@@ -31,6 +32,15 @@ int main() {
     check("missing bundle throws", false);
   } catch (const glsnet::Exception& e) {
     check("missing bundle throws", e.status() == GLSNET_ERROR_BUNDLE);
+  }
+  try {
+    glsnet::Options options;
+    options.bands = "0,x";  // reaches glsnet_options.bands: refused before the bundle is looked at
+    glsnet::Segmenter segmenter("/nonexistent/bundle", options);
+    check("bad --bands throws", false);
+  } catch (const glsnet::Exception& e) {
+    check("bad --bands throws", e.status() == GLSNET_ERROR_INVALID_ARGUMENT &&
+                                    std::string(e.what()) == "--bands '0,x': expected comma-separated band indices such as 0,1,2");
   }
   std::printf("%d failure(s)\n", failures);
   return failures ? 1 : 0;

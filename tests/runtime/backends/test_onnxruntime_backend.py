@@ -9,10 +9,10 @@ import pytest
 
 from runtime.algorithm.global_features import GlobalStage
 from runtime.algorithm.scheduler import ScheduleOptions
-from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions, providers_for
+from runtime.backends.onnxruntime import SPINNING_ENTRIES, OnnxRuntimeBackend, OrtOptions, providers_for
 from runtime.errors import BundleError, GlsnetError, InputError, MissingDependencyError
 from runtime.image_io.readers import ArraySource
-from runtime.segmenter import Segmenter
+from runtime.segmenter import Segmenter, SegmenterOptions
 
 
 def test_backend_metadata_and_inference(small_bundle):
@@ -31,6 +31,28 @@ def test_backend_metadata_and_inference(small_bundle):
         assert backend.memory_estimate(shapes, outputs) > 2 * backend.memory_estimate({"patches": (2, 3, 128, 128)}, {})
         assert backend.weight_bytes > (small_bundle / "local.onnx").stat().st_size
     assert not backend.is_active
+
+
+def test_spinning_off_is_a_session_option_of_both_thread_pools(small_bundle):
+    def entries(backend: OnnxRuntimeBackend) -> dict[str, str]:
+        options = backend.session.get_session_options()
+        found = {}
+        for entry in SPINNING_ENTRIES:
+            try:
+                found[entry] = options.get_session_config_entry(entry)
+            except Exception:  # noqa: BLE001  ONNX Runtime raises for a key that was never set
+                pass
+        return found
+
+    with OnnxRuntimeBackend(small_bundle / "local.onnx", OrtOptions(threads=2, spinning=False)) as quiet:
+        assert entries(quiet) == {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+        assert quiet.session.get_session_options().intra_op_num_threads == 2
+    with OnnxRuntimeBackend(small_bundle / "local.onnx", OrtOptions(threads=2)) as default:
+        assert entries(default) == {}  # ONNX Runtime's own default (spinning) is left alone
+    with Segmenter(small_bundle, options=SegmenterOptions(threads=1, thread_spinning=False)) as segmenter:
+        scheduler = segmenter.pipeline.scheduler
+        for backend in (scheduler.local_backend, scheduler.fusion_backend, *(stage.backend for stage in scheduler.global_stages)):
+            assert entries(backend)["session.intra_op.allow_spinning"] == "0", backend.name
 
 
 def test_a_file_that_is_not_a_graph_is_a_bundle_error(tmp_path):

@@ -241,3 +241,24 @@ def test_batch_bench_prints_scenes_per_minute_and_peak_rss_per_worker(local_ray,
         assert set(run["peak_rss_bytes"]) <= {"worker-1", "worker-2"} and all(v > 10_000_000 for v in run["peak_rss_bytes"].values())
     assert len(report["runs"][0]["peak_rss_bytes"]) == 1
     assert (tmp_path / "bench" / "batch-bench.json").is_file()
+
+
+def test_batch_bench_on_worker_nodes_uses_one_node_then_two(small_bundle, tmp_path):
+    """In a fresh process, as `glsnet bench --batch --batch-nodes` runs: Ray must stay on 127.0.0.1 from its first
+    import (set after it, the head listened on the LAN address and the bench waited for it forever)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    code = (
+        "import json, sys; from pathlib import Path\n"
+        "from runtime.bench.batch_bench import BatchBenchOptions, run_batch_bench\n"
+        "report = run_batch_bench(BatchBenchOptions(out=Path(sys.argv[1]), bundle=Path(sys.argv[2]), scenes=2, size=160, nodes=True))\n"
+        "print(json.dumps(report['runs']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "bench"), str(small_bundle)],
+        capture_output=True, text=True, timeout=400, env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [run["worker_nodes"] for run in runs] == [1, 2]
+    assert [run["nodes_used"] for run in runs][0] == 1 and 1 <= runs[1]["nodes_used"] <= 2  # a quick worker may take both scenes
+    assert all(run["scenes"] == 2 and run["scenes_per_minute"] > 0 for run in runs)

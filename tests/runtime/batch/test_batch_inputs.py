@@ -150,6 +150,41 @@ def test_a_gpu_provider_without_gpus_per_worker_fails_before_anything_starts(tmp
     assert BatchOptions(inputs=("x",), bundle="b", output="o", segmenter=SegmenterOptions(provider="cuda"), gpus_per_worker=1).gpus_per_worker == 1
 
 
+def test_workers_run_as_many_ort_threads_as_their_cpus_without_spinning():
+    from runtime.batch.dispatcher import BatchOptions
+
+    worker = BatchOptions(inputs=("x",), bundle="b", output="o", cpus_per_worker=4).worker_segmenter()
+    assert (worker.threads, worker.thread_spinning) == (4, False)
+    given = BatchOptions(inputs=("x",), bundle="b", output="o", cpus_per_worker=4, segmenter=SegmenterOptions(threads=3)).worker_segmenter()
+    assert (given.threads, given.thread_spinning) == (3, False)
+    assert SegmenterOptions().thread_spinning  # glsnet run keeps ONNX Runtime's default
+
+
+def test_each_worker_reserves_the_memory_plan_of_the_largest_scene_by_default(small_bundle):
+    from runtime.batch.bundle_fetch import check_bundle
+    from runtime.batch.dispatcher import RAY_WORKER_BYTES, BatchOptions, planned_worker_memory
+    from runtime.segmenter import Segmenter
+
+    def options(**kw) -> BatchOptions:
+        return BatchOptions(inputs=("x",), bundle=small_bundle, output="o", **kw)
+
+    ref, manifest = check_bundle(Location(str(small_bundle)), SegmenterOptions())
+    shapes = [(300, 200), (4000, 900), (1000, 3000), (0, 0)]  # most pixels: 4000 x 900; widest: 1000 x 3000; (0, 0): no header
+    planned, why = planned_worker_memory(options(), ref, manifest, shapes)
+    with Segmenter(small_bundle, threads=1) as segmenter:
+        plans = {shape: segmenter.plan(*shape).estimate_bytes for shape in shapes[:3]}
+    assert plans[(1000, 3000)] > plans[(4000, 900)]  # the widest scene sets the reservation here, not the one of most pixels
+    assert planned == max(plans.values()) + RAY_WORKER_BYTES and "needs the most (1000 x 3000: batch" in why
+    assert options().ray_resources(planned)["memory"] == planned
+    assert options(memory_per_worker=123_000_000).ray_resources(planned)["memory"] == 123_000_000  # the flag overrides
+    assert options(gpus_per_worker=1, segmenter=SegmenterOptions(provider="cuda")).ray_resources(None).get("memory") is None
+
+    assert planned_worker_memory(options(segmenter=SegmenterOptions(provider="cuda"), gpus_per_worker=1), ref, manifest, shapes) is None
+    assert planned_worker_memory(options(), ref, manifest, [(0, 0)]) is None
+    tight = options(segmenter=SegmenterOptions(max_memory=50_000_000))  # no plan fits: the budget itself is reserved
+    assert planned_worker_memory(tight, ref, manifest, shapes) is None and tight.ray_resources(None)["memory"] == 50_000_000
+
+
 def test_scene_deadlines_scale_with_pixels_unless_given():
     from runtime.batch.dispatcher import TIMEOUT_FLOOR_S, TIMEOUT_S_PER_MEGAPIXEL, BatchOptions
 

@@ -160,7 +160,10 @@ def test_s3_batch_on_two_nodes_matches_glsnet_run_and_leaves_nothing_behind(worl
     assert sorted(Path(line["input"]).name for line in lines) == sorted(p.name for p in world["scenes"].iterdir())
     assert {line["status"] for line in lines} == {"ok"}
     assert {line["node_id"] for line in lines} == {world["nodes"]["a"].node_id, world["nodes"]["b"].node_id}
-    assert [Path(line["input"]).name for line in lines][0] == "scene0.tif"  # the largest scene went first
+    # the largest scene went first: it is the first scene of the worker that ran it (results arrive in the
+    # order they finish, so another worker's smaller scene may be reported before it)
+    largest = next(line for line in lines if Path(line["input"]).name == "scene0.tif")
+    assert [Path(line["input"]).name for line in lines if line["worker"] == largest["worker"]][0] == "scene0.tif"
     assert os.listdir(cwd) == []
     for node in world["nodes"].values():
         assert _work_files(node) == []

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from runtime.batch.bundle_fetch import COMPLETE_MARK, check_bundle, local_bundle
+from runtime.batch.bundle_fetch import COMPLETE_MARK, check_bundle, graph_file_sizes, local_bundle
 from runtime.batch.inputs import expand_inputs
 from runtime.batch.lease import LEASE_NAME, Lease
 from runtime.batch.report import ReportWriter, SceneResult, read_report
@@ -106,6 +106,9 @@ def test_the_bundle_is_checked_from_its_manifest_and_fetched_once_per_node(bucke
         check_bundle(location, SegmenterOptions(precision="int8"))
     with pytest.raises(BundleError, match="no manifest.json"):
         check_bundle(Location(f"s3://{name}/missing"), SegmenterOptions())
+    sizes = graph_file_sizes(ref, manifest, "fp32")  # the driver's memory plan: sizes asked of the store, nothing fetched
+    assert sizes == {file: (small_bundle / file).stat().st_size for file in sizes} and "local.onnx" in sizes
+    assert not (tmp_path / "node").exists()
 
     scratch = tmp_path / "node"
     first = local_bundle(ref, str(scratch), "fp32")

@@ -360,6 +360,8 @@ def test_c_api_error_paths_under_address_and_undefined_behaviour_sanitizers(smal
 
     tifffile.imwrite(work / "onestrip.tif", _scene(300, 120, seed=2), rowsperstrip=300, compression="zlib", photometric="rgb")
     (work / "garbage.tif").write_bytes(b"II*\0" + b"\xff" * 60)
+    tifffile.imwrite(work / "geo.tif", _scene(70, 60, seed=3), tile=(32, 32), photometric="rgb",
+                     extratags=[(33550, "d", 3, (0.25, 0.25, 0.0), True), (34737, "s", 0, "WGS 84|", True)])
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
                LSAN_OPTIONS=f"suppressions={ROOT / 'runtime' / 'cpp' / 'tests' / 'lsan.supp'}")
     result = subprocess.run([str(build / "glsnet-c-api-test"), str(small_bundle), str(bad["tampered"]), str(bad["schema"]), str(bad["escape"]), str(work)],

@@ -43,6 +43,18 @@ typedef struct glsnet_handle glsnet_handle;
  * older, smaller struct and gives the fields it lacks their defaults; a struct larger than the library knows
  * (a header newer than the library) is refused with GLSNET_ERROR_INVALID_ARGUMENT. */
 
+/* Log messages: ONNX Runtime's (session creation, runs) and the runtime's own warnings (libtiff, libpng). Levels are
+ * ONNX Runtime's severities. The callback may run on any thread (ONNX Runtime's included), never concurrently for
+ * two messages, and not after glsnet_close of its handle returned; the message is valid during the call only. */
+typedef enum glsnet_log_level {
+  GLSNET_LOG_VERBOSE = 0,
+  GLSNET_LOG_INFO = 1,
+  GLSNET_LOG_WARNING = 2,
+  GLSNET_LOG_ERROR = 3,
+  GLSNET_LOG_FATAL = 4
+} glsnet_log_level;
+typedef void (*glsnet_log_callback)(void* user_data, int32_t level, const char* message);
+
 /* Options of glsnet_open. Fill with glsnet_options_init_sized(&o, sizeof o), then change what you need. */
 typedef struct glsnet_options {
   uint32_t struct_size;      /* sizeof(glsnet_options): lets later versions add fields */
@@ -50,7 +62,8 @@ typedef struct glsnet_options {
   const char* device;        /* "cpu" (NULL: cpu), "cuda" or "tensorrt" (ONNX Runtime execution providers) */
   int32_t threads;           /* ONNX Runtime intra-op threads per graph; 0: one per core */
   int32_t batch_size;        /* patches per batch; 0: chosen by the memory plan */
-  uint64_t max_memory;       /* memory budget in bytes; 0: none (default banding rule) */
+  uint64_t max_memory;       /* memory budget in bytes of the handle, shared by its concurrent calls (a call waits while
+                                the others hold too much); 0: none (default banding rule) */
   int32_t global_band_rows;  /* force the global branch into bands of this many rows (multiple of 32); 0: plan */
   int32_t global_halo;       /* rows of context above and below each global band (multiple of 32); -1: 256 */
   int32_t cpu_arena;         /* 1: ONNX Runtime's CPU memory arena on (default 0: off, lower peak memory) */
@@ -60,6 +73,11 @@ typedef struct glsnet_options {
                                 global branch and after each batch, so RSS follows what is held (glsnet-cpp does);
                                 default 0: the host's allocator is left alone */
   int32_t device_id;         /* the GPU the cuda/tensorrt providers run on (default 0); ignored on the cpu */
+  const char* bands;         /* input bands the model reads instead of the bundle's, as `glsnet run --bands`: "3,2,1"
+                                (one per model band, from 0); NULL or "": the bundle's */
+  glsnet_log_callback log_callback; /* NULL (default): ONNX Runtime logs errors to stderr as it does by itself */
+  void* log_user_data;       /* passed to log_callback */
+  int32_t log_level;         /* least severe glsnet_log_level delivered to log_callback (default GLSNET_LOG_WARNING) */
 } glsnet_options;
 
 /* The batch size and global banding an image of a given size runs with. */
@@ -133,6 +151,8 @@ typedef struct glsnet_file_options {
   const char* input_range;  /* as glsnet_image.input_range; needed for 16-bit and float images of an 8-bit model */
   glsnet_cancel_token* cancel; /* as glsnet_image.cancel */
   int64_t timeout_ms;          /* as glsnet_image.timeout_ms */
+  int32_t stats;               /* non-zero: also write <stem>_stats.json, per-class pixel counts and fractions as
+                                  `glsnet run --stats` writes them (default 0) */
 } glsnet_file_options;
 
 GLSNET_API void glsnet_file_options_init(glsnet_file_options* options, size_t size); /* size: sizeof(glsnet_file_options) */
@@ -153,7 +173,9 @@ GLSNET_API glsnet_status glsnet_segment_rows(glsnet_handle* handle, const uint8_
                                              glsnet_row_callback callback, void* user_data);
 
 /* Segment an image file (PNG, JPEG, TIFF) and write <stem>_mask.<format> (and <stem>_color.<format>
- * when `color` is non-zero) into output_dir (created if missing). format: "png" or "tif" (NULL: png).
+ * when `color` is non-zero) into output_dir (created if missing). format: "png" or "tif" (NULL: png). TIFF outputs
+ * of a GeoTIFF input carry its georeferencing tags (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory,
+ * GeoDoubleParams, GeoAsciiParams), as `glsnet run` writes them.
  * Files are written under temporary names and renamed at the end: on error no output is left. */
 GLSNET_API glsnet_status glsnet_segment_file(glsnet_handle* handle, const char* image_path, const char* output_dir,
                                              const char* format, int color);

@@ -45,6 +45,7 @@ struct Options {
   int device_id = 0;          // the GPU of the cuda / tensorrt providers
   bool release_heap = false;  // malloc_trim after large frees (glsnet_options.release_heap)
   std::string input_range;    // segment_file: how 16-bit / float pixels map onto the trained range ("" : none)
+  std::string bands;          // input bands the model reads instead of the bundle's, e.g. "3,2,1" ("" : the bundle's)
 };
 
 // One opened bundle; segment() may be called from several threads at once.
@@ -61,6 +62,7 @@ class Segmenter {
     o.cpu_arena = options.cpu_arena ? 1 : 0;
     o.release_heap = options.release_heap ? 1 : 0;
     o.device_id = options.device_id;
+    o.bands = options.bands.empty() ? nullptr : options.bands.c_str();
     input_range_ = options.input_range;
     check(glsnet_open(bundle_dir.c_str(), &o, &handle_));
   }
@@ -93,12 +95,14 @@ class Segmenter {
                               const_cast<RowHandler*>(&on_rows)));
   }
 
+  // stats: also <stem>_stats.json (per-class pixel counts and fractions, as glsnet run --stats).
   void segment_file(const std::string& image, const std::string& output_dir, const std::string& format = "png",
-                    bool color = true) const {
+                    bool color = true, bool stats = false) const {
     glsnet_file_options o;
     glsnet_file_options_init(&o, sizeof o);
     o.format = format.c_str();
     o.color = color ? 1 : 0;
+    o.stats = stats ? 1 : 0;
     o.input_range = input_range_.empty() ? nullptr : input_range_.c_str();
     check(glsnet_segment_file_with(handle_, image.c_str(), output_dir.c_str(), &o));
   }

@@ -1,0 +1,111 @@
+"""The C API's logging callback: each handle's ONNX Runtime messages and the runtime's own warnings (libtiff) reach
+that handle's callback at the levels it asked for; a handle without one logs as before (nothing on stderr below
+ONNX Runtime's error level); a closed handle's callback is never called again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
+
+LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p)
+VERBOSE, INFO, WARNING, ERROR = 0, 1, 2, 3
+
+
+class OptionsWithLog(ctypes.Structure):
+    """glsnet_options of this release, filled by glsnet_options_init_sized."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("precision", ctypes.c_char_p),
+        ("device", ctypes.c_char_p),
+        ("threads", ctypes.c_int32),
+        ("batch_size", ctypes.c_int32),
+        ("max_memory", ctypes.c_uint64),
+        ("global_band_rows", ctypes.c_int32),
+        ("global_halo", ctypes.c_int32),
+        ("cpu_arena", ctypes.c_int32),
+        ("max_pixels", ctypes.c_int64),
+        ("release_heap", ctypes.c_int32),
+        ("device_id", ctypes.c_int32),
+        ("bands", ctypes.c_char_p),
+        ("log_callback", LOG_CALLBACK),
+        ("log_user_data", ctypes.c_void_p),
+        ("log_level", ctypes.c_int32),
+    ]
+
+
+@pytest.fixture(scope="module")
+def api() -> CApi:
+    api = CApi(_build("cpp"))
+    api.lib.glsnet_options_init_sized.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    api.lib.glsnet_segment_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+    return api
+
+
+received: dict[int, list[tuple[int, str]]] = {}
+
+
+@LOG_CALLBACK
+def _collect(user_data, level, message):
+    received.setdefault(int(user_data or 0), []).append((level, message.decode(errors="replace")))
+
+
+def _open(api: CApi, bundle: Path, key: int | None, level: int = WARNING) -> tuple[int, ctypes.c_void_p]:
+    options = OptionsWithLog()
+    api.lib.glsnet_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
+    assert options.log_level == WARNING and not options.log_callback
+    if key is not None:
+        options.log_callback, options.log_user_data, options.log_level = _collect, key, level
+    handle = ctypes.c_void_p()
+    status = api.lib.glsnet_open(str(bundle).encode(), ctypes.byref(options), ctypes.byref(handle))
+    return status, handle
+
+
+def test_each_handle_logs_to_its_own_callback_at_its_level(api, small_bundle, tmp_path, capfd):
+    received.clear()
+    _, verbose = _open(api, small_bundle, 1, VERBOSE)
+    _, quiet = _open(api, small_bundle, 2, ERROR)
+    try:
+        onnxruntime = received.get(1, [])
+        assert onnxruntime, "ONNX Runtime's session messages did not reach the verbose handle's callback"
+        assert {level for level, _ in onnxruntime} <= {VERBOSE, INFO, WARNING, ERROR} and min(level for level, _ in onnxruntime) < WARNING
+        assert 2 not in received, f"the error-level handle got {received.get(2)}"
+
+        geo = tmp_path / "geo.tif"
+        tifffile.imwrite(geo, _scene(50, 60, seed=61), photometric="rgb", tile=(32, 32),
+                         extratags=[(33550, "d", 3, (0.5, 0.5, 0.0), True)])
+        before = len(received[1])
+        assert api.lib.glsnet_segment_file(verbose, str(geo).encode(), str(tmp_path / "a").encode(), b"tif", 0) == 0
+        runtime_messages = [m for level, m in received[1][before:] if level == INFO and "Unknown field with tag 33550" in m]
+        assert runtime_messages, f"libtiff's warning about the GeoTIFF tag did not reach the log: {received[1][before:][:5]}"
+        assert api.lib.glsnet_segment_file(quiet, str(geo).encode(), str(tmp_path / "b").encode(), b"tif", 0) == 0
+        assert 2 not in received
+
+        capfd.readouterr()
+        seen = len(received[1])
+        status, plain = _open(api, small_bundle, None)  # no callback: as before, nothing printed below ORT's error level
+        assert status == 0
+        assert api.lib.glsnet_segment_file(plain, str(geo).encode(), str(tmp_path / "c").encode(), b"tif", 0) == 0
+        api.lib.glsnet_close(plain)
+        assert capfd.readouterr().err == ""
+        assert len(received[1]) == seen, "another handle's messages reached this handle's callback"
+    finally:
+        api.lib.glsnet_close(verbose)
+        api.lib.glsnet_close(quiet)
+
+    seen = len(received[1])
+    _, other = _open(api, small_bundle, 3, VERBOSE)
+    api.lib.glsnet_close(other)
+    assert received.get(3), "the new handle's callback got nothing"
+    assert len(received[1]) == seen, "a closed handle's callback was called"
+
+
+def test_log_level_out_of_range_is_refused(api, small_bundle):
+    status, _ = _open(api, small_bundle, 4, 7)
+    assert status == 1 and b"log_level" in api.lib.glsnet_last_error()
