@@ -17,27 +17,8 @@ from runtime.errors import InputError
 from runtime.image_io.readers import open_image
 from runtime.options import SegmenterOptions
 from runtime.segmenter import Segmenter
+from tests.runtime.cpp.c_abi import OptionsWithBands
 from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
-
-
-class OptionsWithBands(ctypes.Structure):
-    """glsnet_options of this release (with device_id and bands), filled by glsnet_options_init_sized."""
-
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("precision", ctypes.c_char_p),
-        ("device", ctypes.c_char_p),
-        ("threads", ctypes.c_int32),
-        ("batch_size", ctypes.c_int32),
-        ("max_memory", ctypes.c_uint64),
-        ("global_band_rows", ctypes.c_int32),
-        ("global_halo", ctypes.c_int32),
-        ("cpu_arena", ctypes.c_int32),
-        ("max_pixels", ctypes.c_int64),
-        ("release_heap", ctypes.c_int32),
-        ("device_id", ctypes.c_int32),
-        ("bands", ctypes.c_char_p),
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from PIL import Image
 
 from runtime.image_io.readers import open_image
 from runtime.segmenter import Segmenter
+from tests.runtime.cpp.c_abi import STATUS_RUNTIME as GLSNET_STATUS_RUNTIME
 from tests.runtime.cpp.test_cpp_runtime import ROOT, _build, _scene
 
 CPP = ROOT / "runtime" / "cpp"
-GLSNET_STATUS_RUNTIME = 6
 
 
 def _abi_version() -> int:

@@ -11,33 +11,15 @@ from pathlib import Path
 import pytest
 import tifffile
 
+from tests.runtime.cpp.c_abi import (
+    LOG_CALLBACK,
+    LOG_ERROR,
+    LOG_INFO,
+    LOG_VERBOSE,
+    LOG_WARNING,
+    OptionsWithLog,
+)
 from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
-
-LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p)
-VERBOSE, INFO, WARNING, ERROR = 0, 1, 2, 3
-
-
-class OptionsWithLog(ctypes.Structure):
-    """glsnet_options of this release, filled by glsnet_options_init_sized."""
-
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("precision", ctypes.c_char_p),
-        ("device", ctypes.c_char_p),
-        ("threads", ctypes.c_int32),
-        ("batch_size", ctypes.c_int32),
-        ("max_memory", ctypes.c_uint64),
-        ("global_band_rows", ctypes.c_int32),
-        ("global_halo", ctypes.c_int32),
-        ("cpu_arena", ctypes.c_int32),
-        ("max_pixels", ctypes.c_int64),
-        ("release_heap", ctypes.c_int32),
-        ("device_id", ctypes.c_int32),
-        ("bands", ctypes.c_char_p),
-        ("log_callback", LOG_CALLBACK),
-        ("log_user_data", ctypes.c_void_p),
-        ("log_level", ctypes.c_int32),
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +38,10 @@ def _collect(user_data, level, message):
     received.setdefault(int(user_data or 0), []).append((level, message.decode(errors="replace")))
 
 
-def _open(api: CApi, bundle: Path, key: int | None, level: int = WARNING) -> tuple[int, ctypes.c_void_p]:
+def _open(api: CApi, bundle: Path, key: int | None, level: int = LOG_WARNING) -> tuple[int, ctypes.c_void_p]:
     options = OptionsWithLog()
     api.lib.glsnet_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
-    assert options.log_level == WARNING and not options.log_callback
+    assert options.log_level == LOG_WARNING and not options.log_callback
     if key is not None:
         options.log_callback, options.log_user_data, options.log_level = _collect, key, level
     handle = ctypes.c_void_p()
@@ -69,12 +51,12 @@ def _open(api: CApi, bundle: Path, key: int | None, level: int = WARNING) -> tup
 
 def test_each_handle_logs_to_its_own_callback_at_its_level(api, small_bundle, tmp_path, capfd):
     received.clear()
-    _, verbose = _open(api, small_bundle, 1, VERBOSE)
-    _, quiet = _open(api, small_bundle, 2, ERROR)
+    _, verbose = _open(api, small_bundle, 1, LOG_VERBOSE)
+    _, quiet = _open(api, small_bundle, 2, LOG_ERROR)
     try:
         onnxruntime = received.get(1, [])
         assert onnxruntime, "ONNX Runtime's session messages did not reach the verbose handle's callback"
-        assert {level for level, _ in onnxruntime} <= {VERBOSE, INFO, WARNING, ERROR} and min(level for level, _ in onnxruntime) < WARNING
+        assert {level for level, _ in onnxruntime} <= {LOG_VERBOSE, LOG_INFO, LOG_WARNING, LOG_ERROR} and min(level for level, _ in onnxruntime) < LOG_WARNING
         assert 2 not in received, f"the error-level handle got {received.get(2)}"
 
         geo = tmp_path / "geo.tif"
@@ -82,7 +64,7 @@ def test_each_handle_logs_to_its_own_callback_at_its_level(api, small_bundle, tm
                          extratags=[(33550, "d", 3, (0.5, 0.5, 0.0), True)])
         before = len(received[1])
         assert api.lib.glsnet_segment_file(verbose, str(geo).encode(), str(tmp_path / "a").encode(), b"tif", 0) == 0
-        runtime_messages = [m for level, m in received[1][before:] if level == INFO and "Unknown field with tag 33550" in m]
+        runtime_messages = [m for level, m in received[1][before:] if level == LOG_INFO and "Unknown field with tag 33550" in m]
         assert runtime_messages, f"libtiff's warning about the GeoTIFF tag did not reach the log: {received[1][before:][:5]}"
         assert api.lib.glsnet_segment_file(quiet, str(geo).encode(), str(tmp_path / "b").encode(), b"tif", 0) == 0
         assert 2 not in received
@@ -100,7 +82,7 @@ def test_each_handle_logs_to_its_own_callback_at_its_level(api, small_bundle, tm
         api.lib.glsnet_close(quiet)
 
     seen = len(received[1])
-    _, other = _open(api, small_bundle, 3, VERBOSE)
+    _, other = _open(api, small_bundle, 3, LOG_VERBOSE)
     api.lib.glsnet_close(other)
     assert received.get(3), "the new handle's callback got nothing"
     assert len(received[1]) == seen, "a closed handle's callback was called"

@@ -16,6 +16,7 @@ import tifffile
 from runtime.image_io.readers import GEO_TAGS
 from runtime.image_io.writers import OutputOptions
 from runtime.segmenter import Segmenter
+from tests.runtime.cpp.c_abi import FileOptions
 from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
 
 GDAL_NODATA, GDAL_METADATA = 42113, 42112
@@ -30,18 +31,6 @@ def cpp_build() -> Path:
 def python_segmenter(small_bundle):
     with Segmenter(small_bundle) as segmenter:
         yield segmenter
-
-
-class FileOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("format", ctypes.c_char_p),
-        ("color", ctypes.c_int32),
-        ("input_range", ctypes.c_char_p),
-        ("cancel", ctypes.c_void_p),
-        ("timeout_ms", ctypes.c_int64),
-        ("stats", ctypes.c_int32),
-    ]
 
 
 def _cpp(build: Path, *args: str) -> subprocess.CompletedProcess:

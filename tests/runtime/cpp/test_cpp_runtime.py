@@ -22,6 +22,7 @@ from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.errors import InputError
 from runtime.image_io.readers import open_image
 from runtime.segmenter import Segmenter, SegmenterOptions
+from tests.runtime.cpp.c_abi import Options
 
 ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = ROOT / "runtime" / "cpp" / "build.sh"
@@ -81,23 +82,6 @@ class CApi:
         info.struct_size = ctypes.sizeof(PlanInfo)
         assert self.lib.glsnet_plan(handle, height, width, ctypes.byref(info)) == 0, self.lib.glsnet_last_error().decode()
         return info
-
-
-class Options(ctypes.Structure):
-    """glsnet_options as ABI 1's first release laid it out: an older caller, filled by glsnet_options_init."""
-
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("precision", ctypes.c_char_p),
-        ("device", ctypes.c_char_p),
-        ("threads", ctypes.c_int32),
-        ("batch_size", ctypes.c_int32),
-        ("max_memory", ctypes.c_uint64),
-        ("global_band_rows", ctypes.c_int32),
-        ("global_halo", ctypes.c_int32),
-        ("cpu_arena", ctypes.c_int32),
-        ("max_pixels", ctypes.c_int64),
-    ]
 
 
 class PlanInfo(ctypes.Structure):

@@ -11,25 +11,8 @@ import time
 
 import numpy as np
 
+from tests.runtime.cpp.c_abi import STATUS_CANCELLED, Image
 from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
-
-STATUS_CANCELLED = 7
-
-
-class Image(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("pixel_type", ctypes.c_int32),
-        ("pixels", ctypes.c_void_p),
-        ("pixels_size", ctypes.c_size_t),
-        ("height", ctypes.c_int64),
-        ("width", ctypes.c_int64),
-        ("channels", ctypes.c_int32),
-        ("row_pitch", ctypes.c_int64),
-        ("input_range", ctypes.c_char_p),
-        ("cancel", ctypes.c_void_p),
-        ("timeout_ms", ctypes.c_int64),
-    ]
 
 
 def test_cancel_from_another_thread_stops_a_call_in_flight(small_bundle):

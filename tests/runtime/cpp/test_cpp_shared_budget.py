@@ -12,27 +12,10 @@ import time
 
 import numpy as np
 
+from tests.runtime.cpp.c_abi import ROW_CALLBACK, STATUS_CANCELLED, Image
 from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
 
-ROW_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
-STATUS_CANCELLED = 7
 HEIGHT, WIDTH = 700, 400
-
-
-class Image(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("pixel_type", ctypes.c_int32),
-        ("pixels", ctypes.c_void_p),
-        ("pixels_size", ctypes.c_size_t),
-        ("height", ctypes.c_int64),
-        ("width", ctypes.c_int64),
-        ("channels", ctypes.c_int32),
-        ("row_pitch", ctypes.c_int64),
-        ("input_range", ctypes.c_char_p),
-        ("cancel", ctypes.c_void_p),
-        ("timeout_ms", ctypes.c_int64),
-    ]
 
 
 def _api() -> CApi:

@@ -19,33 +19,16 @@ from runtime.image_io.input_range import parse_input_range
 from runtime.image_io.readers import open_image
 from runtime.options import SegmenterOptions
 from runtime.segmenter import Segmenter
+from tests.runtime.cpp.c_abi import (
+    PIXEL_FLOAT32,
+    PIXEL_UINT8,
+    PIXEL_UINT16,
+    STATUS_INPUT,
+    STATUS_INVALID_ARGUMENT,
+    TypedFileOptions,
+    TypedImage,
+)
 from tests.runtime.cpp.test_cpp_runtime import CApi, _build, _scene
-
-UINT8, UINT16, FLOAT32 = 0, 1, 2
-STATUS_INVALID_ARGUMENT, STATUS_INPUT = 1, 3
-
-
-class Image(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("pixel_type", ctypes.c_int32),
-        ("pixels", ctypes.c_void_p),
-        ("pixels_size", ctypes.c_size_t),
-        ("height", ctypes.c_int64),
-        ("width", ctypes.c_int64),
-        ("channels", ctypes.c_int32),
-        ("row_pitch", ctypes.c_int64),
-        ("input_range", ctypes.c_char_p),
-    ]
-
-
-class FileOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_uint32),
-        ("format", ctypes.c_char_p),
-        ("color", ctypes.c_int32),
-        ("input_range", ctypes.c_char_p),
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +65,7 @@ def _segment_image(capi: CApi, handle, pixels: np.ndarray, pixel_type: int, inpu
                    height: int | None = None, width: int | None = None) -> tuple[int, np.ndarray]:
     height = pixels.shape[0] if height is None else height
     width = pixels.shape[1] if width is None else width
-    image = Image()
+    image = TypedImage()
     capi.lib.glsnet_image_init(ctypes.byref(image), ctypes.sizeof(image))
     image.pixel_type, image.pixels, image.pixels_size = pixel_type, pixels.ctypes.data, pixels.nbytes
     image.height, image.width, image.channels, image.row_pitch = height, width, 3, row_pitch
@@ -159,7 +142,7 @@ def test_c_api_file_call_refuses_a_16_bit_tiff_without_a_range_and_segments_it_w
     lib.glsnet_segment_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
     status = lib.glsnet_segment_file(handle, str(path).encode(), str(tmp_path / "old-call").encode(), b"png", 1)
     assert status == STATUS_INPUT and lib.glsnet_last_error().decode() == _python_error(small_bundle, path)
-    options = FileOptions()
+    options = TypedFileOptions()
     lib.glsnet_file_options_init(ctypes.byref(options), ctypes.sizeof(options))
     options.input_range = b"0,65535"
     assert lib.glsnet_segment_file_with(handle, str(path).encode(), str(tmp_path / "cpp").encode(), ctypes.byref(options)) == 0, lib.glsnet_last_error()
@@ -168,7 +151,7 @@ def test_c_api_file_call_refuses_a_16_bit_tiff_without_a_range_and_segments_it_w
     _masks_equal(tmp_path / "cpp", tmp_path / "py", ["wide_mask.png", "wide_color.png"])
 
 
-@pytest.mark.parametrize("dtype,pixel_type,input_range", [("uint8", UINT8, None), ("uint16", UINT16, "0,65535"), ("float32", FLOAT32, "0,1")])
+@pytest.mark.parametrize("dtype,pixel_type,input_range", [("uint8", PIXEL_UINT8, None), ("uint16", PIXEL_UINT16, "0,65535"), ("float32", PIXEL_FLOAT32, "0,1")])
 def test_typed_strided_buffers_give_the_packed_and_the_python_mask(capi, handle, small_bundle, dtype, pixel_type, input_range):
     pixels = _wide(_scene(110, 130, seed=17), dtype) if dtype != "uint8" else _scene(110, 130, seed=17)
     options = SegmenterOptions(input_range=parse_input_range(input_range))
@@ -189,7 +172,7 @@ def test_typed_buffer_without_a_range_is_refused_with_python_s_message(capi, han
     pixels = _wide(_scene(30, 40, seed=1), "uint16")
     with Segmenter(small_bundle) as segmenter, pytest.raises(InputError) as caught:
         segmenter.segment(pixels)
-    status, _ = _segment_image(capi, handle, pixels, UINT16, None)
+    status, _ = _segment_image(capi, handle, pixels, PIXEL_UINT16, None)
     assert status == STATUS_INPUT and capi.lib.glsnet_last_error().decode() == str(caught.value)
 
 
@@ -202,6 +185,6 @@ def test_bad_typed_buffers_are_invalid_arguments(capi, handle):
         "odd pitch for 16-bit samples": dict(row_pitch=30 * 3 * 2 + 1),
     }
     for what, change in cases.items():
-        status, _ = _segment_image(capi, handle, pixels, change.get("pixel_type", UINT16), "0,65535", row_pitch=change.get("row_pitch", 0))
+        status, _ = _segment_image(capi, handle, pixels, change.get("pixel_type", PIXEL_UINT16), "0,65535", row_pitch=change.get("row_pitch", 0))
         assert status == STATUS_INVALID_ARGUMENT, what
         assert capi.lib.glsnet_last_error(), what
