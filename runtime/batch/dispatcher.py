@@ -298,22 +298,20 @@ class _Dispatcher:
                 self.console.print(f"[red]{name} could not start:[/red] {self.start_errors[name]}", highlight=False)
                 self._settle_parked(name, died=True, cause=_cause_of_death(exc))
                 return
-            self._settle_parked(name, died=True, cause=_cause_of_death(exc), exc=exc)
-            self._count_death(name)
+            self._count_death(name, killed_by_driver=self._settle_parked(name, died=True, cause=_cause_of_death(exc), exc=exc))
             return
         except self.errors.unavailable:  # still restarting: ask again
             time.sleep(WAIT_TICK_S)
             self.starting[self.actors[name].ready.remote()] = name
             return
         except self.errors.ray_error as exc:
-            self._settle_parked(name, died=True, cause=_first_line(exc))
-            self._count_death(name)
+            self._count_death(name, killed_by_driver=self._settle_parked(name, died=True, cause=_first_line(exc)))
             return
         previous = self.info_of.get(name)
         restarted = previous is not None and (previous.pid, previous.node_id) != (info.pid, info.node_id)
         if name in self.parked and restarted:  # it was unreachable because it had died: Ray restarted it
-            self._settle_parked(name, died=True, cause=f"{self.parked[name][1]}; Ray restarted it (pid {previous.pid} -> {info.pid})", previous=previous)
-            self._count_death(name, ask_ready=False)
+            killed = self._settle_parked(name, died=True, cause=f"{self.parked[name][1]}; Ray restarted it (pid {previous.pid} -> {info.pid})", previous=previous)
+            self._count_death(name, ask_ready=False, killed_by_driver=killed)
         else:
             self._settle_parked(name, died=False, cause="")
         self.info_of[name] = info
@@ -336,17 +334,19 @@ class _Dispatcher:
             return
         except self.errors.ray_error as exc:  # the worker process is dead (killed, out of memory, node lost)
             self.parked[name] = (flight, _cause_of_death(exc))
-            self._settle_parked(name, died=True, cause=_cause_of_death(exc), exc=exc)
-            self._count_death(name)
+            self._count_death(name, killed_by_driver=self._settle_parked(name, died=True, cause=_cause_of_death(exc), exc=exc))
             return
         else:
             self.idle.append(name)
         self._record(dataclasses.replace(result, deaths=self.deaths.pop(scene.input, [])))
 
-    def _settle_parked(self, name: str, died: bool, cause: str, exc: BaseException | None = None, previous=None) -> None:
-        """The scene of a worker that was unreachable or died: queued again, or recorded as failed."""
+    def _settle_parked(self, name: str, died: bool, cause: str, exc: BaseException | None = None, previous=None) -> bool:
+        """The scene of a worker that was unreachable or died: queued again, or recorded as failed.
+
+        True when the driver itself ended that worker (its scene timed out): not a death for the breaker.
+        """
         if name not in self.parked:
-            return
+            return False
         flight, _ = self.parked.pop(name)
         scene = flight.scene
         previous = previous or self.info_of.get(name)
@@ -354,28 +354,29 @@ class _Dispatcher:
         if not died:  # the same process answered: its segment() has ended; the scene runs again (outputs are idempotent)
             self.deaths.setdefault(scene.input, []).append(f"{name} on node {node_id}: unreachable for a while, not dead")
             self.queue.appendleft(dataclasses.replace(scene, attempt=scene.attempt + 1))
-            return
+            return False
         self._sweep(scene)  # the writer is confirmed dead: its temporaries can go
         if flight.timed_out:
             seconds = time.monotonic() - flight.started
             self._record(_failed(scene, name, f"{scene.input}: timed out after {seconds:.0f} s (--scene-timeout); its worker was ended and restarted", node_id))
-            return
+            return True
         lost = bool(getattr(exc, "preempted", False)) or not self._node_alive(node_id)
         self.deaths.setdefault(scene.input, []).append(f"{name} on node {node_id}: {'node lost: ' if lost else ''}{cause}")
         charged = scene.charged if lost else scene.charged + 1
         if charged <= self.options.retries + 1:
             self.queue.appendleft(dataclasses.replace(scene, attempt=scene.attempt + 1, charged=charged))
-            return
+            return False
         result = _failed(scene, name, f"{scene.input}: the worker died on each of {scene.charged} attempts ({cause})", node_id)
         self._record(dataclasses.replace(result, deaths=self.deaths.pop(scene.input, [])))
+        return False
 
     def _settle_lost_nodes(self) -> None:
         """An unreachable worker whose node is gone is dead: do not wait for Ray to place its restart."""
         for name in list(self.parked):
             info = self.info_of.get(name)
             if info is not None and not self._node_alive(info.node_id):
-                self._settle_parked(name, died=True, cause="its node left the cluster")
-                self._count_death(name, ask_ready=False)
+                killed = self._settle_parked(name, died=True, cause="its node left the cluster")
+                self._count_death(name, ask_ready=False, killed_by_driver=killed)
 
     def _node_alive(self, node_id: str | None) -> bool:
         if node_id is None:
@@ -393,13 +394,15 @@ class _Dispatcher:
             self.summary.processing_seconds = time.perf_counter() - self.first_dispatch
         self.on_result(result)
 
-    def _count_death(self, name: str, ask_ready: bool = True) -> None:
-        """A worker died: Ray restarts it; it rejoins once ready again. Deaths feed the breaker."""
-        self.summary.worker_deaths += 1
-        now = time.monotonic()
-        self.death_times.append(now)
-        while self.death_times and now - self.death_times[0] > DEATH_WINDOW_S:
-            self.death_times.popleft()
+    def _count_death(self, name: str, ask_ready: bool = True, killed_by_driver: bool = False) -> None:
+        """A worker died: Ray restarts it; it rejoins once ready again. Deaths feed the breaker, except those
+        the driver caused by ending a timed-out scene (slow scenes are not a failing cluster)."""
+        if not killed_by_driver:
+            self.summary.worker_deaths += 1
+            now = time.monotonic()
+            self.death_times.append(now)
+            while self.death_times and now - self.death_times[0] > DEATH_WINDOW_S:
+                self.death_times.popleft()
         if ask_ready:
             self.starting[self.actors[name].ready.remote()] = name
 
@@ -408,9 +411,14 @@ class _Dispatcher:
             details = "; ".join(f"{name}: {error}" for name, error in self.start_errors.items())
             raise ClusterError(f"no worker could start: {details}")
         self.console.print(f"[red]{reason}: the remaining scenes are recorded as failed[/red]", highlight=False)
+        for flight in list(self.in_flight.values()) + [flight for flight, _ in self.parked.values()]:  # their workers are ended by _stop
+            info = self.info_of.get(flight.worker)
+            result = _failed(flight.scene, flight.worker, f"{flight.scene.input}: stopped unfinished: {reason}", info.node_id if info else None)
+            self._record(dataclasses.replace(result, deaths=self.deaths.pop(flight.scene.input, [])))
         while queue:
             scene = queue.popleft()
-            self._record(_failed(scene, None, f"{scene.input}: not segmented: {reason}"))
+            result = _failed(scene, None, f"{scene.input}: not segmented: {reason}")
+            self._record(dataclasses.replace(result, deaths=self.deaths.pop(scene.input, [])))
 
     def _no_worker_started(self) -> str:
         asked = ", ".join(f"{k.removeprefix('num_')}={format_bytes(v) if k == 'memory' else v}" for k, v in self.resources.items())
