@@ -6,6 +6,11 @@ holder is provably dead: on the same host with no such process (a driver killed 
 taken over at once by a re-run on its host; elsewhere after LEASE_TTL_S). Object stores have no
 atomic create, so two drivers starting within the same second can both win: the lease guards
 against the common mistake (a second run while one is going), not a deliberate race.
+
+A daemon thread renews the lease from acquire() to release(), so a long setup (scene headers,
+Ray's start) never lets it go stale. A renewal that finds another driver's lease (it took over a
+lease this driver let lapse) raises ClusterError in the driver's next renew() instead of
+overwriting it: two drivers never both go on writing the same output.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 
 from runtime.batch.storage import Location, read_bytes, remove, write_bytes
@@ -30,6 +36,10 @@ class Lease:
         self.location = out.join(LEASE_NAME)
         self.holder = {"host": socket.gethostname(), "pid": os.getpid()}
         self._renewed = 0.0
+        self._lock = threading.Lock()
+        self._lost: ClusterError | None = None  # set by the renewal thread; raised by the next renew()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def acquire(self) -> "Lease":
         current = self._read()
@@ -39,15 +49,48 @@ class Lease:
                 f"{self.location.parent}: another glsnet batch ({current.get('host')}, pid {current.get('pid')}) is writing "
                 f"here (lease renewed {age:.0f} s ago); wait for it to end, or remove {self.location} if that driver is gone"
             )
-        self.renew(force=True)
+        self._write()
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name="glsnet-batch-lease", daemon=True)
+        self._keeper.start()
         return self
 
     def renew(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._renewed >= RENEW_EVERY_S:
-            write_bytes(self.location, json.dumps({**self.holder, "renewed": time.time()}).encode())
-            self._renewed = time.monotonic()
+        """Renew when due (always with ``force``); ClusterError if another driver holds the lease now."""
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            if not force and time.monotonic() - self._renewed < RENEW_EVERY_S:
+                return
+            current = self._read()
+            if current and {k: current.get(k) for k in self.holder} != self.holder:
+                age = time.time() - float(current.get("renewed", 0) or 0)
+                self._lost = ClusterError(
+                    f"{self.location}: another glsnet batch ({current.get('host')}, pid {current.get('pid')}) took over this "
+                    f"output's lease (renewed {age:.0f} s ago) after this driver's lapsed; this driver stops so that only one writes here"
+                )
+                raise self._lost
+            self._write()
+
+    def _keep(self) -> None:
+        """The renewal thread: renews when due until release() or until the lease is lost."""
+        while not self._stop.wait(RENEW_EVERY_S / 5):
+            try:
+                self.renew()
+            except ClusterError:
+                return  # kept in self._lost for the driver's next renew()
+            except Exception:  # noqa: BLE001, S112  a store that failed for now (its client's own errors too): the next tick tries again
+                continue
+
+    def _write(self) -> None:
+        write_bytes(self.location, json.dumps({**self.holder, "renewed": time.time()}).encode())
+        self._renewed = time.monotonic()
 
     def release(self) -> None:
+        self._stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+            self._keeper = None
         current = self._read()
         if current is not None and {k: current.get(k) for k in self.holder} == self.holder:
             remove(self.location)

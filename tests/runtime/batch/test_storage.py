@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,30 @@ def test_a_second_driver_is_refused_while_the_lease_is_held(bucket, tmp_path):
     ghost = Lease(out)
     fs.pipe_file(f"{name}/out/{LEASE_NAME}", json.dumps({"host": ghost.holder["host"], "pid": 2**22 + 7, "renewed": 1e12}).encode())
     ghost.acquire()  # a driver of this host whose process is gone (SIGKILL) is taken over at once
+    other.release()  # its lease is ghost's now: left in place
+    assert json.loads(fs.cat_file(f"{name}/out/{LEASE_NAME}"))["pid"] == ghost.holder["pid"]
+    ghost.release()
+
+
+def test_a_lease_is_renewed_through_a_long_setup_and_a_taken_over_one_is_not_overwritten(tmp_path, monkeypatch):
+    import runtime.batch.lease as lease_module
+
+    monkeypatch.setattr(lease_module, "RENEW_EVERY_S", 0.05)
+    out = Location(str(tmp_path / "out"))
+    path = tmp_path / "out" / LEASE_NAME
+    lease = Lease(out).acquire()
+    try:
+        first = json.loads(path.read_text())["renewed"]
+        time.sleep(0.5)  # a setup step that calls nothing on the lease
+        assert json.loads(path.read_text())["renewed"] > first  # the renewal thread kept it fresh
+        path.write_text(json.dumps({"host": "another-host", "pid": 4242, "renewed": time.time()}))  # a driver took it over
+        time.sleep(0.5)
+        assert json.loads(path.read_text())["host"] == "another-host"  # not overwritten
+        with pytest.raises(ClusterError, match=rf"{LEASE_NAME}: another glsnet batch \(another-host, pid 4242\) took over"):
+            lease.renew(force=True)
+    finally:
+        lease.release()
+    assert path.exists()  # another driver's lease is left in place
 
 
 def test_each_run_appends_its_own_report_section_in_the_store(bucket, tmp_path):
