@@ -74,3 +74,80 @@ def test_a_stage_from_another_model_is_refused(small_bundle, tmp_path):
             break
     with pytest.raises(StageMatchError, match="no convolution of the global graph"):
         correspondence(whole, stage)
+
+
+def _graph(nodes, inputs, outputs, initializers, prefix=""):
+    """A small opset-17 model; ``prefix`` renames every node, tensor and initializer, as another export would."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def name(n):
+        return prefix + n if n else n
+
+    made = [helper.make_node(op, [name(i) for i in ins], [name(o) for o in outs], name=name(node_name)) for node_name, op, ins, outs in nodes]
+    graph = helper.make_graph(
+        made,
+        "g",
+        [helper.make_tensor_value_info(name(i), TensorProto.FLOAT, None) for i in inputs],
+        [helper.make_tensor_value_info(name(o), TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v, np.float32), name(k)) for k, v in initializers.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _stage_of(nodes, inputs, outputs, initializers):
+    """The whole graph and a renamed copy of it with its nodes in reverse order."""
+    return _graph(nodes, inputs, outputs, initializers), _graph(nodes[::-1], inputs, outputs, initializers, prefix="s_")
+
+
+WEIGHT = np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1)
+ZEROS = np.zeros((2, 2, 1, 1), np.float32)
+
+
+def test_nodes_differing_in_constants_or_operand_order_map_to_their_own_counterparts():
+    nodes = [
+        ("conv", "Conv", ["x", "w"], ["a"]),
+        ("mul1", "Mul", ["a", "c1"], ["m1"]),
+        ("mul2", "Mul", ["a", "c2"], ["m2"]),
+        ("sub12", "Sub", ["m1", "m2"], ["d12"]),
+        ("sub21", "Sub", ["m2", "m1"], ["d21"]),
+        ("add", "Add", ["d12", "d21"], ["y"]),
+    ]
+    whole = _graph(nodes, ["x"], ["y"], {"w": WEIGHT, "c1": [2.0], "c2": [3.0]})
+    # the stage's initializers swap names (its mul1 reads s_c2 = 2.0), so only values can tell the two Muls apart
+    swapped = [(n, op, [{"c1": "c2", "c2": "c1"}.get(i, i) for i in ins], outs) for n, op, ins, outs in nodes[::-1]]
+    stage = _graph(swapped, ["x"], ["y"], {"w": WEIGHT, "c1": [3.0], "c2": [2.0]}, prefix="s_")
+    match = correspondence(whole, stage)
+    assert match.nodes == {f"s_{n}": n for n, *_ in nodes}
+    assert all(match.tensors[f"s_{t}"] == t for t in ("x", "a", "m1", "m2", "d12", "d21", "y"))
+
+
+def test_convolutions_with_equal_weights_are_told_apart_by_position():
+    nodes = [
+        ("conv", "Conv", ["x", "w"], ["a"]),
+        ("zero1", "Conv", ["a", "z1"], ["b"]),
+        ("zero2", "Conv", ["b", "z2"], ["y"]),
+    ]
+    whole, stage = _stage_of(nodes, ["x"], ["y"], {"w": WEIGHT, "z1": ZEROS, "z2": ZEROS})
+    assert correspondence(whole, stage).nodes == {"s_conv": "conv", "s_zero1": "zero1", "s_zero2": "zero2"}
+
+
+def test_nodes_nothing_tells_apart_are_refused_by_name():
+    nodes = [
+        ("conv", "Conv", ["x", "w"], ["a"]),
+        ("zero1", "Conv", ["a", "z1"], ["b"]),
+        ("zero2", "Conv", ["a", "z2"], ["c"]),
+        ("add", "Add", ["b", "c"], ["y"]),
+    ]
+    whole, stage = _stage_of(nodes, ["x"], ["y"], {"w": WEIGHT, "z1": ZEROS, "z2": ZEROS})
+    with pytest.raises(StageMatchError, match=r"stage node 's_zero\d' \(Conv\) matches 2 nodes of the global graph"):
+        correspondence(whole, stage)
+
+
+def test_tied_convolutions_not_reached_from_a_unique_one_are_refused():
+    nodes = [
+        ("zero1", "Conv", ["x", "z1"], ["a"]),
+        ("zero2", "Conv", ["a", "z2"], ["y"]),
+    ]
+    whole, stage = _stage_of(nodes, ["x"], ["y"], {"z1": ZEROS, "z2": ZEROS})
+    with pytest.raises(StageMatchError, match="share their weights with other convolutions"):
+        correspondence(whole, stage)

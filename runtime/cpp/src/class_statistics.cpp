@@ -1,13 +1,18 @@
 #include "class_statistics.hpp"
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <system_error>
 
+#include "errors.hpp"
+
 namespace glsnet {
 
 std::string python_float_repr(double value) {
+  if (std::isnan(value)) return "nan";  // to_chars writes these without an exponent
+  if (std::isinf(value)) return value < 0 ? "-inf" : "inf";
   char buf[64];
   const auto result = std::to_chars(buf, buf + sizeof buf, value, std::chars_format::scientific);  // shortest round trip
   const std::string text(buf, result.ptr);
@@ -20,7 +25,7 @@ std::string python_float_repr(double value) {
   std::string digits;
   for (char c : mantissa)
     if (c != '.') digits += c;
-  const int exponent = std::atoi(text.c_str() + e + 1);
+  const int exponent = e == std::string::npos ? 0 : std::atoi(text.c_str() + e + 1);
   const int point = exponent + 1;  // digits before the decimal point (Python's decpt)
   if (point <= -4 || point > 16) {
     std::string out = sign + digits.substr(0, 1);
@@ -120,6 +125,9 @@ std::string json_string(const std::string& text) {
 
 std::string class_statistics_json(const std::string& image_path, const ClassCounts& counts, const std::vector<std::string>& classes,
                                   int64_t height, int64_t width) {
+  if (height <= 0 || width <= 0)  // as Python, which refuses empty images on reading, before any fraction divides by zero
+    fail(GLSNET_ERROR_INPUT, image_path + ": the image is empty (" + std::to_string(height) + " x " + std::to_string(width) +
+                                 " pixels); expected at least 1 x 1");
   const int64_t total = height * width;
   std::string out = "{\n";
   out += "  \"image\": " + json_string(python_path_text(image_path)) + ",\n";

@@ -21,11 +21,12 @@ class ClassCounts {
 };
 
 // The statistics of one mask as `<stem>_stats.json` holds it: image (the path as Python's str(Path(path)) writes it),
-// height, width, pixels, and one {index, name, pixels, fraction} per class; ends with a newline.
+// height, width, pixels, and one {index, name, pixels, fraction} per class; ends with a newline. An empty image (no
+// pixels to divide by) throws Error(GLSNET_ERROR_INPUT), as Python refuses one on reading.
 std::string class_statistics_json(const std::string& image_path, const ClassCounts& counts, const std::vector<std::string>& classes,
                                   int64_t height, int64_t width);
 
-// Python's repr() of a float (shortest round-trip digits; exponent form below 1e-4 and from 1e16).
+// Python's repr() of a float (shortest round-trip digits; exponent form below 1e-4 and from 1e16; nan, inf, -inf).
 std::string python_float_repr(double value);
 
 // Python's round(value, 6) on a float: the correctly rounded decimal, read back as a float.

@@ -1,9 +1,11 @@
 // The statistics JSON's formatting against Python's own output (the expected strings are what CPython 3 prints for
 // repr(x), repr(round(a / b, 6)), json.dumps(s) and str(PurePosixPath(p))).
 #include <cstdio>
+#include <limits>
 #include <string>
 
 #include "class_statistics.hpp"
+#include "errors.hpp"
 
 namespace {
 
@@ -25,6 +27,23 @@ int main() {
       {1.2345e16, "1.2345e+16"}, {123456789012345680.0, "1.2345678901234568e+17"}, {0.1 + 0.2, "0.30000000000000004"},
       {100.0, "100.0"},   {5e-324, "5e-324"}};
   for (const auto& [value, want] : reprs) expect(python_float_repr(value), want, "repr");
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::pair<double, const char*> non_finite[] = {
+      {std::numeric_limits<double>::quiet_NaN(), "nan"}, {-std::numeric_limits<double>::quiet_NaN(), "nan"}, {inf, "inf"}, {-inf, "-inf"}};
+  for (const auto& [value, want] : non_finite) expect(python_float_repr(value), want, "repr (no exponent)");
+  // Python refuses an empty image (readers.py: "the image is empty") before any fraction could divide by zero.
+  ClassCounts none;
+  for (const auto& [height, width] : {std::pair<int64_t, int64_t>{0, 5}, {5, 0}}) {
+    try {
+      const std::string json = class_statistics_json("empty.png", none, {"a", "b"}, height, width);
+      expect(json, "an error", "statistics of an empty image");
+    } catch (const Error& e) {
+      expect(std::to_string(e.status) + " " + e.what(),
+             std::to_string(GLSNET_ERROR_INPUT) + " empty.png: the image is empty (" + std::to_string(height) + " x " +
+                 std::to_string(width) + " pixels); expected at least 1 x 1",
+             "statistics of an empty image");
+    }
+  }
   const struct {
     double a, b;
     const char* want;
