@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+from runtime.algorithm.device_buffers import IMAGE_PIXELS
 from runtime.cuda.recording import RecordingDevice
 from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.errors import BundleError, GlsnetError, InputError
@@ -261,6 +262,35 @@ def test_batch_size_auto_takes_the_largest_batch_free_device_memory_holds(built)
     assert results["roomy"][0] == 8  # the profile's maximum, not its optimum (4)
     assert results["tight"][0] == 3
     np.testing.assert_array_equal(results["tight"][1], results["roomy"][1])  # the batch never changes the mask
+
+
+def test_batch_size_auto_plans_the_buffers_of_the_images_real_pixels(built):
+    from runtime.algorithm.device_buffers import PixelLayout, plan_buffers
+    from runtime.algorithm.memory_budget import DEVICE_HEADROOM
+    from runtime.bundle.manifest import Normalization
+
+    root, manifest, net = built
+    size = (230, 310)
+    wide = PixelLayout(4, np.uint16)
+    assert plan_buffers(manifest, "fp16", 8, size, pixels=wide).device_bytes > plan_buffers(manifest, "fp16", 8, size).device_bytes
+    opened = RecordingDevice(name="Orin", total_memory=1 << 30)
+    trt = fake_tensorrt("10.3.0", device=opened, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=opened)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=opened, trt=trt):
+        engines = (1 << 30) - opened.memory_info()[0]
+    # room for batch 8 (the profile's maximum) of 3-band uint8 pixels, not for batch 8 of this image's 4-band uint16 ones
+    total = engines + int((plan_buffers(manifest, "fp16", 8, size).device_bytes + 1024) / (1 - DEVICE_HEADROOM))
+    device = RecordingDevice(name="Orin", total_memory=total)
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    image = (np.random.default_rng(4).random((*size, 4)) * 60000).astype(np.uint16)
+    norm = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), scale=65535.0, bands=(0, 1, 2))
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", batch_size="auto"), device=device, trt=trt) as pipeline:
+        free = device.memory_info()[0]
+        pipeline.segment(image, normalization=norm)
+        allocated = pipeline.scheduler.plan
+    assert allocated.device(IMAGE_PIXELS).nbytes == size[0] * size[1] * 4 * 2
+    assert allocated.device_bytes <= free * (1 - DEVICE_HEADROOM)  # what the scheduler allocated fits what the plan allowed
+    assert allocated.batch < 8
 
 
 def test_max_device_memory_is_honoured_by_what_the_pipeline_really_allocates(built):
