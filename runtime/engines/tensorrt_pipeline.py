@@ -283,8 +283,13 @@ class TensorRTPipeline:
             low, _, high = self._batch_profile
             options = StreamScheduleOptions(batch_size=batch, lookahead=self.options.lookahead, fixed_batch=low == high)
             self._schedulers[batch] = StreamScheduler(self.device, self.engines, self.manifest, self.options.precision, options)
-        self.scheduler = self._schedulers[batch]
-        return self.scheduler
+        scheduler = self._schedulers[batch]
+        if self.scheduler is not None and self.scheduler is not scheduler:
+            # the schedulers share execution contexts and scratch memory but not streams: an abandoned image's
+            # work on the last one's streams must finish before this one's streams run the same engines
+            self.scheduler.settle()
+        self.scheduler = scheduler
+        return scheduler
 
     def _profile_batches(self) -> tuple[int, int, int]:
         """(min, opt, max) batch of the local engine's profile, from the manifest stamp or the engine."""

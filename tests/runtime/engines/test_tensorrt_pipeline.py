@@ -293,6 +293,53 @@ def test_batch_size_auto_plans_the_buffers_of_the_images_real_pixels(built):
     assert allocated.batch < 8
 
 
+class _WatchedDevice(RecordingDevice):
+    """The recording device, logging in host order which stream each piece of work is queued on and each wait."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log: list[tuple[str, int]] = []
+
+    def synchronize(self, stream) -> None:
+        self.log.append(("sync", stream.index))
+        super().synchronize(stream)
+
+    def enqueue_host_function(self, stream, function, label):
+        self.log.append(("work", stream.index))
+        return super().enqueue_host_function(stream, function, label)
+
+
+def test_switching_batch_size_waits_for_the_last_schedulers_streams_first(built):
+    from runtime.algorithm.device_buffers import plan_buffers
+
+    root, manifest, net = built
+    small, large = (230, 310), (260, 310)
+    device = _WatchedDevice(name="Orin", total_memory=1 << 30)
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    roomy = 1 << 29
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=roomy), device=device, trt=trt) as pipeline:
+        fixed = roomy - pipeline.device_plan(*small).limit_bytes  # weights and scratch
+    budget = fixed + plan_buffers(manifest, "fp16", 8, small).device_bytes + 1024  # batch 8 for the small image only
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=budget), device=device, trt=trt) as pipeline:
+        rows = pipeline.iter_rows(ArraySource(pixels(*small)))
+        next(rows)
+        rows.close()  # abandoned after its first band: later batches are still queued on its scheduler's streams
+        first = pipeline.scheduler
+        assert first.options.batch_size == 8 and pipeline.batch_size_for(*large) < 8
+        abandoned = {stream.index for stream in first.streams.values()}
+        mark = len(device.log)
+        mask = pipeline.segment(pixels(*large, seed=3))
+        assert pipeline.scheduler is not first
+    after = device.log[mark:]
+    start = next(i for i, (what, index) in enumerate(after) if what == "work" and index not in abandoned)
+    assert abandoned <= {index for what, index in after[:start] if what == "sync"}  # every stream of the last scheduler waited for
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=budget), device=device, trt=trt) as fresh:
+        np.testing.assert_array_equal(mask, fresh.segment(pixels(*large, seed=3)))
+
+
 def test_max_device_memory_is_honoured_by_what_the_pipeline_really_allocates(built):
     root, manifest, net = built
     device = RecordingDevice(name="Orin")
