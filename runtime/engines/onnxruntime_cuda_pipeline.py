@@ -61,6 +61,7 @@ class OrtCudaPipeline:
         self._ort = ort
         self.engines: dict[str, OrtCudaEngine] = {}
         self._schedulers: dict[int, StreamScheduler] = {}
+        self.scheduler: StreamScheduler | None = None  # the one the last image ran on
         self._plans: dict[tuple[int, int, PixelLayout, int], DevicePlan] = {}
         self._opened = False
         self._open_lock = threading.Lock()
@@ -105,6 +106,7 @@ class OrtCudaPipeline:
         for scheduler in self._schedulers.values():
             scheduler.close()
         self._schedulers = {}
+        self.scheduler = None
         self._plans = {}
         for engine in self.engines.values():
             engine.deactivate()
@@ -192,4 +194,5 @@ class OrtCudaPipeline:
         if batch not in self._schedulers:
             options = StreamScheduleOptions(batch_size=batch, lookahead=self.options.lookahead)
             self._schedulers[batch] = StreamScheduler(self.device, self.engines, self.manifest, self.options.precision, options, self.streams)
-        return self._schedulers[batch]
+        self.scheduler = self._schedulers[batch]
+        return self.scheduler
