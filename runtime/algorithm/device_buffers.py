@@ -177,13 +177,16 @@ class PixelLayout:
             raise InputError(f"an image needs at least one band, got {self.channels}")
 
 
+DEFAULT_PIXELS = PixelLayout(3, np.uint8)  # most images: what a plan assumes before the image's first rows are read
+
+
 def plan_buffers(
     manifest: Manifest,
     precision: str,
     batch: int,
     image_hw: tuple[int, int],
     lookahead: int = DEFAULT_LOOKAHEAD,
-    pixels: PixelLayout | None = PixelLayout(3, np.uint8),
+    pixels: PixelLayout | None = DEFAULT_PIXELS,
     colour_channels: int = 0,
 ) -> BufferPlan:
     """Every buffer of the GPU schedule for ``batch`` patches of an image of ``image_hw`` (unpadded) pixels.

@@ -30,6 +30,10 @@ from runtime.bundle.manifest import Normalization
 from runtime.cuda.device import Device, DeviceTensor, Stream
 from runtime.errors import InputError
 
+# Samples normalised at a time on the device: each float32 temporary is at most 16 MiB, a few of them
+# well inside the device plan's headroom (runtime.algorithm.memory_budget.DEVICE_HEADROOM) on any GPU.
+NORMALIZE_CHUNK_ELEMENTS = 1 << 22
+
 __all__ = [
     "DeviceConstants",
     "DeviceStitcher",
@@ -83,11 +87,21 @@ class DeviceConstants:
         return self.get(("w0col", n, size), lambda: w0[:, None]), self.get(("w1col", n, size), lambda: w1[:, None])
 
 
-def normalize_into(pixels: Any, norm: Normalization, out: Any, xp: ModuleType, constants: DeviceConstants | None = None) -> None:
+def normalize_into(
+    pixels: Any,
+    norm: Normalization,
+    out: Any,
+    xp: ModuleType,
+    constants: DeviceConstants | None = None,
+    chunk_elements: int = NORMALIZE_CHUNK_ELEMENTS,
+) -> None:
     """Pixels [H, W, C] (any dtype) -> ``out`` [len(bands), Hp, Wp]: normalised, zero-padded bottom/right.
 
     ``(float32(pixel) - mean) * inv_std`` in float32, as preprocess.normalize, then stored in
     ``out``'s dtype (fp16 engines take fp16: the same rounding as assigning into fp16 staging).
+    Done in bands of rows of at most ``chunk_elements`` selected samples (at least one row), so the
+    temporaries (the selected bands, two float32 copies) stay bounded whatever the image's height:
+    the device plan has no room for image-sized ones.
     """
     height, width = pixels.shape[:2]
     if out.shape[1] < height or out.shape[2] < width:
@@ -97,10 +111,13 @@ def normalize_into(pixels: Any, norm: Normalization, out: Any, xp: ModuleType, c
     mean = constants.get(("mean", tuple(mean_np.tolist())), lambda: mean_np)
     inv_std = constants.get(("inv_std", tuple(inv_np.tolist())), lambda: inv_np)
     bands = constants.get(("bands", norm.bands), lambda: np.asarray(norm.bands, dtype=np.int64))
-    selected = xp.take(pixels, bands, axis=2)
-    normalised = (xp.astype(selected, xp.float32) - mean) * inv_std
     out[...] = 0
-    out[:, :height, :width] = xp.astype(xp.permute_dims(normalised, (2, 0, 1)), out.dtype)
+    step = max(1, chunk_elements // max(1, width * len(norm.bands)))
+    for top in range(0, height, step):
+        bottom = min(top + step, height)
+        selected = xp.take(pixels[top:bottom], bands, axis=2)
+        normalised = (xp.astype(selected, xp.float32) - mean) * inv_std
+        out[:, top:bottom, :width] = xp.astype(xp.permute_dims(normalised, (2, 0, 1)), out.dtype)
 
 
 def cut_patches(image: Any, origins: list[tuple[int, int]], patch: int, out: Any) -> None:

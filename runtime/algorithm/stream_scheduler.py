@@ -215,7 +215,7 @@ class StreamScheduler:
             if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) == 0:
                 raise InputError(f"a palette is uint8 [classes, 3], got shape {palette.shape}")
         buffers = self._buffers_for(height, width, layout, 0 if palette is None else palette.shape[1])
-        self._settle()
+        self.settle()
         self.device.make_current()
         host = buffers.staging(IMAGE_PIXELS, 0)
         write_pixels(host)
@@ -243,7 +243,7 @@ class StreamScheduler:
         zeroed pinned array, at [:, :height, :width].
         """
         buffers = self._buffers_for(height, width, None)
-        self._settle()
+        self.settle()
         self.device.make_current()
         host_image = buffers.staging(f"global/{GLOBAL_INPUT}", 0)
         host_image[...] = 0
@@ -286,7 +286,7 @@ class StreamScheduler:
         return self._buffers.plan if self._buffers is not None else None
 
     def close(self) -> None:
-        self._settle()
+        self.settle()
         if self._buffers is not None:
             self._buffers.free(self.device)
             self._buffers = None
@@ -469,7 +469,7 @@ class StreamScheduler:
     def _buffers_for(self, height: int, width: int, layout: PixelLayout | None, colour_channels: int = 0) -> _Buffers:
         key = (height, width, layout, colour_channels)
         if self._buffers is None or self._key != key:
-            self._settle()
+            self.settle()
             if self._buffers is not None:
                 self._buffers.free(self.device)
                 self._buffers = None
@@ -480,8 +480,9 @@ class StreamScheduler:
             self._key = key
         return self._buffers
 
-    def _settle(self) -> None:
-        """Wait for every stream, e.g. when an earlier run() was abandoned before its last batch."""
+    def settle(self) -> None:
+        """Wait for every stream, e.g. when an earlier run() was abandoned before its last batch (or, by a pipeline
+        whose schedulers share engines and scratch memory, before another scheduler takes over)."""
         for stream in self.streams.values():
             self.device.synchronize(stream)
         self._image = None

@@ -35,18 +35,20 @@ def as_bands(rows: np.ndarray) -> np.ndarray:
 
 
 def iter_source_rows(
-    scheduler_for: Callable[[int, int], StreamScheduler],
+    scheduler_for: Callable[[int, int, PixelLayout, int], StreamScheduler],
     source: RowSource,
     norm: Normalization,
     progress: Callable[[int, int], None] | None = None,
     palette: np.ndarray | None = None,
 ) -> Iterator[RowBand]:
-    """Mask rows of ``source`` from the scheduler ``scheduler_for(height, width)`` returns, pixels uploaded as read
-    (with ``palette``: ColouredBands, the colours mapped on the device)."""
+    """Mask rows of ``source`` from the scheduler ``scheduler_for(height, width, layout, colour_channels)`` returns,
+    pixels uploaded as read (with ``palette``: ColouredBands, the colours mapped on the device). The scheduler is
+    chosen once the pixel layout is known: a device plan sized for 3-band uint8 would undercount 16-bit or 4-band pixels."""
     height, width = source.height, source.width
     first = as_bands(source.read_rows(0, min(READ_ROWS, height)))
     check_bands(first.shape[2], norm)
-    scheduler = scheduler_for(height, width)
+    layout = PixelLayout(first.shape[2], first.dtype)
+    scheduler = scheduler_for(height, width, layout, 0 if palette is None else 3)  # a palette is [classes, 3] (the scheduler checks)
 
     def write_pixels(target: np.ndarray) -> None:
         target[: first.shape[0]] = first
@@ -54,4 +56,4 @@ def iter_source_rows(
             bottom = min(top + READ_ROWS, height)
             target[top:bottom] = as_bands(source.read_rows(top, bottom))
 
-    yield from scheduler.iter_pixel_rows(height, width, PixelLayout(first.shape[2], first.dtype), write_pixels, norm, progress, palette)
+    yield from scheduler.iter_pixel_rows(height, width, layout, write_pixels, norm, progress, palette)

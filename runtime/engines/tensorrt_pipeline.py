@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, numpy_dtype, plan_buffers
+from runtime.algorithm.device_buffers import DEFAULT_LOOKAHEAD, DEFAULT_PIXELS, PixelLayout, numpy_dtype, plan_buffers
 from runtime.algorithm.memory_budget import AUTO_BATCH, DevicePlan, MemoryPlan, plan_device_batch
 from runtime.algorithm.patch_schedule import RowBand
 from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamScheduler
@@ -82,7 +82,7 @@ class TensorRTPipeline:
         self._run_lock = threading.Lock()  # one image at a time on the shared streams and staging buffers
         self._running_thread: int | None = None
         self._schedulers: dict[int, StreamScheduler] = {}
-        self._device_plans: dict[tuple[int, int], DevicePlan] = {}
+        self._device_plans: dict[tuple[int, int, PixelLayout, int], DevicePlan] = {}
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> "TensorRTPipeline":
@@ -203,7 +203,7 @@ class TensorRTPipeline:
         """The batch this pipeline uses for an image of this size (the global engine always sees the whole image)."""
         o = self.options
         batch = self.batch_size_for(height, width)
-        planned = self._device_plans.get((height, width))
+        planned = self._device_plans.get((height, width, DEFAULT_PIXELS, 0))
         estimate = planned.estimate_bytes if planned is not None else 0
         return MemoryPlan(batch, None, estimate, o.max_device_memory if o.max_device_memory is not None else o.max_memory)
 
@@ -217,16 +217,16 @@ class TensorRTPipeline:
         self.last_seconds = time.perf_counter() - started
         return mask
 
-    def batch_size_for(self, height: int, width: int) -> int:
-        """The batch the pipeline uses for an image of this size (within the engines' profile)."""
+    def batch_size_for(self, height: int, width: int, pixels: PixelLayout = DEFAULT_PIXELS, colour_channels: int = 0) -> int:
+        """The batch the pipeline uses for an image of this size, pixel layout and palette (within the engines' profile)."""
         self._ensure_open()
         low, opt, high = self._batch_profile
         o = self.options
         budget = o.max_device_memory if o.max_device_memory is not None else o.max_memory
         if o.batch_size == AUTO_BATCH or budget is not None:
-            key = (height, width)
+            key = (height, width, pixels, colour_channels)
             if key not in self._device_plans:  # once per size: later, this pipeline's own buffers are no longer free
-                self._device_plans[key] = self.device_plan(height, width)
+                self._device_plans[key] = self.device_plan(height, width, pixels, colour_channels)
             batch = self._device_plans[key].batch_size
         elif o.batch_size is not None:
             batch = int(o.batch_size)
@@ -239,8 +239,11 @@ class TensorRTPipeline:
             )
         return batch
 
-    def device_plan(self, height: int, width: int) -> DevicePlan:
+    def device_plan(self, height: int, width: int, pixels: PixelLayout = DEFAULT_PIXELS, colour_channels: int = 0) -> DevicePlan:
         """The device memory plan for an image of this size: --batch-size auto and --max-device-memory.
+
+        ``pixels`` and ``colour_channels`` are the uploaded pixels and the palette's channels: the
+        buffers planned are the ones the scheduler allocates for them.
 
         Engines and their scratch memory are already on the device (opened, reserved at open), so
         free memory is what the schedule's buffers may take; a budget counts them too (engine files
@@ -255,7 +258,7 @@ class TensorRTPipeline:
         weights = sum(path.stat().st_size for path in engine_paths(self.bundle_dir, self.spec).values()) if self.spec else 0
 
         def buffers(batch: int) -> int:
-            return plan_buffers(self.manifest, o.precision, batch, (height, width), o.lookahead).device_bytes
+            return plan_buffers(self.manifest, o.precision, batch, (height, width), o.lookahead, pixels, colour_channels).device_bytes
 
         return plan_device_batch(
             buffers,
@@ -274,14 +277,19 @@ class TensorRTPipeline:
         return int(profile.get("device_memory", 0))
 
     # -------------------------------------------------------------- helpers
-    def _scheduler_for(self, height: int, width: int) -> StreamScheduler:
-        batch = self.batch_size_for(height, width)
+    def _scheduler_for(self, height: int, width: int, pixels: PixelLayout = DEFAULT_PIXELS, colour_channels: int = 0) -> StreamScheduler:
+        batch = self.batch_size_for(height, width, pixels, colour_channels)
         if batch not in self._schedulers:
             low, _, high = self._batch_profile
             options = StreamScheduleOptions(batch_size=batch, lookahead=self.options.lookahead, fixed_batch=low == high)
             self._schedulers[batch] = StreamScheduler(self.device, self.engines, self.manifest, self.options.precision, options)
-        self.scheduler = self._schedulers[batch]
-        return self.scheduler
+        scheduler = self._schedulers[batch]
+        if self.scheduler is not None and self.scheduler is not scheduler:
+            # the schedulers share execution contexts and scratch memory but not streams: an abandoned image's
+            # work on the last one's streams must finish before this one's streams run the same engines
+            self.scheduler.settle()
+        self.scheduler = scheduler
+        return scheduler
 
     def _profile_batches(self) -> tuple[int, int, int]:
         """(min, opt, max) batch of the local engine's profile, from the manifest stamp or the engine."""

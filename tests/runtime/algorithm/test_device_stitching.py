@@ -62,6 +62,34 @@ def test_normalisation_into_an_fp16_buffer_rounds_as_fp16_staging_does():
         normalize_into(pixels, _norm(), np.zeros((3, 10, 30), np.float32), xp)
 
 
+class _CountingXp:
+    """The array module, recording the element count of every array ``astype`` makes (normalisation's temporaries)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(xp, name)
+
+    def astype(self, array, dtype, **kwargs):
+        result = xp.astype(array, dtype, **kwargs)
+        self.sizes.append(int(result.size))
+        return result
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_normalisation_works_in_bounded_row_bands_and_stays_bit_identical(dtype):
+    pixels = (np.random.default_rng(2).random((97, 31, 4)) * 60000).astype(dtype)
+    norm = _norm(bands=(3, 1, 0))
+    counting = _CountingXp()
+    out = np.full((3, 100, 40), 5.0, dtype=np.float32)
+    normalize_into(pixels, norm, out, counting, chunk_elements=31 * 3 * 10)
+    expected = np.zeros_like(out)
+    expected[:, :97, :31] = normalize(pixels, norm)
+    np.testing.assert_array_equal(out, expected)
+    assert counting.sizes and max(counting.sizes) <= 31 * 3 * 10  # no image-sized temporary, whatever the height
+
+
 def test_patches_cut_on_the_device_are_the_image_windows_and_padding_rows_are_zero():
     image = np.random.default_rng(2).normal(size=(3, 130, 150)).astype(np.float32)
     out = np.ones((4, 3, 64, 64), dtype=np.float32)

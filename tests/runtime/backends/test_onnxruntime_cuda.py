@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.algorithm.device_buffers import IMAGE_PIXELS
 from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.backends.onnxruntime_cuda import CUDA_PROVIDER, NO_SYNC, OrtCudaEngine, cuda_provider_missing
 from runtime.bundle.loader import open_bundle
@@ -139,10 +140,64 @@ def test_batch_size_auto_and_a_device_budget_on_the_cuda_provider(bundle):
     device = RecordingDevice(total_memory=1 << 30)
     with OrtCudaPipeline(bundle, OrtCudaOptions(batch_size="auto"), device=device, ort=fake_onnxruntime(device, net.functions)) as pipeline:
         assert pipeline.batch_size_for(230, 310) == 64  # the free memory holds the largest batch offered
-    with OrtCudaPipeline(bundle, OrtCudaOptions(max_device_memory=2_000_000), device=device, ort=fake_onnxruntime(device, net.functions)) as pipeline:
+    with OrtCudaPipeline(bundle, OrtCudaOptions(max_device_memory=20_000_000), device=device, ort=fake_onnxruntime(device, net.functions)) as pipeline:
         batch = pipeline.batch_size_for(230, 310)
         pipeline.plan(230, 310)
     assert 1 <= batch < 64
+
+
+def test_batch_size_auto_counts_onnx_runtimes_activations_and_a_budget_its_weights(bundle):
+    from runtime.algorithm.device_buffers import plan_buffers
+    from runtime.algorithm.memory_budget import DEVICE_HEADROOM
+
+    bundle, manifest = bundle
+    net = NumpyGLSNet(manifest)
+    size = (230, 310)
+    largest = plan_buffers(manifest, "fp32", 64, size).device_bytes
+    # free memory holds the buffers of the largest batch offered and 8 MiB, not ONNX Runtime's working memory at that batch
+    device = RecordingDevice(total_memory=int((largest + (8 << 20)) / (1 - DEVICE_HEADROOM)))
+    with OrtCudaPipeline(bundle, OrtCudaOptions(batch_size="auto"), device=device, ort=fake_onnxruntime(device, net.functions)) as pipeline:
+        free = device.memory_info()[0]
+        batch = pipeline.batch_size_for(*size)
+        assert batch < 64  # the largest batch's buffers fit, its activations do not
+        activations = pipeline.activation_bytes(*size, batch)
+        weights = pipeline.weight_bytes()
+        mask = np.zeros(size, np.uint8)
+        for top, rows in pipeline.iter_rows(ArraySource(np.zeros((*size, 3), np.uint8))):
+            mask[top : top + len(rows)] = rows
+    assert activations > 0
+    assert plan_buffers(manifest, "fp32", batch, size).device_bytes + activations <= free * (1 - DEVICE_HEADROOM)
+    # a budget for the largest batch's buffers and 8 MiB: the weights and activations must fit in it too
+    budget = largest + (8 << 20)
+    device = RecordingDevice(total_memory=1 << 30)
+    with OrtCudaPipeline(bundle, OrtCudaOptions(max_device_memory=budget), device=device, ort=fake_onnxruntime(device, net.functions)) as pipeline:
+        batch = pipeline.batch_size_for(*size)
+        planned = pipeline.plan(*size)
+    assert batch < 64 and weights > 0
+    assert planned.estimate_bytes + weights <= budget
+
+
+def test_batch_size_auto_plans_the_buffers_of_the_images_real_pixels(bundle):
+    from runtime.algorithm.device_buffers import PixelLayout, plan_buffers
+    from runtime.algorithm.memory_budget import DEVICE_HEADROOM
+
+    bundle, manifest = bundle
+    net = NumpyGLSNet(manifest)
+    size = (230, 310)
+    working = OrtCudaPipeline(bundle).activation_bytes(*size, 64)
+    # room for the largest batch with 3-band uint8 pixels, not with this image's 4-band uint16 ones
+    room = plan_buffers(manifest, "fp32", 64, size).device_bytes + working + 1024
+    assert plan_buffers(manifest, "fp32", 64, size, pixels=PixelLayout(4, np.uint16)).device_bytes + working > room
+    device = RecordingDevice(total_memory=int(room / (1 - DEVICE_HEADROOM)))
+    image = (np.random.default_rng(5).random((*size, 4)) * 60000).astype(np.uint16)
+    with OrtCudaPipeline(bundle, OrtCudaOptions(batch_size="auto"), device=device, ort=fake_onnxruntime(device, net.functions)) as pipeline:
+        free = device.memory_info()[0]
+        for _ in pipeline.iter_rows(ArraySource(image)):
+            pass
+        allocated = pipeline.scheduler.plan
+    assert allocated.device(IMAGE_PIXELS).nbytes == size[0] * size[1] * 4 * 2
+    assert allocated.device_bytes + pipeline.activation_bytes(*size, allocated.batch) <= free * (1 - DEVICE_HEADROOM)
+    assert allocated.batch < 64
 
 
 def test_an_engine_runs_only_on_the_stream_its_session_was_created_with(bundle, tmp_path):

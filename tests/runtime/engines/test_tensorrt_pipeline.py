@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from export.tensorrt.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engines
+from runtime.algorithm.device_buffers import IMAGE_PIXELS
 from runtime.cuda.recording import RecordingDevice
 from runtime.engines.tensorrt_pipeline import TensorRTPipeline, TensorRTPipelineOptions
 from runtime.errors import BundleError, GlsnetError, InputError
@@ -261,6 +262,82 @@ def test_batch_size_auto_takes_the_largest_batch_free_device_memory_holds(built)
     assert results["roomy"][0] == 8  # the profile's maximum, not its optimum (4)
     assert results["tight"][0] == 3
     np.testing.assert_array_equal(results["tight"][1], results["roomy"][1])  # the batch never changes the mask
+
+
+def test_batch_size_auto_plans_the_buffers_of_the_images_real_pixels(built):
+    from runtime.algorithm.device_buffers import PixelLayout, plan_buffers
+    from runtime.algorithm.memory_budget import DEVICE_HEADROOM
+    from runtime.bundle.manifest import Normalization
+
+    root, manifest, net = built
+    size = (230, 310)
+    wide = PixelLayout(4, np.uint16)
+    assert plan_buffers(manifest, "fp16", 8, size, pixels=wide).device_bytes > plan_buffers(manifest, "fp16", 8, size).device_bytes
+    opened = RecordingDevice(name="Orin", total_memory=1 << 30)
+    trt = fake_tensorrt("10.3.0", device=opened, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=opened)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16"), device=opened, trt=trt):
+        engines = (1 << 30) - opened.memory_info()[0]
+    # room for batch 8 (the profile's maximum) of 3-band uint8 pixels, not for batch 8 of this image's 4-band uint16 ones
+    total = engines + int((plan_buffers(manifest, "fp16", 8, size).device_bytes + 1024) / (1 - DEVICE_HEADROOM))
+    device = RecordingDevice(name="Orin", total_memory=total)
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    image = (np.random.default_rng(4).random((*size, 4)) * 60000).astype(np.uint16)
+    norm = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), scale=65535.0, bands=(0, 1, 2))
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", batch_size="auto"), device=device, trt=trt) as pipeline:
+        free = device.memory_info()[0]
+        pipeline.segment(image, normalization=norm)
+        allocated = pipeline.scheduler.plan
+    assert allocated.device(IMAGE_PIXELS).nbytes == size[0] * size[1] * 4 * 2
+    assert allocated.device_bytes <= free * (1 - DEVICE_HEADROOM)  # what the scheduler allocated fits what the plan allowed
+    assert allocated.batch < 8
+
+
+class _WatchedDevice(RecordingDevice):
+    """The recording device, logging in host order which stream each piece of work is queued on and each wait."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log: list[tuple[str, int]] = []
+
+    def synchronize(self, stream) -> None:
+        self.log.append(("sync", stream.index))
+        super().synchronize(stream)
+
+    def enqueue_host_function(self, stream, function, label):
+        self.log.append(("work", stream.index))
+        return super().enqueue_host_function(stream, function, label)
+
+
+def test_switching_batch_size_waits_for_the_last_schedulers_streams_first(built):
+    from runtime.algorithm.device_buffers import plan_buffers
+
+    root, manifest, net = built
+    small, large = (230, 310), (260, 310)
+    device = _WatchedDevice(name="Orin", total_memory=1 << 30)
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    build_tensorrt_engines(root, "fp16", TensorRTBuildOptions(opt_batch=4, max_batch=8), trt=trt, device=device)
+    roomy = 1 << 29
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=roomy), device=device, trt=trt) as pipeline:
+        fixed = roomy - pipeline.device_plan(*small).limit_bytes  # weights and scratch
+    budget = fixed + plan_buffers(manifest, "fp16", 8, small).device_bytes + 1024  # batch 8 for the small image only
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=budget), device=device, trt=trt) as pipeline:
+        rows = pipeline.iter_rows(ArraySource(pixels(*small)))
+        next(rows)
+        rows.close()  # abandoned after its first band: later batches are still queued on its scheduler's streams
+        first = pipeline.scheduler
+        assert first.options.batch_size == 8 and pipeline.batch_size_for(*large) < 8
+        abandoned = {stream.index for stream in first.streams.values()}
+        mark = len(device.log)
+        mask = pipeline.segment(pixels(*large, seed=3))
+        assert pipeline.scheduler is not first
+    after = device.log[mark:]
+    start = next(i for i, (what, index) in enumerate(after) if what == "work" and index not in abandoned)
+    assert abandoned <= {index for what, index in after[:start] if what == "sync"}  # every stream of the last scheduler waited for
+    device = RecordingDevice(name="Orin")
+    trt = fake_tensorrt("10.3.0", device=device, functions=net.functions)
+    with TensorRTPipeline(root, TensorRTPipelineOptions(precision="fp16", max_device_memory=budget), device=device, trt=trt) as fresh:
+        np.testing.assert_array_equal(mask, fresh.segment(pixels(*large, seed=3)))
 
 
 def test_max_device_memory_is_honoured_by_what_the_pipeline_really_allocates(built):
