@@ -25,7 +25,8 @@ LIBRARY = "libglsnet.so"
 
 
 class GlsnetOptions(ctypes.Structure):
-    """glsnet_options (glsnet.h) with every field of this ABI, filled by glsnet_options_init_sized."""
+    """glsnet_options (glsnet.h) up to device_id, all the check sets; the library takes this shorter struct as an
+    older caller's (struct_size) and gives the later fields (bands, logging) their defaults."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
