@@ -3,7 +3,11 @@
 Prints wall time and peak RSS of ``glsnet-cpp run`` and ``glsnet run`` on a 2448 x 2448 image (the first
 real DeepGlobe image when $GLSNET_DATA is set, else a seeded synthetic scene), whether their masks are
 equal, and the peak RSS of ``glsnet-cpp`` on a 9792 x 2448 tiled TIFF against its own at 2448 x 2448.
-Each run is its own process; its peak RSS comes from os.wait4 (that process alone).
+Then the precision table: the bundle's fp16 and int8 builds (made here with ``glsnet-export calibrate``
+and ``build --force`` when missing, timed), and for fp32 / fp16 / int8 each runtime's wall time, peak
+RSS and mask agreement with its own fp32 mask; the FLOPs per image against the machine's sgemm rate
+(the FLOP floor), and the global branch's rate alone. Each run is its own process; its peak RSS comes
+from os.wait4 (that process alone).
 """
 
 from __future__ import annotations
@@ -18,8 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bench.segment_bench import synthetic_scene, write_tiled_tiff
+from runtime.atomic_file import write_text_atomic
+from runtime.bench.segment_bench import (
+    bundle_flops,
+    measure_sgemm,
+    synthetic_scene,
+    write_tiled_tiff,
+)
+from runtime.bundle.manifest import read_manifest
 from runtime.image_io.readers import open_image
+
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def measured(command: list[str], log: Path) -> tuple[float, int]:
@@ -56,13 +69,123 @@ def bench_image(out: Path) -> Path:
     return path
 
 
+def mask_of(folder: Path, image: Path) -> np.ndarray:
+    source = open_image(folder / f"{image.stem}_mask.png")
+    try:
+        return source.read_rows(0, source.height)
+    finally:
+        source.close()
+
+
+def calibration_images(out: Path) -> list[str]:
+    """The real DeepGlobe images when $GLSNET_DATA has them, else four seeded synthetic 1024 px scenes."""
+    data = os.environ.get("GLSNET_DATA")
+    real = sorted(Path(data).glob("*_sat.jpg")) if data else []
+    if real:
+        return [str(p) for p in real]
+    from PIL import Image
+
+    paths = []
+    for seed in range(4):
+        path = out / "calibration-images" / f"scene{seed}_sat.png"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(synthetic_scene(1024, 1024, seed=100 + seed)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def ensure_builds(bundle: Path, precisions: list[str], out: Path) -> dict[str, float]:
+    """Build each missing fp16/int8 ONNX Runtime engine set (calibration tiles first); seconds per build made here."""
+    export = [sys.executable, "-m", "export.cli"]
+    seconds: dict[str, float] = {}
+    for precision in precisions:
+        manifest = read_manifest(bundle)
+        if precision == "fp32" or any(e.target == "onnxruntime" and e.precision == precision for e in manifest.engines):
+            continue
+        if not (bundle / "calibration" / "tiles.npz").is_file():
+            measured([*export, "calibrate", str(bundle), *calibration_images(out)], out / "logs" / "calibrate.log")
+        print(f"bench: glsnet-export build --{precision} (log in {out / 'logs' / f'build-{precision}.log'}) ...", flush=True)
+        seconds[precision], _ = measured([*export, "build", str(bundle), f"--{precision}", "--force", "--target", "onnxruntime"],
+                                         out / "logs" / f"build-{precision}.log")
+    return seconds
+
+
+def precision_table(cpp: Path, bundle: Path, image: Path, out: Path, precisions: list[str]) -> dict:
+    """Every precision through both runtimes, agreement with each runtime's own fp32 mask; FLOP floor and global rate."""
+    builds = ensure_builds(bundle, precisions, out)
+    rows = []
+    masks: dict[tuple[str, str], np.ndarray] = {}
+    for precision in precisions:
+        for runtime, command in (
+            ("glsnet-cpp", [str(cpp), "run", "--bundle", str(bundle), "--precision", precision]),
+            ("glsnet run", [sys.executable, "-m", "runtime.cli", "run", "--bundle", str(bundle), "--precision", precision, "--no-color"]),
+        ):
+            folder = out / f"{runtime.split()[-1]}-{precision}"
+            print(f"bench: {runtime} --precision {precision} ...", flush=True)
+            wall, rss = measured([*command, str(image), "-o", str(folder)], out / "logs" / f"{folder.name}.log")
+            masks[runtime, precision] = mask_of(folder, image)
+            rows.append({"runtime": runtime, "precision": precision, "wall_s": wall, "peak_rss_bytes": rss})
+    for row in rows:
+        reference = masks.get((row["runtime"], "fp32"))
+        row["agreement_with_fp32"] = None if reference is None else float(np.mean(masks[row["runtime"], row["precision"]] == reference))
+        row["equal_to_other_runtime"] = float(np.mean(masks["glsnet-cpp", row["precision"]] == masks["glsnet run", row["precision"]]))
+    print("bench: the global branch alone, and the machine's sgemm rate ...", flush=True)
+    rate = subprocess.run([sys.executable, "-m", "runtime.bench.segment_bench", "global-rate", "--bundle", str(bundle), "--image", str(image)],
+                          check=True, capture_output=True, text=True)
+    global_branch = json.loads(rate.stdout.strip().splitlines()[-1])
+    sgemm = measure_sgemm()
+    manifest = read_manifest(bundle)
+    from runtime.algorithm.patch_grid import make_grid
+
+    grid = make_grid(2448, 2448, manifest.patch.size, manifest.patch.min_overlap)
+    flops = bundle_flops(manifest, 2448, 2448, len(grid.ys) * len(grid.xs))
+    return {"builds_s": builds, "rows": rows, "sgemm_flops_per_s": sgemm, "flops_per_image": flops, "global_branch": global_branch,
+            "grid": {"rows": len(grid.ys), "cols": len(grid.xs), "min_overlap": manifest.patch.min_overlap, "patch": manifest.patch.size}}
+
+
+def print_precision_table(table: dict) -> None:
+    rows = {(r["runtime"], r["precision"]): r for r in table["rows"]}
+    floor = table["flops_per_image"] / table["sgemm_flops_per_s"] if table["flops_per_image"] else None
+    print(f"\n{'precision':<10}{'runtime':<12}{'wall s':>8}{'x fp32':>8}{'peak RSS MB':>13}{'x fp32':>8}{'agree fp32':>12}{'= other':>10}")
+    for (runtime, precision), r in rows.items():
+        base = rows.get((runtime, "fp32"))
+        agree = "-" if precision == "fp32" or r["agreement_with_fp32"] is None else f"{100 * r['agreement_with_fp32']:.3f}%"
+        wall_x = f"{r['wall_s'] / base['wall_s']:.2f}" if base else "-"
+        rss_x = f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}" if base else "-"
+        print(f"{precision:<10}{runtime:<12}{r['wall_s']:>8.1f}{wall_x:>8}{r['peak_rss_bytes'] / 1e6:>13.0f}{rss_x:>8}{agree:>12}"
+              f"{100 * r['equal_to_other_runtime']:>9.2f}%")
+    for precision, seconds in table["builds_s"].items():
+        print(f"glsnet-export build --{precision}: {seconds:.0f} s" + (" (target for int8: at most 360 s)" if precision == "int8" else ""))
+    grid = table["grid"]
+    print(f"patch grid at 2448 x 2448: {grid['rows']} x {grid['cols']} patches of {grid['patch']} px, min overlap {grid['min_overlap']} px")
+    sgemm = table["sgemm_flops_per_s"]
+    if floor is not None:
+        print(f"FLOPs per 2448 x 2448 image: {table['flops_per_image'] / 1e12:.2f} TFLOP; sgemm {sgemm / 1e9:.0f} GFLOP/s; "
+              f"FLOP floor {floor:.1f} s")
+        for runtime in ("glsnet run", "glsnet-cpp"):
+            if (runtime, "fp32") in rows:
+                wall = rows[runtime, "fp32"]["wall_s"]
+                print(f"{runtime} fp32: wall / FLOP floor {wall / floor:.2f}x (target at most 1.15x); "
+                      f"{table['flops_per_image'] / wall / sgemm:.2f} of the sgemm rate")
+    g = table["global_branch"]
+    if g.get("flops"):
+        print(f"global branch alone ({'stage graphs, bands of ' + str(g['band_rows']) + ' rows' if g['staged'] else 'single graph'}): "
+              f"{g['seconds']:.2f} s, {g['flops'] / g['seconds'] / 1e9:.0f} GFLOP/s = {g['flops'] / g['seconds'] / sgemm:.2f} of sgemm "
+              "(target at least 0.7)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpp", type=Path, default=Path("build/cpp/glsnet-cpp"), help="the glsnet-cpp executable")
     parser.add_argument("--out", type=Path, default=Path("demo-out/bench-cpp"), help="folder for bundle, images, masks, report")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle to run (default: a seeded random-init default-config bundle)")
     parser.add_argument("--tall-factor", type=int, default=4, help="height of the tall TIFF as a multiple of 2448")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="precision table: comma-separated subset of fp32,fp16,int8 ('' skips it)")
     args = parser.parse_args()
+    precisions = [p for p in args.precisions.split(",") if p]
+    if any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precisions {args.precisions!r}: choose from {', '.join(PRECISIONS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle or default_bundle(args.out)
     image = bench_image(args.out)
@@ -90,7 +213,10 @@ def main() -> None:
     print(f"mask pixels equal between glsnet-cpp and glsnet run: {equal * 100:.4f}%")
     report = {k: {"wall_s": w, "peak_rss_bytes": r} for k, (w, r) in results.items()}
     report.update(mask_equal_fraction=equal, image=str(image), tall=str(tall), bundle=str(bundle))
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    if precisions:
+        report["precision_table"] = precision_table(args.cpp, bundle, image, args.out, precisions)
+        print_precision_table(report["precision_table"])
+    write_text_atomic(args.out / "bench.json", json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

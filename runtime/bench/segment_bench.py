@@ -436,7 +436,11 @@ def _worker(args: argparse.Namespace) -> dict:
 
 def _bands(args: argparse.Namespace) -> dict:
     """Global features whole vs in bands for several halos, and the banded mask vs the whole-image mask."""
-    from runtime.algorithm.global_features import DEFAULT_HALO, global_features, staged_global_features
+    from runtime.algorithm.global_features import (
+        DEFAULT_HALO,
+        global_features,
+        staged_global_features,
+    )
     from runtime.algorithm.scheduler import PaddedReader, normalization_for
     from runtime.image_io.readers import open_image
     from runtime.image_io.writers import OutputOptions
@@ -480,6 +484,50 @@ def _bands(args: argparse.Namespace) -> dict:
     return report
 
 
+def _global_rate(args: argparse.Namespace) -> dict:
+    """The global branch alone, as the runtime runs it on the image (stage graphs in bands when the bundle has them,
+    else the single graph): best of ``repeats`` timed passes after one untimed one, and its FLOPs at that size."""
+    from runtime.algorithm.global_features import (
+        global_features,
+        staged_global_features,
+    )
+    from runtime.algorithm.scheduler import PaddedReader, normalization_for
+    from runtime.image_io.readers import open_image
+    from runtime.segmenter import Segmenter, SegmenterOptions
+
+    segmenter = Segmenter(args.bundle, precision=args.precision, options=SegmenterOptions(threads=args.threads))
+    scheduler = segmenter.scheduler
+    scheduler.global_backend.activate()
+    source = open_image(args.image)
+    grid = scheduler.grid_for(source.height, source.width)
+    reader = PaddedReader(source, normalization_for(segmenter.manifest, None), grid)
+    band_rows = segmenter.plan(source.height, source.width).global_band_rows
+    if scheduler.global_stages:
+        def run():
+            return staged_global_features(scheduler.global_stages, reader.rows, grid.padded_height, band_rows)
+    else:
+        def run():
+            return global_features(scheduler.global_backend, reader.rows, grid.padded_height)
+    run()
+    best = float("inf")
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    source.close()
+    flops = segmenter.manifest.provenance.get("flops") or {}
+    per_pixel = flops["global"] / (flops["height"] * flops["width"]) if flops else None
+    return {
+        "precision": args.precision,
+        "staged": bool(scheduler.global_stages),
+        "band_rows": band_rows,
+        "seconds": best,
+        "padded_height": grid.padded_height,
+        "padded_width": grid.padded_width,
+        "flops": None if per_pixel is None else per_pixel * grid.padded_height * grid.padded_width,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.bench.segment_bench", description="the runtime's bench subprocesses")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -498,8 +546,14 @@ def main(argv: list[str] | None = None) -> None:
     bands.add_argument("--halos", default=",".join(str(h) for h in DEFAULT_HALOS))
     bands.add_argument("--whole-mask", default=None)
     bands.add_argument("--threads", type=int, default=None)
+    rate = sub.add_parser("global-rate")
+    rate.add_argument("--bundle", type=Path, required=True)
+    rate.add_argument("--image", type=Path, required=True)
+    rate.add_argument("--precision", default="fp32")
+    rate.add_argument("--repeats", type=int, default=2)
+    rate.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    result = _worker(args) if args.command == "worker" else _bands(args)
+    result = {"worker": _worker, "bands": _bands, "global-rate": _global_rate}[args.command](args)
     print(json.dumps(result))
 
 

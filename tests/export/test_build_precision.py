@@ -201,3 +201,49 @@ def test_int8_build_writes_tensorrt_graphs_that_quantize_the_fp16_graph(calibrat
     details = manifest.accuracy["int8"]["details"]["tensorrt_graphs"]
     assert details["scale_type"] == "float16" and details["tile_agreement_cpu"] > 0.5
     assert set(details["fp32_nodes"]["fusion"])  # softmax, LayerNorm, crop arithmetic stay fp32 as in the fp16 graph
+
+
+def test_int8_gate_scores_whole_scenes_once_per_candidate(calibrated, tmp_path, monkeypatch):
+    """The gate asks the scene judge again for the graphs the sensitivity check last judged: answered from memory."""
+    import export.build as build
+
+    calls: list[str] = []
+    real = build.scene_masks
+
+    def counted(stage, precision, tiles, threads):
+        calls.append(precision)
+        return real(stage, precision, tiles, threads)
+
+    monkeypatch.setattr(build, "scene_masks", counted)
+    bundle = copy_bundle(calibrated, tmp_path / "bundle")
+    code, output = cli("build", str(bundle), "--int8", "--target", "onnxruntime", "--min-agreement", "0.5")
+    assert code == 0, output
+    assert calls == ["fp32", "int8"]
+    assert read_manifest(bundle).accuracy["int8"]["images"] is not None
+
+
+def test_int8_caches_cover_what_each_graph_needs(calibrated, tmp_path):
+    """Every float tensor of the local branch (TensorRT reads its cache on DLA); the Q/DQ tensors of the fusion."""
+    import onnx
+
+    from calibration.calibration_cache import CalibrationCache
+    from runtime.backends.tensorrt.engine_check import DLA_ROLE
+
+    bundle = copy_bundle(calibrated, tmp_path / "bundle")
+    code, output = cli("build", str(bundle), "--int8", "--target", "onnxruntime", "--min-agreement", "0.5", "--tiles-only")
+    assert code == 0, output
+    manifest = read_manifest(bundle)
+
+    def conv_tensors(role: str) -> set[str]:
+        graph = onnx.load(str(bundle / manifest.graph(role, "fp32").file)).graph
+        weights = {init.name for init in graph.initializer}
+        return {name for node in graph.node if node.op_type == "Conv" for name in (*node.input, *node.output) if name and name not in weights}
+
+    def cached(role: str) -> set[str]:
+        return set(CalibrationCache.read(bundle / "int8" / f"{role}.calib.cache").scales)
+
+    assert DLA_ROLE == "local"
+    local = onnx.load(str(bundle / manifest.graph("local", "fp32").file)).graph
+    relus = {node.output[0] for node in local.node if node.op_type == "Relu"}
+    assert conv_tensors("local") | relus <= cached("local")
+    assert cached("fusion") <= conv_tensors("fusion") and cached("fusion")
