@@ -274,6 +274,11 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       manifest_(read_manifest(bundle_dir)),
       normalizer_(manifest_.normalization.mean, manifest_.normalization.std, manifest_.normalization.scale) {
   if (options.bands) manifest_.normalization = normalization_for(manifest_.normalization, *options.bands);  // before any work
+  if (options.min_overlap) {  // runtime/bundle/manifest.py with_min_overlap: the grid's geometry, same words
+    if (*options.min_overlap < 0 || *options.min_overlap >= manifest_.patch_size)
+      fail(GLSNET_ERROR_INVALID_ARGUMENT, min_overlap_error(std::to_string(*options.min_overlap), manifest_.patch_size));
+    manifest_.min_overlap = static_cast<int>(*options.min_overlap);
+  }
   init_onnxruntime_api();
   const std::vector<std::string> precisions{"fp32", "fp16", "int8"}, devices{"cpu", "cuda", "tensorrt"};
   if (std::find(precisions.begin(), precisions.end(), options.precision) == precisions.end())
