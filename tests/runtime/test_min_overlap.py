@@ -75,3 +75,19 @@ def test_glsnet_run_takes_the_overlap_and_refuses_a_bad_one(small_bundle, tmp_pa
     assert "--min-overlap 128: the minimum patch overlap must be a whole number of pixels, at least 0 and less than the bundle's patch size (128 px)" in result.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
     assert "--min-overlap" in glsnet("run", "--help").stdout
+
+
+def test_the_declared_plan_of_glsnet_batch_grids_with_the_chosen_overlap(small_bundle):
+    """glsnet batch sizes its workers from the manifest alone (runtime.engines.declared_plan): the same overlap."""
+    from runtime.bundle.loader import graph_files, open_bundle
+    from runtime.engines.declared_plan import declared_plan
+
+    manifest = open_bundle(small_bundle).manifest
+    sizes = {file: os.path.getsize(small_bundle / file) for file, _ in graph_files(manifest, "fp32").all()}
+    plans = {}
+    for overlap in (None, OVERLAP):
+        options = SegmenterOptions(threads=1, min_overlap=overlap)
+        with Segmenter(small_bundle, options=options) as segmenter:
+            plans[overlap] = segmenter.plan(1000, 3000)
+            assert declared_plan(manifest, options, sizes, 1000, 3000) == plans[overlap]
+    assert plans[OVERLAP].time_estimate < plans[None].time_estimate  # the plan priced fewer patches
