@@ -45,6 +45,7 @@ def run(
     overlay: bool = opt.OVERLAY,
     stats: bool = opt.STATS,
     max_pixels: int = opt.MAX_PIXELS,
+    min_overlap: Optional[int] = opt.MIN_OVERLAP,
 ) -> None:
     """Segment IMAGES and write <stem>_mask (+ _color, _overlay, _stats.json) into the output folder."""
     from rich.console import Console
@@ -55,7 +56,7 @@ def run(
     options = opt.segmenter_options(
         precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
         threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
-        max_device_memory=max_device_memory,
+        max_device_memory=max_device_memory, min_overlap=min_overlap,
     )
     outputs = opt.output_options(fmt, color, overlay, stats, bands)
     console = Console(stderr=True)
@@ -100,6 +101,7 @@ def batch(
     color: bool = opt.COLOR,
     overlay: bool = opt.OVERLAY,
     max_pixels: int = opt.MAX_PIXELS,
+    min_overlap: Optional[int] = opt.MIN_OVERLAP,
 ) -> None:
     """Segment many scenes on Ray, one Segmenter per worker; resumable, a failed scene never stops the batch.
 
@@ -117,7 +119,7 @@ def batch(
         segmenter=opt.segmenter_options(
             precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
             threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
-            max_device_memory=max_device_memory,
+            max_device_memory=max_device_memory, min_overlap=min_overlap,
         ),
         outputs=opt.output_options(fmt, color, overlay, True, bands),
         address=address,

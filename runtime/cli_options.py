@@ -60,6 +60,13 @@ FORMAT = typer.Option("png", "--format", help="Mask format: png, or tif (written
 COLOR = typer.Option(True, "--color/--no-color", help="Also write a colour mask with the bundle's palette.")
 OVERLAY = typer.Option(False, "--overlay", help="Also write the colour mask blended over the input.")
 STATS = typer.Option(False, "--stats", help="Also write per-class pixel statistics as JSON.")
+MIN_OVERLAP = typer.Option(
+    None,
+    "--min-overlap",
+    metavar="PX",
+    help="Minimum overlap of neighbouring patches in pixels (default: the bundle's patch.min_overlap, see `glsnet info`); "
+    "smaller values can mean fewer patches, 0 <= PX < patch size (docs/runtime.md).",
+)
 MAX_PIXELS = typer.Option(500_000_000, "--max-pixels", help="Largest PNG/JPEG (decoded whole) accepted, in pixels (at least 1).")
 INPUT_RANGE = typer.Option(
     None,
@@ -109,6 +116,7 @@ def segmenter_options(
     cuda_graphs: bool = False,
     dla_core: int | None = None,
     max_device_memory: str | None = None,
+    min_overlap: int | None = None,
 ):
     """The parsed flags as SegmenterOptions."""
     from runtime.byte_sizes import parse_memory_size
@@ -129,6 +137,7 @@ def segmenter_options(
         bands=parse_bands(bands),
         max_pixels=max_pixels,
         input_range=parse_input_range(input_range),
+        min_overlap=min_overlap,
     )
 
 

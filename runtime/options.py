@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from runtime.algorithm.memory_budget import AUTO_BATCH
 from runtime.algorithm.scheduler import ScheduleOptions
+from runtime.bundle.manifest import min_overlap_error
 from runtime.errors import InputError
 from runtime.image_io.input_range import InputRange
 from runtime.image_io.readers import DEFAULT_MAX_PIXELS
@@ -49,6 +50,7 @@ class SegmenterOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     global_band_rows: int | None = None
     global_halo: int | None = None
+    min_overlap: int | None = None  # patch grid's minimum overlap in pixels; None: the bundle's patch.min_overlap
     cuda_graphs: bool = False  # TensorRT engine: replay fixed-shape local/fusion batches as CUDA graphs
     dla_core: int | None = None  # TensorRT engine: run the bundle's DLA engine set on this core
     input_range: InputRange | None = None  # how to map other pixel types onto the trained range (input_range.py)
@@ -65,6 +67,8 @@ class SegmenterOptions:
                 raise InputError(f"--batch-size {self.batch_size!r}: give a positive number of patches or {AUTO_BATCH!r}")
             if self.batch_size < 1:
                 raise InputError(f"batch size must be >= 1, got {self.batch_size} (or use --batch-size {AUTO_BATCH})")
+        if self.min_overlap is not None and (isinstance(self.min_overlap, bool) or not isinstance(self.min_overlap, int) or self.min_overlap < 0):
+            raise InputError(min_overlap_error(self.min_overlap, None))  # the upper bound is checked against the bundle (with_min_overlap)
         if self.max_pixels is not None and self.max_pixels < 1:
             raise InputError(f"--max-pixels {self.max_pixels}: the pixel limit must be at least 1")
 

@@ -18,6 +18,7 @@ import numpy as np
 from runtime.algorithm.memory_budget import MemoryPlan, lowest_budget
 from runtime.algorithm.scheduler import RowBand, Scheduler, normalization_for
 from runtime.bundle.loader import Bundle, open_bundle
+from runtime.bundle.manifest import with_min_overlap
 from runtime.byte_sizes import parse_memory_size
 from runtime.engines.onnxruntime_pipeline import ACTIVATION_FACTORS, OnnxRuntimePipeline
 from runtime.engines.pipeline import Pipeline, make_pipeline
@@ -50,6 +51,7 @@ class Segmenter:
         *,
         engine: str = "onnxruntime",
         provider: str | None = None,
+        min_overlap: int | None = None,
     ) -> None:
         if options is None:
             options = SegmenterOptions(
@@ -61,12 +63,13 @@ class Segmenter:
                 max_memory=parse_memory_size(max_memory),
                 threads=threads,
                 bands=tuple(bands) if bands is not None else None,
+                min_overlap=min_overlap,
             )
         self.options = options
         self._schedule = options.schedule()
         fixed_mmap_threshold()  # before any session allocates: see runtime.process_memory.heap_release
         self.bundle = open_bundle(bundle)
-        self.manifest = self.bundle.manifest
+        self.manifest = with_min_overlap(self.bundle.manifest, options.min_overlap)  # a bad --min-overlap fails here
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
         self._schedule = options.schedule()

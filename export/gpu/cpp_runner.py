@@ -26,7 +26,7 @@ LIBRARY = "libglsnet.so"
 
 class GlsnetOptions(ctypes.Structure):
     """glsnet_options (glsnet.h) up to device_id, all the check sets; the library takes this shorter struct as an
-    older caller's (struct_size) and gives the later fields (bands, logging) their defaults."""
+    older caller's (struct_size) and gives the later fields (bands, logging, min_overlap) their defaults."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint32),

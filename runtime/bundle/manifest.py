@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic_file import write_text_atomic
-from runtime.errors import BundleError
+from runtime.errors import BundleError, InputError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -144,6 +144,26 @@ class PatchSpec:
     min_overlap: int
     output_stride: int = 4
     feature_stride: int = 32
+
+
+def with_min_overlap(manifest: "Manifest", min_overlap: int | None) -> "Manifest":
+    """``manifest`` with its patch grid's minimum overlap replaced (``glsnet run --min-overlap``); None: unchanged.
+
+    The overlap is a run-time choice, not part of the graphs: they see patches of ``patch.size`` whatever the
+    stride, and the stitching weights blend any overlap. A smaller overlap means fewer patches (fewer FLOPs).
+    """
+    if min_overlap is None:
+        return manifest
+    size = manifest.patch.size
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, int) or not 0 <= min_overlap < size:
+        raise InputError(min_overlap_error(min_overlap, size))
+    return dataclasses.replace(manifest, patch=dataclasses.replace(manifest.patch, min_overlap=min_overlap))
+
+
+def min_overlap_error(min_overlap: object, patch_size: int | None) -> str:
+    """The one-line refusal of a bad --min-overlap (glsnet-cpp writes the same words)."""
+    limit = f"less than the bundle's patch size ({patch_size} px)" if patch_size is not None else "less than the bundle's patch size"
+    return f"--min-overlap {min_overlap}: the minimum patch overlap must be a whole number of pixels, at least 0 and {limit}"
 
 
 @dataclass(frozen=True)

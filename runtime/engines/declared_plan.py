@@ -20,7 +20,7 @@ from runtime.algorithm.scheduler import Scheduler
 from runtime.backends.base import TensorMeta
 from runtime.backends.onnxruntime import RESIDENT_WEIGHT_FACTOR, OnnxRuntimeBackend, OrtOptions
 from runtime.bundle.loader import graph_files
-from runtime.bundle.manifest import GraphSpec, Manifest, TensorSpec
+from runtime.bundle.manifest import GraphSpec, Manifest, TensorSpec, with_min_overlap
 from runtime.engines.onnxruntime_pipeline import ACTIVATION_FACTORS
 from runtime.errors import BundleError, GlsnetError
 from runtime.options import SegmenterOptions
@@ -63,7 +63,7 @@ def declared_plan(manifest: Manifest, options: SegmenterOptions, file_bytes: Map
 
     whole, local, fusion = (declared(role, manifest.graph(role, options.precision), files.roles[role][0]) for role in ("global", "local", "fusion"))
     stages = tuple(GlobalStage(declared("global stage", s.graph, file), s.stride, s.halo) for (file, _), s in files.stages)
-    scheduler = Scheduler(manifest, whole, local, fusion, global_stages=stages)
+    scheduler = Scheduler(with_min_overlap(manifest, options.min_overlap), whole, local, fusion, global_stages=stages)
     return scheduler.plan(scheduler.grid_for(height, width), options.schedule())
 
 

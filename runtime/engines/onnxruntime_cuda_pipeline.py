@@ -29,7 +29,7 @@ from runtime.algorithm.patch_schedule import ROLES, RowBand
 from runtime.algorithm.stream_scheduler import STREAMS, StreamScheduleOptions, StreamScheduler
 from runtime.backends.onnxruntime_cuda import OrtCudaEngine
 from runtime.bundle.loader import Bundle
-from runtime.bundle.manifest import Normalization
+from runtime.bundle.manifest import Normalization, with_min_overlap
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.engines.graph_contract import check_graph
@@ -48,6 +48,7 @@ class OrtCudaOptions:
     device_ordinal: int = 0
     cuda_binding: str = "auto"
     normalization: Normalization | None = None
+    min_overlap: int | None = None  # the patch grid's minimum overlap; None: the bundle's
 
 
 class OrtCudaPipeline:
@@ -55,7 +56,7 @@ class OrtCudaPipeline:
 
     def __init__(self, bundle: Bundle, options: OrtCudaOptions = OrtCudaOptions(), *, device: Device | None = None, ort: ModuleType | None = None) -> None:
         self.bundle = bundle
-        self.manifest = bundle.manifest
+        self.manifest = with_min_overlap(bundle.manifest, options.min_overlap)  # the grid's geometry, --min-overlap applied
         self.options = options
         self._device = device
         self._ort = ort

@@ -20,6 +20,7 @@ from runtime.algorithm.patch_schedule import ROLES, RowBand
 from runtime.algorithm.scheduler import Scheduler
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.bundle.loader import Bundle
+from runtime.bundle.manifest import with_min_overlap
 from runtime.engines.graph_contract import check_graph
 from runtime.image_io.readers import ArraySource, ImageSource
 from runtime.process_memory.heap_release import release_free_heap
@@ -40,7 +41,7 @@ class OnnxRuntimePipeline:
     def __init__(self, bundle: Bundle, options: "SegmenterOptions") -> None:
         self.bundle = bundle
         self.options = options
-        self.manifest = bundle.manifest
+        self.manifest = with_min_overlap(bundle.manifest, options.min_overlap)  # the grid's geometry, --min-overlap applied
         self.graphs = bundle.graph_set(options.precision)
         self._schedule = options.schedule()
         self._scheduler: Scheduler | None = None

@@ -59,6 +59,7 @@ def make_pipeline(bundle: "Bundle", options: "SegmenterOptions") -> Pipeline:
             cuda_graphs=options.cuda_graphs,
             dla_core=options.dla_core,
             normalization=normalization,
+            min_overlap=options.min_overlap,
         )
         return TensorRTPipeline(bundle.directory, trt_options)
     if options.ort_provider == "cuda":
@@ -83,5 +84,6 @@ def _ort_cuda_pipeline(bundle: "Bundle", options: "SegmenterOptions", normalizat
         batch_size=options.batch_size,
         max_device_memory=options.max_device_memory,
         normalization=normalization,
+        min_overlap=options.min_overlap,
     )
     return OrtCudaPipeline(bundle, cuda_options)

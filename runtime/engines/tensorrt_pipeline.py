@@ -33,7 +33,7 @@ from runtime.algorithm.stream_scheduler import StreamScheduleOptions, StreamSche
 from runtime.backends.tensorrt.api import tensorrt_api
 from runtime.backends.tensorrt.engine_check import DLA_ROLE, Platform, engine_paths, select_engines
 from runtime.backends.tensorrt.runner import ContextMemory, TensorRTBackend
-from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest
+from runtime.bundle.manifest import LOCAL_INPUT, EngineSpec, Normalization, read_manifest, with_min_overlap
 from runtime.cuda import open_device
 from runtime.cuda.device import Device
 from runtime.errors import BundleError, GlsnetError, InputError
@@ -57,6 +57,7 @@ class TensorRTPipelineOptions:
     cuda_binding: str = "auto"  # auto, cuda-python or pycuda
     device_ordinal: int = 0
     normalization: Normalization | None = None  # None: the bundle's (a Segmenter passes its --bands choice)
+    min_overlap: int | None = None  # the patch grid's minimum overlap; None: the bundle's
 
 
 class TensorRTPipeline:
@@ -102,7 +103,7 @@ class TensorRTPipeline:
     def _open(self) -> None:
         o = self.options
         api = tensorrt_api(self._trt)
-        self.manifest = read_manifest(self.bundle_dir)
+        self.manifest = with_min_overlap(read_manifest(self.bundle_dir), o.min_overlap)  # the grid's geometry, --min-overlap applied
         self.device = self._device or open_device(o.cuda_binding, o.device_ordinal)
         info = self.device.info()
         platform = Platform(str(api.version), info.name, info.compute_capability)

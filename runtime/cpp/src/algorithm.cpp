@@ -33,6 +33,12 @@ PatchGrid make_grid(int64_t height, int64_t width, int patch, int min_overlap) {
   return g;
 }
 
+std::string min_overlap_error(const std::string& min_overlap, int patch_size) {
+  const std::string limit = patch_size > 0 ? "less than the bundle's patch size (" + std::to_string(patch_size) + " px)"
+                                           : "less than the bundle's patch size";
+  return "--min-overlap " + min_overlap + ": the minimum patch overlap must be a whole number of pixels, at least 0 and " + limit;
+}
+
 Normalizer::Normalizer(const std::vector<double>& m, const std::vector<double>& s, double scale) {
   const float fscale = static_cast<float>(scale);
   for (size_t i = 0; i < m.size(); ++i) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -39,6 +40,8 @@ struct PatchGrid {
 
 std::vector<int64_t> axis_starts(int64_t length, int patch, int min_overlap);
 PatchGrid make_grid(int64_t height, int64_t width, int patch, int min_overlap);
+// The refusal of a bad --min-overlap, as runtime/bundle/manifest.py min_overlap_error words it (patch_size 0: unknown yet).
+std::string min_overlap_error(const std::string& min_overlap, int patch_size);
 
 // (pixel - mean*scale) * (1 / (std*scale)), all in float32, per band.
 struct Normalizer {

@@ -210,6 +210,7 @@ void glsnet_options_init_sized(glsnet_options* options, size_t size) {
   std::memset(static_cast<void*>(&full), 0, sizeof full);
   full.global_halo = -1;
   full.log_level = GLSNET_LOG_WARNING;
+  full.min_overlap = -1;
   fill_prefix(options, full, size);
 }
 
@@ -242,6 +243,7 @@ glsnet_status glsnet_open(const char* bundle_dir, const glsnet_options* options,
       if (options->log_level < GLSNET_LOG_VERBOSE || options->log_level > GLSNET_LOG_FATAL)
         glsnet::fail(GLSNET_ERROR_INVALID_ARGUMENT, "log_level must be a glsnet_log_level (0 verbose .. 4 fatal), got " + std::to_string(options->log_level));
       o.log = {options->log_callback, options->log_user_data, options->log_level};
+      if (options->min_overlap != -1) o.min_overlap = options->min_overlap;  // checked against the bundle's patch size by the Pipeline
     }
     auto handle = std::make_unique<glsnet_handle>();
     handle->pipeline = std::make_unique<glsnet::Pipeline>(bundle_dir, o);

@@ -38,6 +38,8 @@ const char* kUsage =
     "                         pLOW,pHIGH a percentile stretch per band (p2,p98); needed when the image's\n"
     "                         pixel type differs from the bundle's (as glsnet run --input-range)\n"
     "  --max-pixels N         largest PNG/JPEG (decoded whole) accepted, in pixels (default 500000000)\n"
+    "  --min-overlap PX       minimum overlap of neighbouring patches in pixels, 0 <= PX < patch size\n"
+    "                         (default: the bundle's patch.min_overlap; as glsnet run --min-overlap)\n"
     "  -h, --help             show this help\n";
 
 struct UsageError : std::runtime_error {
@@ -69,6 +71,17 @@ int parse_int(const std::string& flag, const std::string& text, int minimum) {
   if (text.empty() || *end || value < minimum || value > 1 << 30)
     throw UsageError(flag + " '" + text + "': expected an integer >= " + std::to_string(minimum));
   return static_cast<int>(value);
+}
+
+// --min-overlap: a whole number >= 0 (the library checks it against the bundle's patch size); the words of
+// runtime/bundle/manifest.py min_overlap_error, so both CLIs refuse a negative overlap alike.
+int32_t parse_min_overlap(const std::string& text) {
+  char* end = nullptr;
+  const long value = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end || value < 0 || value > 1 << 30)
+    throw UsageError("--min-overlap " + text +
+                     ": the minimum patch overlap must be a whole number of pixels, at least 0 and less than the bundle's patch size");
+  return static_cast<int32_t>(value);
 }
 
 int exit_code(glsnet_status status) {
@@ -119,6 +132,7 @@ int main(int argc, char** argv) {
       else if (a == "--batch-size") o.batch_size = parse_int(a, value(), 1);
       else if (a == "--max-memory") o.max_memory = parse_memory(value());
       else if (a == "--max-pixels") o.max_pixels = parse_int(a, value(), 1);
+      else if (a == "--min-overlap") o.min_overlap = parse_min_overlap(value());
       else if (a == "--format") format = value();
       else if (a == "--no-color") color = false;
       else if (a == "--stats") stats = true;

@@ -1,6 +1,7 @@
 #include "onnxruntime_pipeline.hpp"
 
 #include <dlfcn.h>
+#include <onnxruntime_session_options_config_keys.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -60,6 +61,11 @@ namespace {
 const std::map<std::string, double> kActivationFactors{{"global", 8.5}, {"global stage", 3.0}, {"local", 6.0}, {"fusion", 8.5}};
 constexpr double kResidentWeightFactor = 1.3;
 constexpr int64_t kNormaliseChunkRows = 64;
+// ONNX Runtime optimizers switched off in every session (runtime/backends/onnxruntime.py QDQ_BLOCKING_OPTIMIZERS).
+constexpr const char* kQdqBlockingOptimizers = "CommonSubexpressionElimination";
+
+// The key of global stage graph `index` in an ONNX Runtime engine's files (runtime/bundle/loader.py stage_engine_key).
+std::string stage_engine_key(size_t index) { return "global_stage" + std::to_string(index); }
 
 Ort::Env& ort_env() {
   init_onnxruntime_api();
@@ -274,6 +280,11 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       manifest_(read_manifest(bundle_dir)),
       normalizer_(manifest_.normalization.mean, manifest_.normalization.std, manifest_.normalization.scale) {
   if (options.bands) manifest_.normalization = normalization_for(manifest_.normalization, *options.bands);  // before any work
+  if (options.min_overlap) {  // runtime/bundle/manifest.py with_min_overlap: the grid's geometry, same words
+    if (*options.min_overlap < 0 || *options.min_overlap >= manifest_.patch_size)
+      fail(GLSNET_ERROR_INVALID_ARGUMENT, min_overlap_error(std::to_string(*options.min_overlap), manifest_.patch_size));
+    manifest_.min_overlap = static_cast<int>(*options.min_overlap);
+  }
   init_onnxruntime_api();
   const std::vector<std::string> precisions{"fp32", "fp16", "int8"}, devices{"cpu", "cuda", "tensorrt"};
   if (std::find(precisions.begin(), precisions.end(), options.precision) == precisions.end())
@@ -296,18 +307,32 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
       engine = &e;
       break;
     }
+  // An engine file, sha256-verified; its path is relative to the bundle or to the engine's directory (runtime/bundle/loader.py).
+  auto engine_file = [&](const std::string& key) {
+    const EngineFile& entry = engine->files.at(key);
+    std::string relative = entry.file;
+    if (relative.rfind(engine->directory + "/", 0) != 0) relative = engine->directory + "/" + relative;
+    return verify_file(bundle_dir, relative, entry.sha256);
+  };
+  // The global stage graphs, as runtime/bundle/loader.py graph_files chooses them: the manifest's for this precision, from
+  // the ONNX Runtime build (files global_stage0 .. N-1) when there is one and it holds all of them; a build without
+  // them runs its single global graph.
   std::vector<std::string> stage_paths;
-  if (!engine && manifest_.global_stages.count(options.precision))  // an optimized build's global graph is not split
-    for (const auto& stage : manifest_.global_stages.at(options.precision))
-      stage_paths.push_back(verify_file(bundle_dir, stage.graph.file, stage.graph.sha256));
+  const std::vector<GlobalStageSpec> no_stages;
+  const auto& stage_specs = manifest_.global_stages.count(options.precision) ? manifest_.global_stages.at(options.precision) : no_stages;
+  if (!engine) {
+    for (const auto& stage : stage_specs) stage_paths.push_back(verify_file(bundle_dir, stage.graph.file, stage.graph.sha256));
+  } else if (!stage_specs.empty()) {
+    bool complete = true;
+    for (size_t i = 0; i < stage_specs.size(); ++i) complete = complete && engine->files.count(stage_engine_key(i)) > 0;
+    if (complete)
+      for (size_t i = 0; i < stage_specs.size(); ++i) stage_paths.push_back(engine_file(stage_engine_key(i)));
+  }
   for (const std::string role : {"global", "local", "fusion"}) {
     if (engine) {
-      auto it = engine->files.find(role);
-      if (it == engine->files.end())
+      if (!engine->files.count(role))
         fail(GLSNET_ERROR_BUNDLE, bundle_dir + ": the onnxruntime " + options.precision + " build in " + engine->directory + " lacks " + role);
-      std::string relative = it->second.file;
-      if (relative.rfind(engine->directory + "/", 0) != 0) relative = engine->directory + "/" + relative;
-      paths[role] = verify_file(bundle_dir, relative, it->second.sha256);
+      paths[role] = engine_file(role);
     } else {
       const GraphSpec& spec = manifest_.graph(role, options.precision);
       paths[role] = verify_file(bundle_dir, spec.file, spec.sha256);
@@ -316,6 +341,9 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
 
   Ort::SessionOptions so;
   so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+  // As runtime/backends/onnxruntime.py QDQ_BLOCKING_OPTIMIZERS: common-subexpression elimination merges an int8 graph's
+  // dedicated Q/DQ pairs (one Q feeding two DQs), which on x86 keeps ONNX Runtime from fusing them into integer kernels.
+  so.AddConfigEntry(kOrtSessionOptionsDisableSpecifiedOptimizers, kQdqBlockingOptimizers);
   so.SetLogSeverityLevel(options.log.callback ? options.log.level : ORT_LOGGING_LEVEL_ERROR);
   so.SetLogId(log_->id().c_str());
   if (!options.cpu_arena) so.DisableCpuMemArena();
@@ -378,6 +406,11 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   // concurrent calls share one budget: each reserves its plan's estimate beyond what the handle holds once
   budget_ = std::make_unique<SharedBudget>(options_.max_memory ? std::max<int64_t>(1, *options_.max_memory - held_once_bytes()) : 0);
   if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
+  const std::string source = engine ? "the onnxruntime " + options.precision + " build in " + engine->directory : "the " + options.precision + " graphs";
+  log_to(&options_.log, GLSNET_LOG_INFO,
+         stages_.empty() ? "global branch: the single global graph of " + source + " (" + paths["global"] + ")"
+                         : "global branch: " + std::to_string(stages_.size()) + " stage graphs of " + source + " (" + stage_paths.front() +
+                               (stages_.size() > 1 ? " .. " + stage_paths.back() : "") + ")");
 }
 
 int64_t Pipeline::held_once_bytes() const {

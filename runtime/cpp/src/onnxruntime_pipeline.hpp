@@ -37,6 +37,7 @@ struct RuntimeOptions {
   int device_id = 0;          // the GPU of the cuda / tensorrt providers
   bool release_heap = false;  // malloc_trim after large frees (heap_release.hpp): the host's choice
   std::optional<std::vector<int>> bands;  // input bands read instead of the manifest's (--bands)
+  std::optional<int64_t> min_overlap;     // the patch grid's minimum overlap instead of the manifest's (--min-overlap)
   LogTarget log;  // where this handle's ONNX Runtime messages and own warnings go (no callback: ORT's stderr sink)
 };
 

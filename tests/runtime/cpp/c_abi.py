@@ -36,6 +36,7 @@ _OPTIONS = [
     ("log_callback", LOG_CALLBACK),
     ("log_user_data", ctypes.c_void_p),
     ("log_level", ctypes.c_int32),
+    ("min_overlap", ctypes.c_int32),
 ]
 
 _IMAGE = [
@@ -69,7 +70,8 @@ def _layout(name: str, fields: list[tuple[str, type]], doc: str) -> type[ctypes.
 
 Options = _layout("Options", _OPTIONS[:10], "glsnet_options as ABI 1's first release laid it out: an older caller.")
 OptionsWithBands = _layout("OptionsWithBands", _OPTIONS[:13], "glsnet_options with device_id and bands, before logging.")
-OptionsWithLog = _layout("OptionsWithLog", _OPTIONS, "glsnet_options of this release.")
+OptionsWithLog = _layout("OptionsWithLog", _OPTIONS[:16], "glsnet_options with logging, before min_overlap.")
+OptionsWithOverlap = _layout("OptionsWithOverlap", _OPTIONS, "glsnet_options of this release.")
 
 TypedImage = _layout("TypedImage", _IMAGE[:9], "glsnet_image of the typed-input release, before cancel and deadlines.")
 Image = _layout("Image", _IMAGE, "glsnet_image of this release.")

@@ -78,6 +78,8 @@ typedef struct glsnet_options {
   glsnet_log_callback log_callback; /* NULL (default): ONNX Runtime logs errors to stderr as it does by itself */
   void* log_user_data;       /* passed to log_callback */
   int32_t log_level;         /* least severe glsnet_log_level delivered to log_callback (default GLSNET_LOG_WARNING) */
+  int32_t min_overlap;       /* minimum overlap of neighbouring patches in pixels, as `glsnet run --min-overlap`
+                                (0 <= min_overlap < the bundle's patch size); -1 (default): the bundle's patch.min_overlap */
 } glsnet_options;
 
 /* The batch size and global banding an image of a given size runs with. */

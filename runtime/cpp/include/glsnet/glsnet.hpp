@@ -46,6 +46,7 @@ struct Options {
   bool release_heap = false;  // malloc_trim after large frees (glsnet_options.release_heap)
   std::string input_range;    // segment_file: how 16-bit / float pixels map onto the trained range ("" : none)
   std::string bands;          // input bands the model reads instead of the bundle's, e.g. "3,2,1" ("" : the bundle's)
+  int min_overlap = -1;       // the patch grid's minimum overlap in pixels (-1: the bundle's patch.min_overlap)
 };
 
 // One opened bundle; segment() may be called from several threads at once.
@@ -63,6 +64,7 @@ class Segmenter {
     o.release_heap = options.release_heap ? 1 : 0;
     o.device_id = options.device_id;
     o.bands = options.bands.empty() ? nullptr : options.bands.c_str();
+    o.min_overlap = options.min_overlap;
     input_range_ = options.input_range;
     check(glsnet_open(bundle_dir.c_str(), &o, &handle_));
   }
