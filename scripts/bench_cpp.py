@@ -119,9 +119,9 @@ def precision_table(cpp: Path, bundle: Path, image: Path, out: Path, precisions:
     for precision in precisions:
         for runtime, command in (
             ("glsnet-cpp", [str(cpp), "run", "--bundle", str(bundle), "--precision", precision]),
-            ("glsnet run", [sys.executable, "-m", "runtime.cli", "run", "--bundle", str(bundle), "--precision", precision, "--no-color"]),
+            ("glsnet run", [sys.executable, "-m", "runtime.cli", "run", "--bundle", str(bundle), "--precision", precision]),
         ):
-            folder = out / f"{runtime.split()[-1]}-{precision}"
+            folder = out / f"{'cpp' if runtime == 'glsnet-cpp' else 'python'}-{precision}"
             print(f"bench: {runtime} --precision {precision} ...", flush=True)
             wall, rss = measured([*command, str(image), "-o", str(folder)], out / "logs" / f"{folder.name}.log")
             masks[runtime, precision] = mask_of(folder, image)

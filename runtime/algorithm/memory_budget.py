@@ -26,11 +26,9 @@ MIN_GLOBAL_BAND_ROWS = 128
 # pixels, so the runtime's peak memory stops growing with image size: about 2550 x 2550, so that a
 # 2448 x 2448 scene runs whole and anything larger runs in bands no larger than it.
 DEFAULT_WHOLE_IMAGE_PIXELS = 6_000_000
-# A bundle with stage graphs always bands its global branch, in bands of about this many pixels: memory stays
-# flat in image height and width. Each band recomputes its halos: on a 2448 x 2448 scene the global branch alone ran
-# at 0.66 of the sgemm rate in 512-row bands, 0.70 in 1024-row bands (these) and 0.80 whole, and the run's peak RSS
-# was the same with 512 and 1024 rows (the local phase holds it).
-DEFAULT_STAGED_BAND_PIXELS = 1024 * 2448
+# Stage-wise bands cost ~2% of the run's time (runtime.algorithm.global_features), so a bundle with stage graphs
+# always bands its global branch, in bands of this many image rows: memory stays flat in image height.
+DEFAULT_STAGED_BAND_ROWS = 512
 # The time model, in units of one patch through the local and fusion graphs: a graph run costs this
 # much besides its patches; the global branch costs this much per padded pixel (the default config's
 # FLOPs: ResNet18 on the image vs ResNet50 + fusion per 508 px patch) unless the model says otherwise.
@@ -97,8 +95,7 @@ def plan_memory(model: MemoryModel, budget_bytes: int | None = None, batch_size:
         batch = min(batch_size or DEFAULT_BATCH_SIZE, largest_batch)
         rows = None
         if model.staged:
-            rows = _align(max(MIN_GLOBAL_BAND_ROWS, DEFAULT_STAGED_BAND_PIXELS // model.padded_width))
-            rows = None if rows >= whole_rows else rows
+            rows = DEFAULT_STAGED_BAND_ROWS if whole_rows > DEFAULT_STAGED_BAND_ROWS else None
         elif model.padded_height * model.padded_width > DEFAULT_WHOLE_IMAGE_PIXELS:
             rows = _align(max(MIN_GLOBAL_BAND_ROWS, DEFAULT_WHOLE_IMAGE_PIXELS // model.padded_width - 2 * model.halo))
             rows = None if rows >= whole_rows else rows

@@ -155,8 +155,7 @@ MemoryPlan plan_memory(const MemoryModel& m, std::optional<int64_t> budget, std:
     const int64_t batch = std::min(batch_size.value_or(kDefaultBatchSize), largest);
     std::optional<int64_t> rows;
     if (m.staged) {
-      rows = align_rows(std::max<int64_t>(kMinGlobalBandRows, kDefaultStagedBandPixels / m.padded_width));
-      if (*rows >= whole_rows) rows.reset();
+      if (whole_rows > kDefaultStagedBandRows) rows = kDefaultStagedBandRows;
     } else if (m.padded_height * m.padded_width > kDefaultWholeImagePixels) {
       rows = align_rows(std::max<int64_t>(kMinGlobalBandRows, kDefaultWholeImagePixels / m.padded_width - 2 * m.halo));
       if (*rows >= whole_rows) rows.reset();

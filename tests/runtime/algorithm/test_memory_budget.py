@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from runtime.algorithm.memory_budget import DEFAULT_BATCH_SIZE, DEFAULT_STAGED_BAND_PIXELS, MemoryModel, lowest_budget, plan_memory
+from runtime.algorithm.memory_budget import DEFAULT_BATCH_SIZE, DEFAULT_STAGED_BAND_ROWS, MemoryModel, lowest_budget, plan_memory
 from runtime.byte_sizes import parse_memory_size
 from runtime.errors import InputError
 
@@ -100,15 +98,9 @@ def staged_model(height: int = 2448) -> MemoryModel:
 
 def test_a_staged_global_branch_is_banded_by_default_so_memory_is_flat_in_height():
     square, tall = plan_memory(staged_model()), plan_memory(staged_model(9792))
-    assert square.global_band_rows == tall.global_band_rows == DEFAULT_STAGED_BAND_PIXELS // 2448 == 1024
+    assert square.global_band_rows == tall.global_band_rows == DEFAULT_STAGED_BAND_ROWS
     assert square.estimate_bytes == tall.estimate_bytes
     assert "stage by stage" in square.describe()
-
-
-def test_default_stage_bands_narrow_as_images_widen_and_vanish_on_short_images():
-    wide = dataclasses.replace(staged_model(), padded_width=4 * 2448)
-    assert plan_memory(wide).global_band_rows == 256  # the same pixels per band as 1024 rows of 2448
-    assert plan_memory(staged_model(1024)).global_band_rows is None  # one band would be the whole image
 
 
 def test_the_lowest_budget_is_accepted_and_anything_below_refused():

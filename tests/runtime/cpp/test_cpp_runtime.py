@@ -144,9 +144,9 @@ def test_c_api_parity_on_a_wide_awkward_image(capi, small_bundle, python_segment
 def test_memory_budget_plans_and_banded_masks_match_python(capi, small_bundle):
     """A budget small enough to band the global branch: same plan, same mask, in both runtimes."""
     height, width = 700, 260
-    narrowest = SegmenterOptions(batch_size=1, global_band_rows=128)
-    with Segmenter(small_bundle, options=narrowest) as banded:
-        budget = banded.plan(height, width).estimate_bytes  # the whole image does not fit, bands do
+    with Segmenter(small_bundle) as unbounded:
+        whole = unbounded.plan(height, width)
+    budget = whole.estimate_bytes - 1
     handle = capi.open(small_bundle, max_memory=budget)
     try:
         with Segmenter(small_bundle, options=SegmenterOptions(max_memory=budget)) as segmenter:
