@@ -146,6 +146,16 @@ class TileFeeds:
             return self._remember(key, tuple(out))  # type: ignore[return-value]
         return self._cache[key]  # type: ignore[return-value]
 
+    def remember(self, role: str, index: int, outputs: dict[str, np.ndarray]) -> None:
+        """Keep the fp32 outputs that a calibration pass over ``feeds(role)`` computed for its feed ``index``, so the
+        fusion's feeds need not run the branch again (at paper size that was most of the fusion's calibration)."""
+        names = {"global": (GLOBAL_OUTPUT,), "local": tuple(LOCAL_OUTPUTS)}.get(role, ())
+        if not names or not all(name in outputs for name in names):
+            return
+        key = ("global", self.scenes[index]) if role == "global" else ("local", index)
+        if key not in self._cache:
+            self._remember(key, tuple(np.array(outputs[name]) for name in names))
+
     # -------------------------------------------------------------- feeds
 
     def global_feed(self, scene: int) -> Feed:

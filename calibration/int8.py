@@ -144,9 +144,11 @@ def calibrate_ranges(
     options: Int8Options,
     work_dir: Path,
     op_types: tuple[str, ...] | None = None,
+    observe: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ):
     """onnxruntime TensorsData for the inputs and outputs of ``op_types`` nodes (None: every float tensor),
-    collected one feed at a time.
+    collected one feed at a time. ``observe(feed index, tensors)`` sees each feed's calibrated tensors
+    (percentile method only).
 
     Each pass's activations are merged into per-tensor histograms (or running min/max) and dropped, so
     memory stays at one feed's activations however many tiles there are. Percentile histograms come
@@ -165,11 +167,14 @@ def calibrate_ranges(
         calibrate_method=_ort_method(options.method),
         extra_options=extra,
     )
+    collector = None
     if options.method == CalibrationMethod.PERCENTILE:
-        calibrator.collector = PercentileCollector(options.percentile, options.num_bins)
+        collector = calibrator.collector = PercentileCollector(options.percentile, options.num_bins)
     seen = 0
     with contextlib.redirect_stdout(io.StringIO()):  # ORT prints a line per collect
         for feed in make_feeds():  # one feed per pass: ORT stacks a pass's arrays, so shapes must agree
+            if collector is not None and observe is not None:
+                collector.observe = lambda tensors, index=seen: observe(index, tensors)
             calibrator.collect_data(FeedReader(lambda feed=feed: iter([feed])))
             seen += 1
         if seen == 0:
@@ -440,7 +445,9 @@ def build_int8_graphs(
             t0 = time.perf_counter()
             prepared = prepare_for_quantization(fp32, work / f"{role}.prepared.onnx")
             tensors = None if role in EVERY_TENSOR_ROLES else options.op_types(role)
-            ranges = calibrate_ranges(prepared, lambda role=role: calibration_feeds.feeds(role), options, work, tensors)
+            remember = getattr(calibration_feeds, "remember", None)
+            observe = None if remember is None else (lambda index, tensors, role=role: remember(role, index, tensors))
+            ranges = calibrate_ranges(prepared, lambda role=role: calibration_feeds.feeds(role), options, work, tensors, observe)
             caches[role] = calibration_cache(ranges, options.tensorrt_version).write(out_dir / f"{role}.calib.cache")
             state = Int8GraphState(role, Path(fp32), prepared, out_dir / f"{role}.onnx", ranges)
             if options.use_modelopt and role in MODELOPT_ROLES:

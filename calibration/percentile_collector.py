@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class PercentileCollector:
         self.num_bins = num_bins
         self.histograms: dict[str, _Histogram | None] = {}
         self.threads = os.cpu_count() or 1
+        self.observe: Callable[[dict[str, np.ndarray]], None] | None = None  # sees each feed's arrays before binning
         self._scratch = threading.local()  # each thread's chunk buffers
 
     def collect(self, name_to_arr: dict) -> None:
@@ -73,6 +75,8 @@ class PercentileCollector:
             for values in arrays if isinstance(arrays, list) else [arrays]:
                 self._add(name, np.asarray(values))
 
+        if self.observe is not None:
+            self.observe({name: arrays[-1] if isinstance(arrays, list) else arrays for name, arrays in name_to_arr.items()})
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(add_all, name_to_arr.items()))
 

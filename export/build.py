@@ -204,7 +204,8 @@ def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOpti
         if stage_paths:
             say(f"fp16: {len(stage_paths)} global stage graphs converted")
         return {"fp32_nodes": {role: sorted(nodes) for role, nodes in kept.items()}, "kept_summary": kept_nodes_summary(results)}
-    calibration = TileFeeds(tiles, manifest, CALIBRATION, reference)
+    # room for every calibration batch's fp32 local outputs, kept from the local branch's calibration for the fusion's
+    calibration = TileFeeds(tiles, manifest, CALIBRATION, reference, cache_bytes=CALIBRATION_CACHE_BYTES)
     holdout = TileFeeds(tiles, manifest, HOLDOUT, reference)
     built = build_int8_graphs(
         fp32_paths, out_dir, calibration, holdout, options.int8, options.thresholds.int8, say, judge, global_stages=stage_paths
@@ -214,6 +215,7 @@ def _convert(stage: Path, manifest: Manifest, tiles: TileSet, options: BuildOpti
     return {**built.summary(), "tensorrt_graphs": _tensorrt_int8_graphs(built.graphs, out_dir, holdout, options, say)}
 
 
+CALIBRATION_CACHE_BYTES = 1 << 30  # paper size: 256 calibration patches' local outputs are about 0.9 GB
 # Held-back tile batches the TensorRT int8 graphs are run on, on the CPU: fp16 graphs run slowly there
 # (all 8 batches took 71 s of a paper-size build) and the figure is reported, not gated.
 TENSORRT_CHECK_BATCHES = 2

@@ -209,3 +209,27 @@ def test_sensitivity_check_leaves_the_most_damaging_group_in_float(setup, tmp_pa
     optimise_for_cpu(built.graphs[role], engine)
     kept_convs = sorted(n for n in built.excluded[role] if n in _convs(fp32[role]))
     assert kept_convs and sorted(count_kernels(engine).float_convs) == kept_convs  # exactly those the check kept
+
+
+def test_fusion_feeds_reuse_the_local_calibration_outputs(setup, tmp_path):
+    """The local branch's calibration pass hands its fp32 outputs to the feeds: the fusion's feeds then run no local
+    graph, and what they get is the reference's output (to float rounding: the calibration session is unoptimised)."""
+    manifest, tiles, calibration, _, fp32 = setup
+    reference = calibration.reference
+    feeds = TileFeeds(tiles, manifest, CALIBRATION, reference, cache_bytes=1 << 30)
+    prepared = prepare_for_quantization(fp32["local"], tmp_path / "local.prepared.onnx")
+    calibrate_ranges(prepared, lambda: feeds.feeds("local"), Int8Options(), tmp_path, None, lambda i, t: feeds.remember("local", i, t))
+
+    class Refuse:
+        def run(self, *args, **kwargs):
+            raise AssertionError("the fusion feeds ran the local graph again")
+
+    expected = [reference["local"].run(None, feeds.local_feed(b)) for b in range(len(feeds.batches))]
+    feeds.reference = {**reference, "local": Refuse()}
+    fusion = list(feeds.feeds("fusion"))
+    assert len(fusion) == len(feeds.batches) > 1
+    for feed, (features, skip) in zip(fusion, expected):
+        np.testing.assert_allclose(feed["local_features"], features, rtol=2e-3, atol=1e-3)
+        np.testing.assert_allclose(feed["local_skip"], skip, rtol=2e-3, atol=1e-3)
+    feeds.remember("fusion", 0, {"logits": np.zeros(1, np.float32)})  # other roles' outputs are not the feeds' business
+    assert all(key[0] in ("global", "local") for key in feeds._cache)
