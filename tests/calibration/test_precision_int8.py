@@ -23,6 +23,7 @@ from calibration.int8 import (  # noqa: E402
     calibrate_ranges,
     node_groups,
     prepare_for_quantization,
+    stem_convolutions,
 )
 from calibration.integer_kernels import count_kernels, optimise_for_cpu  # noqa: E402
 from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, sample_tiles  # noqa: E402
@@ -68,7 +69,10 @@ def test_int8_graphs_run_on_the_cpu(setup, int8):
     scores = chain_scores(holdout, sessions)
     assert scores.pixels > 0 and scores.agreement > 0.5
     assert int8.rounds[0]["agreement"] == pytest.approx(scores.agreement)
-    assert int8.excluded == {role: [] for role in ROLES}  # no gate asked for: nothing left in float
+    # no gate asked for: nothing left in float but the stems (Int8Options.float_stem)
+    stems = {role: list(stem_convolutions(onnx.load(str(setup[4][role])))) for role in ROLES}
+    assert stems["global"] and stems["local"] and not stems["fusion"]
+    assert int8.excluded == stems
 
 
 def _initializer(model, name):
@@ -91,7 +95,10 @@ def test_qdq_placement_follows_tensorrt_rules(int8):
             assert zero.dtype == np.int8 and not zero.any()
         for node in quantize:  # activations: one scale per tensor
             assert _initializer(model, node.input[1]).size == 1
-        convs = [n for n in nodes if n.op_type == "Conv"]
+        stems = set(stem_convolutions(model))
+        convs = [n for n in nodes if n.op_type == "Conv" and n.name not in stems]
+        for stem in (n for n in nodes if n.name in stems):  # left in float: reads the image and float weights
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in stem.input)
         for conv in convs:
             weight_dq = producers.get(conv.input[1])
             assert weight_dq is not None and weight_dq.op_type == "DequantizeLinear"
@@ -118,8 +125,9 @@ def test_optimised_int8_engines_run_every_convolution_as_an_integer_kernel(setup
         engine = tmp_path / f"{role}.onnx"
         optimise_for_cpu(int8.graphs[role], engine)
         count = count_kernels(engine)
-        assert count.float_convs == (), f"{role}: convolutions left in float: {count.float_convs}"
-        assert count.integer["QLinearConv"] == len(_convs(fp32[role]))
+        stems = stem_convolutions(onnx.load(str(fp32[role])))
+        assert count.float_convs == stems, f"{role}: convolutions left in float: {count.float_convs}"
+        assert count.integer["QLinearConv"] == len(_convs(fp32[role])) - len(stems)
         if role != "fusion":
             assert count.integer["QLinearAdd"] > 0  # residual Adds in integers too
         else:

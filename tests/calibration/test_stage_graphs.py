@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 from calibration.accuracy_gate import PrecisionThresholds
 from calibration.data_readers import TileFeeds, cpu_session, fp32_sessions
-from calibration.int8 import Int8Options, build_int8_graphs, node_groups
+from calibration.int8 import Int8Options, build_int8_graphs, node_groups, stem_convolutions
 from calibration.integer_kernels import count_kernels, optimise_for_cpu
 from calibration.stage_graphs import StageMatchError, correspondence, load_graph
 from calibration.tiles import CALIBRATION, HOLDOUT, TileOptions, sample_tiles
@@ -57,10 +57,11 @@ def test_int8_stages_chain_to_the_int8_global_graph_in_integers(small_bundle, fe
     for k, path in enumerate(built.stages):
         engine = tmp_path / f"engine{k}.onnx"
         optimise_for_cpu(path, engine)
-        float_convs += count_kernels(engine).float_convs
-    match = correspondence(load_graph(fp32["global"]), load_graph(stages[1]))  # layer2 is stage 1
+        match = correspondence(load_graph(fp32["global"]), load_graph(stages[k]))
+        float_convs += [match.nodes[name] for name in count_kernels(engine).float_convs]
     assert len(kept) == 4  # the block's two convolutions, its shortcut and its Add
-    assert sorted(match.nodes[name] for name in float_convs) == sorted(n for n in kept if n.endswith("/Conv"))
+    stem = stem_convolutions(onnx.load(str(fp32["global"])))  # in stage 0, float by design
+    assert sorted(float_convs) == sorted([*stem, *(n for n in kept if n.endswith("/Conv"))])
 
 
 def test_a_stage_from_another_model_is_refused(small_bundle, tmp_path):
