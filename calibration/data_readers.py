@@ -154,7 +154,7 @@ class TileFeeds:
             return
         key = ("global", self.scenes[index]) if role == "global" else ("local", index)
         if key not in self._cache:
-            self._remember(key, tuple(np.array(outputs[name]) for name in names))
+            self._remember(key, tuple(outputs[name] for name in names))  # each feed's arrays are its own, not reused
 
     # -------------------------------------------------------------- feeds
 

@@ -171,14 +171,11 @@ def calibrate_ranges(
         calibrate_method=_ort_method(options.method),
         extra_options=extra,
     )
-    collector = None
     if options.method == CalibrationMethod.PERCENTILE:
-        collector = calibrator.collector = PercentileCollector(options.percentile, options.num_bins)
+        calibrator.collector = PercentileCollector(options.percentile, options.num_bins, observe)
     seen = 0
     with contextlib.redirect_stdout(io.StringIO()):  # ORT prints a line per collect
         for feed in make_feeds():  # one feed per pass: ORT stacks a pass's arrays, so shapes must agree
-            if collector is not None and observe is not None:
-                collector.observe = lambda tensors, index=seen: observe(index, tensors)
             calibrator.collect_data(FeedReader(lambda feed=feed: iter([feed])))
             seen += 1
         if seen == 0:
@@ -450,9 +447,14 @@ def build_int8_graphs(
             t0 = time.perf_counter()
             prepared = prepare_for_quantization(fp32, work / f"{role}.prepared.onnx")
             tensors = None if role in EVERY_TENSOR_ROLES else options.op_types(role)
-            remember = getattr(calibration_feeds, "remember", None)
-            observe = None if remember is None else (lambda index, tensors, role=role: remember(role, index, tensors))
-            ranges = calibrate_ranges(prepared, lambda role=role: calibration_feeds.feeds(role), options, work, tensors, observe)
+            ranges = calibrate_ranges(
+                prepared,
+                lambda role=role: calibration_feeds.feeds(role),
+                options,
+                work,
+                tensors,
+                lambda index, outputs, role=role: calibration_feeds.remember(role, index, outputs),
+            )
             caches[role] = calibration_cache(ranges, options.tensorrt_version).write(out_dir / f"{role}.calib.cache")
             state = Int8GraphState(role, Path(fp32), prepared, out_dir / f"{role}.onnx", ranges)
             if options.float_stem:  # the fusion has no convolution on an input

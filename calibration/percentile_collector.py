@@ -55,7 +55,9 @@ class PercentileCollector:
     """ONNX Runtime's CalibrationDataCollector interface (collect, compute_collection_result), symmetric percentile;
     set as the ``collector`` of the calibrator ``create_calibrator(..., CalibrationMethod.Percentile)`` returns."""
 
-    def __init__(self, percentile: float = 99.99, num_bins: int = 2048) -> None:
+    def __init__(
+        self, percentile: float = 99.99, num_bins: int = 2048, observe: Callable[[int, dict[str, np.ndarray]], None] | None = None
+    ) -> None:
         if not 0.0 < percentile <= 100.0:
             raise ValueError(f"percentile {percentile}: choose a value in (0, 100]")
         if num_bins < 2:
@@ -64,7 +66,8 @@ class PercentileCollector:
         self.num_bins = num_bins
         self.histograms: dict[str, _Histogram | None] = {}
         self.threads = os.cpu_count() or 1
-        self.observe: Callable[[dict[str, np.ndarray]], None] | None = None  # sees each feed's arrays before binning
+        self.observe = observe  # observe(feed index, tensors) sees each feed's arrays before they are binned
+        self.feeds = 0
         self._scratch = threading.local()  # each thread's chunk buffers
 
     def collect(self, name_to_arr: dict) -> None:
@@ -76,9 +79,10 @@ class PercentileCollector:
                 self._add(name, np.asarray(values))
 
         if self.observe is not None:
-            self.observe({name: arrays[-1] if isinstance(arrays, list) else arrays for name, arrays in name_to_arr.items()})
+            self.observe(self.feeds, {name: arrays[-1] if isinstance(arrays, list) else arrays for name, arrays in name_to_arr.items()})
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(add_all, name_to_arr.items()))
+        self.feeds += 1
 
     def _add(self, name: str, values: np.ndarray) -> None:
         if values.size == 0:

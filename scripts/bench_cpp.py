@@ -200,9 +200,7 @@ def main() -> None:
         "python_2448": measured([*python, str(image), "-o", str(args.out / "python")], args.out / "logs" / "python-2448.log"),
         "cpp_tall": measured([*cpp, str(tall), "-o", str(args.out / "cpp"), "--format", "tif"], args.out / "logs" / "cpp-tall.log"),
     }
-    name = f"{image.stem}_mask.png"
-    a, b = open_image(args.out / "cpp" / name), open_image(args.out / "python" / name)
-    equal = float(np.mean(a.read_rows(0, a.height) == b.read_rows(0, b.height)))
+    equal = float(np.mean(mask_of(args.out / "cpp", image) == mask_of(args.out / "python", image)))
     (cw, cr), (pw, pr), (_, tr) = results["cpp_2448"], results["python_2448"], results["cpp_tall"]
     print(f"bundle {bundle}, image {image} (2448 x 2448), tall TIFF {tall.name}")
     print(f"{'run':<34}{'wall s':>10}{'peak RSS MB':>14}")
