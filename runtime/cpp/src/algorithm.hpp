@@ -19,6 +19,7 @@ constexpr int kMinGlobalBandRows = 128;
 constexpr int64_t kDefaultWholeImagePixels = 6000000;
 constexpr int64_t kDefaultStagedBandRows = 512;  // a bundle with stage graphs bands its global branch by default
 constexpr int64_t kMinBandOverHalo = 8;          // a stage's band is at least this many times its halo
+constexpr int64_t kWideBandOverHalo = 32;         // ... and this many, within the image band's rows (global_features.py)
 constexpr double kRunOverheadPatches = 0.1;      // time model: a graph run costs this many patches besides its own
 constexpr double kDefaultGlobalPatchesPerPixel = 1.0 / 600000;
 constexpr int64_t kProcessBaseBytes = 60000000;  // the memory model's process base (the Python runtime's measured one)

@@ -59,7 +59,20 @@ def test_several_bands_per_stage_really_happen(small_bundle):
     staged_global_features(stages, reader.rows, padded_height, 96)
     bands = stage_band_rows(stages, 96)
     assert bands[0] == 192  # at least 8 x its halo of 24
-    assert len(calls) > 2 * len(stages) and max(calls) < padded_height
+    assert len(calls) >= 2 * len(stages) and max(calls) < padded_height  # the first two stages run in several bands
+
+
+@pytest.mark.parametrize(
+    "band_rows,expected",
+    [
+        (512, [512, 256, 256, 256]),  # later stages widen to 32 x their halo: halos cost <= 6% of them
+        (128, [192, 128, 128, 128]),  # ... but never past the image band's rows, nor below 8 x the halo
+        (2048, [2048, 512, 256, 256]),
+    ],
+)
+def test_later_stages_take_wide_bands_within_the_image_band(band_rows, expected):
+    stages = [GlobalStage(None, 4, 24), GlobalStage(None, 2, 8), GlobalStage(None, 2, 8), GlobalStage(None, 2, 8)]
+    assert stage_band_rows(stages, band_rows) == expected
 
 
 def test_a_manifest_whose_stages_do_not_chain_is_refused(small_bundle, tmp_path):
