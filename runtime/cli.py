@@ -14,6 +14,7 @@ from runtime import cli_options as opt
 from runtime.cli_errors import run_app
 from runtime.cli_options import parse_bands  # noqa: F401  (importable from here, as before)
 from runtime.errors import InputError
+from runtime.process_memory.huge_pages import restart_with_huge_pages
 
 app = typer.Typer(
     help="Segment ultra-high-resolution images with a GLSNet bundle on ONNX Runtime or TensorRT (no torch needed).",
@@ -198,5 +199,11 @@ def main() -> None:
     run_app(app)
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``glsnet`` command: this process once more with huge pages for the activations (huge_pages.py), then the CLI."""
+    restart_with_huge_pages()
     main()
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,10 +1,14 @@
 // glsnet-cpp: `glsnet-cpp run IMAGE... --bundle DIR -o OUT/`, the C++ twin of `glsnet run` (same output files).
+#include <gnu/libc-version.h>
 #include <malloc.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <regex>
 #include <string>
 #include <vector>
@@ -98,7 +102,32 @@ static void bound_malloc_retention() {
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
 }
 
+// glibc.malloc.hugetlb=1 puts glibc's mmapped blocks, ONNX Runtime's activations among them, on transparent huge
+// pages: 0.2 instead of 1.8 million page faults per paper-size 2448 x 2448 image, same peak RSS, 0.4 s faster
+// (runtime/process_memory/huge_pages.py). glibc reads tunables at start, so the CLI runs itself once more with it
+// added to GLIBC_TUNABLES, unless that names it already (glibc.malloc.hugetlb=0 turns it off), glibc is older than
+// 2.35 or transparent huge pages are off; when the exec fails it goes on as it is.
+static void restart_with_huge_pages(char** argv) {
+  const char* tunable = "glibc.malloc.hugetlb";
+  const char* current = std::getenv("GLIBC_TUNABLES");
+  const std::string tunables = current ? current : "";
+  std::stringstream entries(tunables);
+  for (std::string entry; std::getline(entries, entry, ':');)
+    if (entry.substr(0, entry.find('=')) == tunable) return;
+  int major = 0, minor = 0;
+  if (std::sscanf(gnu_get_libc_version(), "%d.%d", &major, &minor) != 2 || major < 2 || (major == 2 && minor < 35)) return;
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string setting;
+  if (!std::getline(thp, setting) || setting.find("[never]") != std::string::npos) return;
+  const std::string wanted = tunables + (tunables.empty() ? "" : ":") + tunable + "=1";
+  if (setenv("GLIBC_TUNABLES", wanted.c_str(), 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  if (current) setenv("GLIBC_TUNABLES", current, 1);
+  else unsetenv("GLIBC_TUNABLES");
+}
+
 int main(int argc, char** argv) {
+  restart_with_huge_pages(argv);
   bound_malloc_retention();
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
