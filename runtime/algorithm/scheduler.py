@@ -36,7 +36,7 @@ from runtime.algorithm.global_features import (
 from runtime.algorithm.memory_budget import DEFAULT_GLOBAL_PATCHES_PER_PIXEL, MemoryModel, MemoryPlan, plan_memory
 from runtime.algorithm.patch_grid import PatchGrid
 from runtime.algorithm.patch_schedule import RowBand, batches, grid_for
-from runtime.algorithm.stitching import Stitcher, upsample_logits
+from runtime.algorithm.stitching import Stitcher
 from runtime.backends.base import Backend
 from runtime.bundle.manifest import (
     FUSION_OUTPUT,
@@ -277,7 +277,7 @@ class Scheduler:
                     logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
                 del feed
                 with phase("stitching"):
-                    finished = stitcher.add(upsample_logits(logits, grid.patch_size))
+                    finished = stitcher.add(logits)  # upsampled patch by patch in the stitcher
                 del logits
                 release_free_heap()  # the batch's activations are freed: give them back before the next
                 yield from finished
