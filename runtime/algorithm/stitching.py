@@ -131,7 +131,6 @@ class Stitcher:
         self.next_index = 0  # next patch expected, row-major
         self.weights = patch_weights(p)
         self.origins = grid.origins()
-        self.upsampler: PatchUpsampler | None = None  # made for the first batch at the output stride
 
     def add(self, logits: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Blend a batch of patch logits (the next B patches); return finished rows.
@@ -144,8 +143,7 @@ class Stitcher:
         origins = self.origins
         if self.next_index + len(logits) > len(origins):
             raise ValueError(f"stitcher got {self.next_index + len(logits)} patches for a grid of {len(origins)}")
-        if logits.shape[-2:] != (p, p) and (self.upsampler is None or self.upsampler.wide.shape[1] != logits.shape[-2]):
-            self.upsampler = PatchUpsampler(logits.shape[1], logits.shape[2], logits.shape[3], p)
+        upsampler = None if logits.shape[-2:] == (p, p) else PatchUpsampler(*logits.shape[1:], p)  # freed with the batch
         finished: list[tuple[int, np.ndarray]] = []
         for patch_logits in logits:
             index = self.next_index
@@ -153,8 +151,8 @@ class Stitcher:
             if y + p - self.top > self.band_rows:
                 raise ValueError(f"patch {index} at row {y} lies beyond the stitching band starting at {self.top}")
             rows = slice(y - self.top, y - self.top + p)
-            if patch_logits.shape[-2:] != (p, p):
-                weighted = self.upsampler(patch_logits)  # type: ignore[misc]
+            if upsampler is not None:
+                weighted = upsampler(patch_logits)
                 weighted *= self.weights
             else:
                 weighted = patch_logits * self.weights
