@@ -27,9 +27,10 @@ DEFAULT_HALO = 256  # pixels of context above and below each band; a multiple of
 # A stage's band is at least this many times its halo (in its input rows), so recomputed halo rows
 # cost at most 2/8 = 25% of that stage.
 MIN_BAND_OVER_HALO = 8
-# ... and, where that stays within the image band's row count, at least this many times: a later stage's
-# input row holds no more floats than the first stage's widest activation per image row (ResNet: 16 x the
-# image width each), so its memory stays within the first stage's while halos cost at most 2/32 of it.
+# ... and, where that stays within half the image band's row count, at least this many times: a later
+# stage's input row holds no more floats than the first stage's widest activation per image row (ResNet:
+# 16 x the image width each), so its band and the rows held for it stay within the first stage's while halos
+# cost at most 2/32 of it. At 128-row bands (the memory planner's smallest) this gives the narrow bands.
 # Measured on the paper-size global branch at 2448 x 2448, bands of 512 image rows: stage bands of 512, 128,
 # 64, 64 input rows ran at 0.69 of the sgemm rate, 512, 256, 256, 256 at 0.80 (the whole image: 0.89).
 WIDE_BAND_OVER_HALO = 32
@@ -89,8 +90,8 @@ def stage_band_rows(stages: list[GlobalStage] | tuple[GlobalStage, ...], band_ro
     """Each stage's band height in its own input rows, for bands of about ``band_rows`` image rows."""
     out, stride = [], 1
     for stage in stages:
-        wide = min(max(band_rows // stride, WIDE_BAND_OVER_HALO * stage.halo), band_rows)
-        rows = max(wide, MIN_BAND_OVER_HALO * stage.halo, stage.stride)
+        wide = min(WIDE_BAND_OVER_HALO * stage.halo, band_rows // 2)
+        rows = max(band_rows // stride, wide, MIN_BAND_OVER_HALO * stage.halo, stage.stride)
         out.append(-(-rows // stage.stride) * stage.stride)
         stride *= stage.stride
     return out

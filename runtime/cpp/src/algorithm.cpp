@@ -62,8 +62,8 @@ std::vector<int64_t> stage_band_rows(const std::vector<StageShape>& stages, int6
   std::vector<int64_t> out;
   int64_t stride = 1;
   for (const StageShape& stage : stages) {
-    const int64_t wide = std::min(std::max(band_rows / stride, kWideBandOverHalo * stage.halo), band_rows);
-    const int64_t rows = std::max({wide, kMinBandOverHalo * stage.halo, stage.stride});
+    const int64_t wide = std::min(kWideBandOverHalo * stage.halo, band_rows / 2);
+    const int64_t rows = std::max({band_rows / stride, wide, kMinBandOverHalo * stage.halo, stage.stride});
     out.push_back(ceil_div(rows, stage.stride) * stage.stride);
     stride *= stage.stride;
   }

@@ -66,7 +66,7 @@ def test_several_bands_per_stage_really_happen(small_bundle):
     "band_rows,expected",
     [
         (512, [512, 256, 256, 256]),  # later stages widen to 32 x their halo: halos cost <= 6% of them
-        (128, [192, 128, 128, 128]),  # ... but never past the image band's rows, nor below 8 x the halo
+        (128, [192, 64, 64, 64]),  # ... but never past half the image band's rows, nor below 8 x the halo
         (2048, [2048, 512, 256, 256]),
     ],
 )
