@@ -82,11 +82,11 @@ def upsample_logits(logits: np.ndarray, size: int) -> np.ndarray:
     runtime algorithm (docs/runtime-algorithm.md): a matrix product would leave the rounding to the
     BLAS kernel, which differs between machines, and another runtime could not match it bit for bit.
     """
-    logits = logits.astype(np.float32, copy=False)
-    upsampler = PatchUpsampler(logits.shape[-3], logits.shape[-2], logits.shape[-1], size)
-    return np.stack([upsampler(patch).copy() for patch in logits.reshape(-1, *logits.shape[-3:])]).reshape(
-        *logits.shape[:-2], size, size
-    )
+    upsampler = PatchUpsampler(*logits.shape[1:], size)
+    out = np.empty((*logits.shape[:2], size, size), dtype=np.float32)
+    for patch, upsampled in zip(logits, out):
+        upsampled[...] = upsampler(patch)
+    return out
 
 
 class PatchUpsampler:
