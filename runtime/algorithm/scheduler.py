@@ -1,4 +1,4 @@
-"""Chaining the three graphs over one image on the CPU, one graph at a time, with patch reading overlapped.
+"""Chaining the three graphs over one image: on the CPU one step at a time, on GPU providers overlapped.
 
 The order of work matches glsnet.inference (the reference): pad bottom/right with zeros in
 normalised space up to one patch; the global graph once per image (whole, or in bands when the
@@ -9,8 +9,11 @@ one runs local batches into a bounded queue without waiting for it, and the call
 fusion as soon as the global features exist, stitching and handing out finished rows. On the CPU
 (``serialize_graphs``) the threads take turns to run a graph: each graph already uses every core,
 and two working sets at once were the peak (measured: local batch + fusion, 1.46 GB on the default
-bundle at 2448 x 2448). Each batch's buffers are dropped as soon as the next step has what it
-needs, and freed heap is handed back (runtime.process_memory.heap_release) after the global branch and each batch.
+bundle at 2448 x 2448). Cutting a batch's patches and stitching a batch take their turn too: on a
+core that the next local batch's graph shared, they slowed that graph by more than their own time
+(paper-size bundle, 2 cores, four alternated pairs: glsnet-cpp 15.8 -> 15.2 s per image). Each
+batch's buffers are dropped as soon as the next step has what it needs, and freed heap is handed
+back (runtime.process_memory.heap_release) after the global branch and each batch.
 """
 
 from __future__ import annotations
@@ -67,9 +70,9 @@ class ScheduleOptions:
     global_band_rows: int | None = None  # force banded global features (multiple of 32)
     global_halo: int = DEFAULT_HALO
     queue_depth: int = DEFAULT_QUEUE_DEPTH
-    # One graph at a time (the global, local and fusion graphs never run at once): on the CPU every graph
-    # already uses every core, so overlap buys no speed, and it stacks two working sets into the peak.
-    # Off for GPU providers, where the branches overlap on streams.
+    # One graph at a time (the global, local and fusion graphs never run at once, nor beside cutting patches
+    # or stitching): on the CPU every graph already uses every core, so overlap buys no speed, and it stacks
+    # two working sets into the peak. Off for GPU providers, where the branches overlap on streams.
     serialize_graphs: bool = True
     bands: tuple[int, ...] | None = None  # input bands to feed, overriding the bundle's normalisation
 
@@ -273,12 +276,13 @@ class Scheduler:
                     features = global_future.result()
                 feed = {**local, "global_features": features, "boxes": grid.boxes(list(batch))}
                 del local, item  # the fusion graph holds what it needs; the queue slot is free again
-                with slot, phase("fusion"):
-                    logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
-                del feed
-                with phase("stitching"):
-                    finished = stitcher.add(logits)  # upsampled patch by patch in the stitcher
-                del logits
+                with slot:
+                    with phase("fusion"):
+                        logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
+                    del feed
+                    with phase("stitching"):
+                        finished = stitcher.add(logits)  # upsampled patch by patch in the stitcher
+                    del logits
                 release_free_heap()  # the batch's activations are freed: give them back before the next
                 yield from finished
                 done += len(batch)
@@ -299,10 +303,11 @@ class Scheduler:
             for batch in batches:
                 if stop.is_set():
                     return
-                patches = reader.patches(batch)
-                with slot, phase("local batch"):
-                    local = self.local_backend.infer({LOCAL_INPUT: patches})
-                del patches
+                with slot:
+                    patches = reader.patches(batch)
+                    with phase("local batch"):
+                        local = self.local_backend.infer({LOCAL_INPUT: patches})
+                    del patches
                 if not _put(out, (batch, {name: local[name] for name in LOCAL_OUTPUTS}), stop):
                     return
             _put(out, None, stop)

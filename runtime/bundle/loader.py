@@ -7,7 +7,9 @@ files are preferred. Every file is checked against its sha256 before a session m
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +88,12 @@ class Bundle:
 
     def _verify(self, precision: str) -> GraphSet:
         files = graph_files(self.manifest, precision, str(self.directory))
-        paths = {role: verify_file(self.directory, *files.roles[role]) for role in GRAPH_ROLES}
-        stages = tuple(StageGraph(verify_file(self.directory, *file), s.stride, s.halo) for file, s in files.stages)
+        # hashing is one core's work per file and hashlib lets go of the GIL: the files are checked side by side
+        wanted = [files.roles[role] for role in GRAPH_ROLES] + [file for file, _ in files.stages]
+        with ThreadPoolExecutor(max_workers=min(len(wanted), os.cpu_count() or 1), thread_name_prefix="glsnet-verify") as pool:
+            checked = list(pool.map(lambda file: verify_file(self.directory, *file), wanted))
+        paths = dict(zip(GRAPH_ROLES, checked))
+        stages = tuple(StageGraph(path, s.stride, s.halo) for path, (_, s) in zip(checked[len(GRAPH_ROLES) :], files.stages))
         return GraphSet(precision, paths["global"], paths["local"], paths["fusion"], files.source, stages)
 
     @property

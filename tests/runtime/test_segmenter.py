@@ -223,3 +223,19 @@ def test_segment_file_to_explicit_paths(segmenter, tmp_path):
     written = segmenter.segment_file(path, outputs=OutputOptions(format="tif", color=False, stats=True), paths=wanted)
     assert written == wanted and wanted.mask.is_file() and wanted.stats.is_file()
     assert json.loads(wanted.stats.read_text())["pixels"] == 70 * 80
+
+
+def test_the_single_global_graph_beside_stage_graphs_loads_only_when_asked_and_is_checked_then(small_bundle, tmp_path):
+    """Its session would cost a start 0.1-0.2 s and a second copy of the stages' weights; it never runs there."""
+    scheduler = Segmenter(small_bundle).scheduler
+    assert scheduler.global_stages and not scheduler.global_backend.is_active
+    assert scheduler.global_backend.activate().is_active  # on demand (the bench's global branch alone)
+    other = tmp_path / "retyped"
+    shutil.copytree(small_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["graphs"]["fp32"]["global"]["inputs"][0]["dtype"] = "float16"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    scheduler = Segmenter(other).scheduler  # opens: the stages run the global branch
+    with pytest.raises(BundleError, match="global.onnx"):
+        scheduler.global_backend.activate()
+    assert not scheduler.global_backend.is_active

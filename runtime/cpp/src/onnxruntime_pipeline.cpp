@@ -9,9 +9,11 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "band_selection.hpp"
@@ -262,6 +264,31 @@ class GraphSlot {
   std::mutex mutex_;
 };
 
+// Runs `tasks` on up to `workers` threads (the caller's among them), each task once; when all have ended, the first
+// failure in task order is rethrown.
+void run_side_by_side(const std::vector<std::function<void()>>& tasks, unsigned workers) {
+  std::vector<std::exception_ptr> failures(tasks.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < tasks.size(); i = next++) {
+      try {
+        tasks[i]();
+      } catch (...) {
+        failures[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  try {
+    for (size_t w = 1; w < std::min<size_t>(std::max(workers, 1u), tasks.size()); ++w) helpers.emplace_back(work);
+  } catch (const std::system_error&) {  // no thread to spare: the threads started (at least the caller's) do all tasks
+  }
+  work();
+  for (std::thread& helper : helpers) helper.join();
+  for (const std::exception_ptr& failure : failures)
+    if (failure) std::rethrow_exception(failure);
+}
+
 // Channels (axis 1) of a session's first input and first output.
 std::pair<int64_t, int64_t> stage_channels(Ort::Session& session, const std::string& path) {
   const auto in = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
@@ -300,42 +327,44 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
     fail(GLSNET_ERROR_INVALID_ARGUMENT, "global halo must be a non-negative multiple of 32, got " + std::to_string(options.global_halo));
 
   // The graph set: an ONNX Runtime build of this precision (glsnet-export build) when there is one, else the graphs.
-  std::map<std::string, std::string> paths;
+  // Each file is named here as (bundle-relative path, sha256) and verified on the thread that loads it.
+  using GraphFile = std::pair<std::string, std::string>;
+  std::map<std::string, GraphFile> files;
   const EngineSpec* engine = nullptr;
   for (const auto& e : manifest_.engines)
     if (e.target == "onnxruntime" && e.precision == options.precision) {
       engine = &e;
       break;
     }
-  // An engine file, sha256-verified; its path is relative to the bundle or to the engine's directory (runtime/bundle/loader.py).
+  // An engine file; its path is relative to the bundle or to the engine's directory (runtime/bundle/loader.py).
   auto engine_file = [&](const std::string& key) {
     const EngineFile& entry = engine->files.at(key);
     std::string relative = entry.file;
     if (relative.rfind(engine->directory + "/", 0) != 0) relative = engine->directory + "/" + relative;
-    return verify_file(bundle_dir, relative, entry.sha256);
+    return GraphFile{relative, entry.sha256};
   };
   // The global stage graphs, as runtime/bundle/loader.py graph_files chooses them: the manifest's for this precision, from
   // the ONNX Runtime build (files global_stage0 .. N-1) when there is one and it holds all of them; a build without
   // them runs its single global graph.
-  std::vector<std::string> stage_paths;
+  std::vector<GraphFile> stage_files;
   const std::vector<GlobalStageSpec> no_stages;
   const auto& stage_specs = manifest_.global_stages.count(options.precision) ? manifest_.global_stages.at(options.precision) : no_stages;
   if (!engine) {
-    for (const auto& stage : stage_specs) stage_paths.push_back(verify_file(bundle_dir, stage.graph.file, stage.graph.sha256));
+    for (const auto& stage : stage_specs) stage_files.push_back({stage.graph.file, stage.graph.sha256});
   } else if (!stage_specs.empty()) {
     bool complete = true;
     for (size_t i = 0; i < stage_specs.size(); ++i) complete = complete && engine->files.count(stage_engine_key(i)) > 0;
     if (complete)
-      for (size_t i = 0; i < stage_specs.size(); ++i) stage_paths.push_back(engine_file(stage_engine_key(i)));
+      for (size_t i = 0; i < stage_specs.size(); ++i) stage_files.push_back(engine_file(stage_engine_key(i)));
   }
   for (const std::string role : {"global", "local", "fusion"}) {
     if (engine) {
       if (!engine->files.count(role))
         fail(GLSNET_ERROR_BUNDLE, bundle_dir + ": the onnxruntime " + options.precision + " build in " + engine->directory + " lacks " + role);
-      paths[role] = engine_file(role);
+      files[role] = engine_file(role);
     } else {
       const GraphSpec& spec = manifest_.graph(role, options.precision);
-      paths[role] = verify_file(bundle_dir, spec.file, spec.sha256);
+      files[role] = {spec.file, spec.sha256};
     }
   }
 
@@ -385,17 +414,28 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
     api.ReleaseCUDAProviderOptions(cuda);
   }
   serialize_graphs_ = options.device == "cpu";  // GPU providers overlap the branches
-  for (size_t i = 0; i < stage_paths.size(); ++i) {
-    const GlobalStageSpec& spec = manifest_.global_stages.at(options.precision)[i];
-    stages_.push_back(load(spec.graph, "global stage " + std::to_string(i), stage_paths[i], so));
-    const auto [c_in, c_out] = stage_channels(*stages_.back().session, stage_paths[i]);
-    stage_shapes_.push_back({spec.stride, spec.halo, c_in, c_out});
+  // Verifying and loading a graph is mostly one core's work (hashing, graph transforms, weight packing), so on the CPU
+  // the graphs load side by side, one per core, largest first; GPU providers load one at a time (each may build
+  // engines on the device). With stage graphs the single global graph is verified with the rest, but never loaded: it
+  // never runs, and its session would hold a second copy of the stages' weights.
+  std::vector<std::function<void()>> loads;
+  auto load_verified = [&](Graph& into, const GraphSpec& spec, std::string what, GraphFile file) {
+    loads.push_back([this, &into, &spec, &so, what, file] { into = load(spec, what, verify_file(bundle_dir_, file.first, file.second), so); });
+  };
+  load_verified(local_, manifest_.graph("local", options.precision), "local", files["local"]);
+  stages_.resize(stage_files.size());
+  for (size_t i = stage_files.size(); i-- > 0;)
+    load_verified(stages_[i], stage_specs[i].graph, "global stage " + std::to_string(i), stage_files[i]);
+  if (stage_files.empty())
+    load_verified(global_, manifest_.graph("global", options.precision), "global", files["global"]);
+  else
+    loads.push_back([this, file = files["global"]] { verify_file(bundle_dir_, file.first, file.second); });
+  load_verified(fusion_, manifest_.graph("fusion", options.precision), "fusion", files["fusion"]);
+  run_side_by_side(loads, options.device == "cpu" ? std::thread::hardware_concurrency() : 1);
+  for (size_t i = 0; i < stages_.size(); ++i) {
+    const auto [c_in, c_out] = stage_channels(*stages_[i].session, bundle_dir + "/" + stage_files[i].first);
+    stage_shapes_.push_back({stage_specs[i].stride, stage_specs[i].halo, c_in, c_out});
   }
-  global_ = load(manifest_.graph("global", options.precision), "global", paths["global"], so);
-  // with stage graphs the single global graph is only checked: its weights would be a second copy of the stages'
-  if (!stages_.empty()) global_.session.reset();
-  local_ = load(manifest_.graph("local", options.precision), "local", paths["local"], so);
-  fusion_ = load(manifest_.graph("fusion", options.precision), "fusion", paths["fusion"], so);
 
   auto channels = [&](size_t output, int fallback) {
     const auto shape = local_.session->GetOutputTypeInfo(output).GetTensorTypeAndShapeInfo().GetShape();
@@ -408,9 +448,9 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
   const std::string source = engine ? "the onnxruntime " + options.precision + " build in " + engine->directory : "the " + options.precision + " graphs";
   log_to(&options_.log, GLSNET_LOG_INFO,
-         stages_.empty() ? "global branch: the single global graph of " + source + " (" + paths["global"] + ")"
-                         : "global branch: " + std::to_string(stages_.size()) + " stage graphs of " + source + " (" + stage_paths.front() +
-                               (stages_.size() > 1 ? " .. " + stage_paths.back() : "") + ")");
+         stages_.empty() ? "global branch: the single global graph of " + source + " (" + bundle_dir + "/" + files["global"].first + ")"
+                         : "global branch: " + std::to_string(stages_.size()) + " stage graphs of " + source + " (" + bundle_dir + "/" +
+                               stage_files.front().first + (stages_.size() > 1 ? " .. " + bundle_dir + "/" + stage_files.back().first : "") + ")");
 }
 
 int64_t Pipeline::held_once_bytes() const {
@@ -615,14 +655,14 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
         LocalBatch batch;
         batch.start = start;
         batch.count = std::min(plan.batch_size, grid.size() - start);
-        reader.patches(start, batch.count, patches);
-        const std::vector<int64_t> dims{batch.count, c, p, p};
-        Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), patches.data(), patches.size(), dims.data(), dims.size());
-        Ort::IoBinding binding(*local_.session);
-        binding.BindInput(in_names[0], input);
-        for (const char* name : out_names) binding.BindOutput(name, handoff);  // where the fusion reads them
         {
-          auto held = slot.take();
+          auto held = slot.take();  // cutting the patches is CPU work too: it waits its turn like a graph
+          reader.patches(start, batch.count, patches);
+          const std::vector<int64_t> dims{batch.count, c, p, p};
+          Ort::Value input = Ort::Value::CreateTensor<float>(cpu_memory(), patches.data(), patches.size(), dims.data(), dims.size());
+          Ort::IoBinding binding(*local_.session);
+          binding.BindInput(in_names[0], input);
+          for (const char* name : out_names) binding.BindOutput(name, handoff);  // where the fusion reads them
           batch.values = ort_call("local graph", [&](Ort::RunOptions& run) {
             local_.session->Run(run, binding);
             return binding.GetOutputValues();
@@ -677,14 +717,13 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
     binding.BindInput(local1.c_str(), batch.values[1]);
     binding.BindInput(box.c_str(), box_value);
     binding.BindOutput(out_names[0], cpu_memory());  // the logits come back to the host, where stitching runs
-    std::vector<Ort::Value> out;
-    {
-      auto held = slot.take();
-      out = ort_call("fusion graph", [&](Ort::RunOptions& run) {
-        fusion_.session->Run(run, binding);
-        return binding.GetOutputValues();
-      });
-    }
+    // the slot is held through the stitching too: upsampling and blending on a core the next local batch shares
+    // slowed that batch's graph by more than their own time
+    auto held = slot.take();
+    std::vector<Ort::Value> out = ort_call("fusion graph", [&](Ort::RunOptions& run) {
+      fusion_.session->Run(run, binding);
+      return binding.GetOutputValues();
+    });
     // the batch's local outputs: free their queue slot and memory now (the binding would hold them until the next
     // batch), by binding empty tensors of the same rank in their place; the features stay bound
     for (const std::string* name : {&local0, &local1}) {
@@ -708,6 +747,7 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
       stitcher.add(upsampled.data(), sink);
     }
     out.clear();
+    held = {};
     if (options_.release_heap) release_free_heap();  // the batch's activations are freed: give them back before the next
   }
   if (!stitcher.done())

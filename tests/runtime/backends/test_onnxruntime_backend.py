@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from runtime.algorithm import scheduler as scheduler_module
 from runtime.algorithm.global_features import GlobalStage
 from runtime.algorithm.scheduler import ScheduleOptions
 from runtime.backends.onnxruntime import SPINNING_ENTRIES, OnnxRuntimeBackend, OrtOptions, providers_for
@@ -139,28 +140,36 @@ def test_local_batches_run_while_the_global_branch_is_still_busy(small_bundle):
     assert mask.shape == (300, 260) and local_started.is_set()
 
 
-def test_on_the_cpu_one_graph_runs_at_a_time(small_bundle):
-    """Serialized (the CPU default): no two graphs run at once, so their working sets never add up."""
+def test_on_the_cpu_one_graph_runs_at_a_time(small_bundle, monkeypatch):
+    """Serialized (the CPU default): no two graphs run at once, so their working sets never add up, and cutting
+    patches and stitching wait their turn too (on a core a graph shares they slowed it by more than their own time)."""
     segmenter = Segmenter(small_bundle, batch_size=2)
     scheduler = segmenter.scheduler
-    running, most = [0], [0]
+    running, most, kinds = [0], [0], set()
     lock = threading.Lock()
+
+    def counted(kind, work, *args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            kinds.add(kind)
+        try:
+            return work(*args)
+        finally:
+            with lock:
+                running[0] -= 1
 
     class Counting(_Wrapped):
         def infer(self, feed):
-            with lock:
-                running[0] += 1
-                most[0] = max(most[0], running[0])
-            try:
-                return self.real.infer(feed)
-            finally:
-                with lock:
-                    running[0] -= 1
+            return counted("graph", self.real.infer, feed)
 
     scheduler.global_stages = tuple(GlobalStage(Counting(s.backend, None), s.stride, s.halo) for s in scheduler.global_stages)
     scheduler.local_backend = Counting(scheduler.local_backend, None)
     scheduler.fusion_backend = Counting(scheduler.fusion_backend, None)
+    stitch, cut = scheduler_module.Stitcher.add, scheduler_module.PaddedReader.patches
+    monkeypatch.setattr(scheduler_module.Stitcher, "add", lambda self, logits: counted("stitch", stitch, self, logits))
+    monkeypatch.setattr(scheduler_module.PaddedReader, "patches", lambda self, batch: counted("cut", cut, self, batch))
     image = np.random.default_rng(2).integers(0, 256, (400, 300, 3), dtype=np.uint8)
     mask = scheduler.segment(ArraySource(image), segmenter._schedule)
-    assert most[0] == 1
+    assert most[0] == 1 and kinds == {"graph", "stitch", "cut"}
     np.testing.assert_array_equal(mask, scheduler.segment(ArraySource(image), ScheduleOptions(serialize_graphs=False)))
