@@ -213,7 +213,8 @@ CASES = [
     Case("graph checksum", run_args(bundle=lambda env: env.bundle_with(corrupt="local.onnx")), 1, r"local.onnx: sha256 .* does not match the manifest"),
     Case("classes vs logits", run_args(bundle=manifest_change(_more_classes)), 1, r"fusion.onnx: output 'logits' is declared with \d+ on axis 1"),
     Case("patch vs local graph", run_args(bundle=manifest_change(_larger_patch)), 1, r"local.onnx: input 'patches' is declared with 160 on axis 2"),
-    Case("dtype vs graph", run_args(bundle=manifest_change(_set("graphs.fp32.global.inputs.0.dtype", "float16"))), 1, r"global.onnx: input 'image' is declared float16 in the manifest but the graph's is float32"),
+    # the local graph: beside stage graphs the single global graph is checked when something loads it, and a run does not
+    Case("dtype vs graph", run_args(bundle=manifest_change(_set("graphs.fp32.local.inputs.0.dtype", "float16"))), 1, r"local.onnx: input 'patches' is declared float16 in the manifest but the graph's is float32"),
     Case("info: graph checksum", lambda env: ["info", env.bundle_with(corrupt="global.onnx")], 1, r"1 file\(s\) fail their checksum: .*global.onnx has sha256"),
     # ---- outputs
     Case("output is a file", lambda env: ["run", env.image("rgb.png"), "-b", str(env.bundle), "-o", str(env.tmp / "taken")], 2, r"taken: exists and is not a folder", setup=_output_is_a_file, watch=lambda env: env.tmp / "taken"),
