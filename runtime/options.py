@@ -46,8 +46,8 @@ class SegmenterOptions:
     max_device_memory: int | None = None  # bytes of GPU memory (TensorRT engine): engines, scratch and buffers
     threads: int | None = None
     # ONNX Runtime's pool threads busy-wait between tasks when on. Off by default: each graph has its own pool, and a
-    # spinning one takes cores from the next graph and from reading and stitching, which run beside the graphs
-    # (measured, paper-size bundle at 2448 x 2448 on 2 cores, five pairs of runs: 0.9 s of 15.6 s less with it off)
+    # spinning one takes cores from the step after it (measured while reading and stitching still ran beside the
+    # graphs, paper-size bundle at 2448 x 2448 on 2 cores, five pairs of runs: 0.9 s of 15.6 s less with it off)
     thread_spinning: bool = False
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
