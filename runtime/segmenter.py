@@ -72,8 +72,6 @@ class Segmenter:
         self.manifest = with_min_overlap(self.bundle.manifest, options.min_overlap)  # a bad --min-overlap fails here
         normalization_for(self.manifest, options.bands)  # a wrong --bands fails here, before any work
         self.graphs = self.bundle.graph_set(options.precision)
-        self._schedule = options.schedule()
-        fixed_mmap_threshold()  # before any session allocates: see runtime.process_memory.heap_release
         self.pipeline: Pipeline = make_pipeline(self.bundle, options)
         if isinstance(self.pipeline, OnnxRuntimePipeline):
             self.pipeline.open()  # load the sessions now: the manifest is checked against the graphs before any work
