@@ -16,6 +16,7 @@
 #include <system_error>
 #include <thread>
 
+#include "activation_cache.hpp"
 #include "band_selection.hpp"
 #include "errors.hpp"
 #include "heap_release.hpp"
@@ -74,6 +75,35 @@ Ort::Env& ort_env() {
   // ORT's environment is process-wide: its logging function routes each session's messages by log id (logging.hpp)
   static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "glsnet", ort_logging_function, nullptr);
   return env;
+}
+
+// The process's ActivationCache as ONNX Runtime's CPU allocator, registered in the environment on first use: every
+// CPU session that sets session.use_env_allocators (arena off) allocates through it. It lives as long as the process.
+struct CachedCpuAllocator : OrtAllocator {
+  ActivationCache cache;
+  Ort::MemoryInfo info = Ort::MemoryInfo::CreateCpu(OrtDeviceAllocator, OrtMemTypeDefault);
+
+  CachedCpuAllocator() : OrtAllocator{} {
+    version = ORT_API_VERSION;
+    Alloc = [](OrtAllocator* self, size_t size) { return static_cast<CachedCpuAllocator*>(self)->cache.allocate(size); };
+    Free = [](OrtAllocator* self, void* p) { static_cast<CachedCpuAllocator*>(self)->cache.release(p); };
+    Info = [](const OrtAllocator* self) -> const OrtMemoryInfo* { return static_cast<const CachedCpuAllocator*>(self)->info; };
+  }
+};
+
+// nullptr when the environment refuses it: a host that registered its own CPU allocator keeps it, and glsnet's
+// sessions then allocate as ONNX Runtime does by default.
+ActivationCache* registered_activation_cache() {
+  static CachedCpuAllocator* allocator = [] {
+    auto* a = new CachedCpuAllocator();  // never freed: sessions of other handles may outlive any owner
+    if (OrtStatus* status = Ort::GetApi().RegisterAllocator(ort_env(), a)) {
+      Ort::GetApi().ReleaseStatus(status);
+      delete a;
+      return static_cast<CachedCpuAllocator*>(nullptr);
+    }
+    return a;
+  }();
+  return allocator ? &allocator->cache : nullptr;
 }
 
 const Ort::MemoryInfo& cpu_memory() {
@@ -376,6 +406,10 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   so.SetLogSeverityLevel(options.log.callback ? options.log.level : ORT_LOGGING_LEVEL_ERROR);
   so.SetLogId(log_->id().c_str());
   if (!options.cpu_arena) so.DisableCpuMemArena();
+  if (options.device == "cpu" && !options.cpu_arena) {
+    kept_blocks_.cache = registered_activation_cache();  // activation blocks kept between runs (activation_cache.hpp)
+    if (kept_blocks_.cache) so.AddConfigEntry(kOrtSessionOptionsConfigUseEnvAllocators, "1");
+  }
   if (options.threads > 0) {
     so.SetIntraOpNumThreads(options.threads);
     so.SetInterOpNumThreads(1);
@@ -445,6 +479,7 @@ Pipeline::Pipeline(const std::string& bundle_dir, const RuntimeOptions& options)
   skip_ = channels(1, manifest_.model_skip_width);
   // concurrent calls share one budget: each reserves its plan's estimate beyond what the handle holds once
   budget_ = std::make_unique<SharedBudget>(options_.max_memory ? std::max<int64_t>(1, *options_.max_memory - held_once_bytes()) : 0);
+  if (kept_blocks_.cache) kept_blocks_.cache->unmap_kept();  // the blocks the sessions freed while loading
   if (options_.release_heap) release_free_heap();  // the parsed graphs and load-time copies
   const std::string source = engine ? "the onnxruntime " + options.precision + " build in " + engine->directory : "the " + options.precision + " graphs";
   log_to(&options_.log, GLSNET_LOG_INFO,
@@ -610,8 +645,16 @@ std::vector<float> Pipeline::global_features(const ImageSource& source, const Pa
   return features;
 }
 
+Pipeline::KeptBlocks::~KeptBlocks() {
+  if (cache) cache->unmap_kept();
+}
+
 void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, const CallControl* call) const {
   const CallScope caller_scope(call);
+  // the activation blocks kept between this image's graph runs go back when it ends, however it ends: an idle
+  // process holds only its weights (declared before the threads below, so released after they have joined)
+  const KeptBlocks image_blocks{kept_blocks_.cache};
+  const ActivationCache::Counts blocks_before = kept_blocks_.cache ? kept_blocks_.cache->counts() : ActivationCache::Counts{};
   if (call) call->check();
   const auto& bands = manifest_.normalization.bands;
   check_bands(source.bands, bands, source.name);
@@ -752,6 +795,12 @@ void Pipeline::run(const ImageSource& source, const Stitcher::RowSink& sink, con
   }
   if (!stitcher.done())
     fail(GLSNET_ERROR_RUNTIME, "scheduler stitched " + std::to_string(stitcher.next_index()) + " of " + std::to_string(grid.size()) + " patches");
+  if (kept_blocks_.cache) {  // in the process while this image ran (other images' runs count too)
+    const ActivationCache::Counts after = kept_blocks_.cache->counts();
+    log_to(&options_.log, GLSNET_LOG_VERBOSE,
+           source.name + ": activation blocks of 1 MiB or more: " + std::to_string((after.fresh_bytes - blocks_before.fresh_bytes) >> 20) +
+               " MiB of new pages, " + std::to_string(after.reused_blocks - blocks_before.reused_blocks) + " kept blocks reused");
+  }
 }
 
 }  // namespace glsnet

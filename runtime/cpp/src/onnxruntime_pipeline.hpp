@@ -21,6 +21,8 @@
 
 namespace glsnet {
 
+class ActivationCache;
+
 // Asks the loaded ONNX Runtime for the API version of the headers (once); Error(GLSNET_ERROR_RUNTIME) when it is older.
 void init_onnxruntime_api();
 
@@ -68,8 +70,15 @@ class Pipeline {
   Rows run_stage(size_t index, Rows&& input, int64_t first, int64_t count) const;
   int64_t held_once_bytes() const;  // what the handle holds for all its calls: the process base and the loaded weights
 
+  // Unmaps the process's kept activation blocks when it goes (a handle's sessions, an image's runs); no cache: nothing.
+  struct KeptBlocks {
+    ActivationCache* cache = nullptr;
+    ~KeptBlocks();
+  };
+
   std::string bundle_dir_;
   RuntimeOptions options_;
+  KeptBlocks kept_blocks_;  // CPU, arena off: the process's ActivationCache; before the sessions, so it outlives them
   std::unique_ptr<LogRegistration> log_;  // before the sessions: they log until destroyed
   Manifest manifest_;
   Normalizer normalizer_;

@@ -6,6 +6,7 @@ ONNX Runtime's error level); a closed handle's callback is never called again.
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,36 @@ def test_each_handle_logs_to_its_own_callback_at_its_level(api, small_bundle, tm
 def test_log_level_out_of_range_is_refused(api, small_bundle):
     status, _ = _open(api, small_bundle, 4, 7)
     assert status == 1 and b"log_level" in api.lib.glsnet_last_error()
+
+
+def _activation_messages(key: int) -> list[str]:
+    return [m for level, m in received.get(key, []) if level == LOG_VERBOSE and "activation blocks" in m]
+
+
+def test_verbose_log_reports_activation_blocks_reused_between_graph_runs(api, small_bundle, tmp_path):
+    """On the CPU with the arena off, freed activation blocks serve the next graph runs (src/activation_cache.hpp)."""
+    from PIL import Image
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(_scene(700, 900, seed=62)).save(image)
+    received.clear()
+    _, handle = _open(api, small_bundle, 11, LOG_VERBOSE)
+    try:
+        assert api.lib.glsnet_segment_file(handle, str(image).encode(), str(tmp_path / "a").encode(), b"png", 0) == 0
+    finally:
+        api.lib.glsnet_close(handle)
+    (message,) = _activation_messages(11)
+    mapped, reused = (int(n) for n in re.search(r"(\d+) MiB of new pages, (\d+) kept blocks reused", message).groups())
+    assert reused > 0, message
+    assert message.startswith(str(image)), message
+
+    options = OptionsWithLog()  # ONNX Runtime's own arena instead: no cache, no such message
+    api.lib.glsnet_options_init_sized(ctypes.byref(options), ctypes.sizeof(options))
+    options.log_callback, options.log_user_data, options.log_level, options.cpu_arena = _collect, 12, LOG_VERBOSE, 1
+    handle = ctypes.c_void_p()
+    assert api.lib.glsnet_open(str(small_bundle).encode(), ctypes.byref(options), ctypes.byref(handle)) == 0
+    try:
+        assert api.lib.glsnet_segment_file(handle, str(image).encode(), str(tmp_path / "b").encode(), b"png", 0) == 0
+    finally:
+        api.lib.glsnet_close(handle)
+    assert received.get(12) and not _activation_messages(12)
