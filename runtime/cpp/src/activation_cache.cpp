@@ -3,7 +3,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <cstdint>
 #include <cstdlib>
 #include <iterator>
 #include <new>
@@ -64,7 +63,6 @@ void* ActivationCache::allocate(size_t size) {
       fresh_ += length;
       return hand_out(p, block);
     } catch (const std::bad_alloc&) {
-      blocks_.erase(p);
       munmap(p, length);
       return nullptr;
     }
@@ -74,53 +72,47 @@ void* ActivationCache::allocate(size_t size) {
 }
 
 void* ActivationCache::hand_out(void* p, const Block& block) {
-  live_.insert(p);
   live_bytes_ += block.resident;
   if (live_bytes_ > high_water_) high_water_ = live_bytes_;
   return p;
 }
 
+void ActivationCache::unmap(Kept::iterator kept) {
+  void* p = kept->second;
+  const Block& block = blocks_.at(p);
+  munmap(p, block.mapped);
+  kept_bytes_ -= block.resident;
+  blocks_.erase(p);
+  kept_.erase(kept);
+}
+
 void ActivationCache::unmap_kept_until_fits(size_t wanted) {
-  while (!kept_.empty() && live_bytes_ + kept_bytes_ + wanted > high_water_) {  // the largest first: the fewest unmaps
-    auto largest = std::prev(kept_.end());
-    void* p = largest->second;
-    const Block block = blocks_.at(p);
-    munmap(p, block.mapped);
-    kept_bytes_ -= block.resident;
-    kept_.erase(largest);
-    blocks_.erase(p);
-  }
+  while (!kept_.empty() && live_bytes_ + kept_bytes_ + wanted > high_water_) unmap(std::prev(kept_.end()));  // the largest first
 }
 
 void ActivationCache::release(void* p) {
   if (!p) return;
   std::unique_lock<std::mutex> lock(mutex_);
-  auto live = live_.find(p);
-  if (live == live_.end()) {
+  auto found = blocks_.find(p);
+  if (found == blocks_.end()) {
     lock.unlock();
     std::free(p);
     return;
   }
-  live_.erase(live);
-  Block& block = blocks_.at(p);
+  const Block& block = found->second;
   live_bytes_ -= block.resident;
   try {
     kept_.emplace(block.mapped, p);
     kept_bytes_ += block.resident;
   } catch (const std::bad_alloc&) {  // no memory to keep it: give it back
     munmap(p, block.mapped);
-    blocks_.erase(p);
+    blocks_.erase(found);
   }
 }
 
 void ActivationCache::unmap_kept() {
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const auto& [mapped, p] : kept_) {
-    munmap(p, mapped);
-    kept_bytes_ -= blocks_.at(p).resident;
-    blocks_.erase(p);
-  }
-  kept_.clear();
+  while (!kept_.empty()) unmap(kept_.begin());
 }
 
 }  // namespace glsnet

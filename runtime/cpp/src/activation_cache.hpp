@@ -14,7 +14,6 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
-#include <unordered_set>
 
 namespace glsnet {
 
@@ -47,13 +46,14 @@ class ActivationCache {
     size_t mapped;    // length of the mapping
     size_t resident;  // the prefix the last request covered; the rest was given back
   };
+  using Kept = std::multimap<size_t, void*>;
   void unmap_kept_until_fits(size_t wanted);
+  void unmap(Kept::iterator kept);
   void* hand_out(void* p, const Block& block);
 
   mutable std::mutex mutex_;
-  std::unordered_map<void*, Block> blocks_;  // every block mapped, live or kept
-  std::unordered_set<void*> live_;           // blocks handed out
-  std::multimap<size_t, void*> kept_;        // freed blocks, by mapped length
+  std::unordered_map<void*, Block> blocks_;  // every block mapped, handed out or kept
+  Kept kept_;                                // freed blocks, by mapped length
   size_t live_bytes_ = 0, kept_bytes_ = 0, high_water_ = 0, fresh_ = 0, reused_ = 0;
 };
 
