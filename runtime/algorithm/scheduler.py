@@ -349,7 +349,7 @@ class PaddedReader:
         out = np.zeros((len(self.norm.bands), bottom - top, self.grid.padded_width), dtype=np.float32)
         real = min(bottom, self.source.height)
         if real > top:
-            out[:, : real - top, : self.source.width] = normalize(self.source.read_rows(top, real), self.norm)
+            normalize(self.source.read_rows(top, real), self.norm, out=out[:, : real - top, : self.source.width])
         return out
 
     def patches(self, batch: range) -> np.ndarray:

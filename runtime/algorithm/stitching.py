@@ -14,6 +14,7 @@ import numpy as np
 from runtime.algorithm.patch_grid import PatchGrid
 
 WEIGHT_FLOOR = 1e-3
+FINALIZE_ROWS = 32  # rows blended and reduced at a time: 2.2 MB of working memory at 2448 px, 7 classes
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,9 +67,10 @@ def _resample(x: np.ndarray, taps: tuple, axis: int, out: np.ndarray, scratch: n
     lower, upper, w0, w1 = taps
     if axis == -2:
         w0, w1 = w0[:, None], w1[:, None]
-    np.take(x, lower, axis=axis, out=out)
+    # mode="clip": the taps always lie in range, and the default mode ("raise") copies ``out`` to a temporary first
+    np.take(x, lower, axis=axis, out=out, mode="clip")
     out *= w0
-    np.take(x, upper, axis=axis, out=scratch)
+    np.take(x, upper, axis=axis, out=scratch, mode="clip")
     scratch *= w1
     out += scratch
     return out
@@ -131,6 +133,10 @@ class Stitcher:
         self.next_index = 0  # next patch expected, row-major
         self.weights = patch_weights(p)
         self.origins = grid.origins()
+        # finalize's working rows, a few at a time and kept between calls: classes last, so that argmax reads each
+        # pixel's scores contiguously (along the first axis numpy copies the whole band to a temporary first)
+        self.blended = np.empty((FINALIZE_ROWS, grid.padded_width, num_classes), dtype=np.float32)
+        self.indices = np.empty((FINALIZE_ROWS, grid.padded_width), dtype=np.intp)
 
     def add(self, logits: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Blend a batch of patch logits (the next B patches); return finished rows.
@@ -173,11 +179,17 @@ class Stitcher:
         if count <= 0:
             return None
         top = self.top
-        blended = self.total[:, :count] / self.weight_sum[None, :count]
-        mask = blended.argmax(axis=0).astype(np.uint8)
+        mask = np.empty((count, self.grid.padded_width), dtype=np.uint8)
+        for first in range(0, count, FINALIZE_ROWS):
+            rows = slice(first, min(first + FINALIZE_ROWS, count))
+            n = rows.stop - first
+            blended = self.blended[:n]
+            np.divide(self.total[:, rows], self.weight_sum[None, rows], out=blended.transpose(2, 0, 1))
+            mask[rows] = np.argmax(blended, axis=-1, out=self.indices[:n])
         keep = self.band_rows - count
-        self.total[:, :keep] = self.total[:, count:]
-        self.total[:, keep:] = 0.0
+        for plane in self.total:  # class by class: one overlapping assignment of all classes copies them to a temporary
+            plane[:keep] = plane[count:]
+            plane[keep:] = 0.0
         self.weight_sum[:keep] = self.weight_sum[count:]
         self.weight_sum[keep:] = 0.0
         self.top = bottom

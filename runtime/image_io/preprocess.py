@@ -33,8 +33,13 @@ def check_bands(band_count: int, norm: Normalization, name: str = "the image") -
     )
 
 
-def normalize(pixels: np.ndarray, norm: Normalization) -> np.ndarray:
-    """[H, W, C] image (any integer or float dtype) -> float32 [len(bands), H, W] network input."""
+def normalize(pixels: np.ndarray, norm: Normalization, out: np.ndarray | None = None) -> np.ndarray:
+    """[H, W, C] image (any integer or float dtype) -> float32 [len(bands), H, W] network input.
+
+    ``out`` (float32 [len(bands), H, W], any strides): written in place and returned. Band by band,
+    with no temporary of the image's size: the runtime normalises every strip it reads, and each
+    temporary was a fresh mapping the kernel zeroed.
+    """
     if not isinstance(norm, Normalization):
         raise TypeError(f"normalize() needs the model's Normalization, got {type(norm).__name__}")
     if pixels.ndim == 2:
@@ -42,8 +47,14 @@ def normalize(pixels: np.ndarray, norm: Normalization) -> np.ndarray:
     if pixels.ndim != 3:
         raise InputError(f"expected an image of shape [H, W, C], got shape {pixels.shape}")
     check_bands(pixels.shape[2], norm)
-    selected = pixels[:, :, list(norm.bands)]
+    expected = (len(norm.bands), *pixels.shape[:2])
+    if out is None:
+        out = np.empty(expected, dtype=np.float32)
+    elif out.shape != expected or out.dtype != np.float32:
+        raise ValueError(f"normalize() writes float32 {expected}, got {out.dtype} {out.shape}")
     mean = np.asarray(norm.mean, dtype=np.float32) * norm.scale
     inv_std = 1.0 / (np.asarray(norm.std, dtype=np.float32) * norm.scale)
-    out = (selected.astype(np.float32) - mean) * inv_std
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    for channel, band in enumerate(norm.bands):
+        np.subtract(pixels[:, :, band], mean[channel], out=out[channel], dtype=np.float32)
+        out[channel] *= inv_std[channel]
+    return out

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iterator>
 #include <new>
@@ -28,7 +29,7 @@ ActivationCache::~ActivationCache() {
 
 ActivationCache::Counts ActivationCache::counts() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return {live_bytes_, kept_bytes_, high_water_, fresh_, reused_};
+  return {live_bytes_, resident_bytes_, kept_bytes_, high_water_, fresh_, reused_};
 }
 
 void* ActivationCache::allocate(size_t size) {
@@ -36,45 +37,60 @@ void* ActivationCache::allocate(size_t size) {
   const size_t length = round_up(size, page_size());
   std::lock_guard<std::mutex> lock(mutex_);
   try {
-    auto kept = kept_.lower_bound(length);
-    if (kept != kept_.end() && kept->first <= 2 * length) {  // its resident pages need no faulting and zeroing
+    if (!kept_.empty()) {  // the smallest block that holds the request, else the largest, grown
+      auto kept = kept_.lower_bound(length);
+      if (kept == kept_.end()) kept = std::prev(kept_.end());
       void* p = kept->second;
+      if (kept->first < length) {
+        p = grow(p, length);
+        if (!p) return nullptr;
+      }
       Block& block = blocks_.at(p);
       kept_.erase(kept);
       kept_bytes_ -= block.resident;
-      if (length < block.resident) {  // a smaller request: the tail's pages go back to the system
-        madvise(static_cast<char*>(p) + length, block.resident - length, MADV_DONTNEED);
-        block.resident = length;
-      }
-      unmap_kept_until_fits(length);
-      if (length > block.resident) {
+      block.used = length;
+      live_bytes_ += length;
+      high_water_ = std::max(high_water_, live_bytes_);
+      if (length > block.resident) {  // only the pages past what the block held are new
+        make_room(length - block.resident, p);
         fresh_ += length - block.resident;
+        resident_bytes_ += length - block.resident;
         block.resident = length;
       }
       ++reused_;
-      return hand_out(p, block);
+      return p;
     }
-    unmap_kept_until_fits(length);
+    live_bytes_ += length;
+    high_water_ = std::max(high_water_, live_bytes_);
+    make_room(length, nullptr);
     void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    madvise(p, length, MADV_HUGEPAGE);  // fewer faults; without transparent huge pages it changes nothing
-    try {
-      Block& block = blocks_.emplace(p, Block{length, length}).first->second;
-      fresh_ += length;
-      return hand_out(p, block);
-    } catch (const std::bad_alloc&) {
-      munmap(p, length);
-      return nullptr;
+    if (p != MAP_FAILED) {
+      madvise(p, length, MADV_HUGEPAGE);  // fewer faults; without transparent huge pages it changes nothing
+      try {
+        blocks_.emplace(p, Block{length, length, length});
+        fresh_ += length;
+        resident_bytes_ += length;
+        return p;
+      } catch (const std::bad_alloc&) {
+        munmap(p, length);
+      }
     }
+    live_bytes_ -= length;
+    return nullptr;
   } catch (const std::bad_alloc&) {  // no memory for the bookkeeping: a failed allocation, as ONNX Runtime expects
     return nullptr;
   }
 }
 
-void* ActivationCache::hand_out(void* p, const Block& block) {
-  live_bytes_ += block.resident;
-  if (live_bytes_ > high_water_) high_water_ = live_bytes_;
-  return p;
+void* ActivationCache::grow(void* p, size_t length) {
+  const size_t mapped = blocks_.at(p).mapped;
+  void* q = mremap(p, mapped, length, MREMAP_MAYMOVE);
+  if (q == MAP_FAILED) return nullptr;
+  auto node = blocks_.extract(p);
+  node.key() = q;
+  node.mapped().mapped = length;
+  blocks_.insert(std::move(node));
+  return q;
 }
 
 void ActivationCache::unmap(Kept::iterator kept) {
@@ -82,12 +98,21 @@ void ActivationCache::unmap(Kept::iterator kept) {
   const Block& block = blocks_.at(p);
   munmap(p, block.mapped);
   kept_bytes_ -= block.resident;
+  resident_bytes_ -= block.resident;
   blocks_.erase(p);
   kept_.erase(kept);
 }
 
-void ActivationCache::unmap_kept_until_fits(size_t wanted) {
-  while (!kept_.empty() && live_bytes_ + kept_bytes_ + wanted > high_water_) unmap(std::prev(kept_.end()));  // the largest first
+void ActivationCache::make_room(size_t wanted, const void* serving) {
+  const auto fits = [&] { return resident_bytes_ + wanted <= high_water_ + kAllowance; };
+  while (!fits() && !kept_.empty()) unmap(std::prev(kept_.end()));  // the largest first
+  for (auto it = blocks_.begin(); !fits() && it != blocks_.end(); ++it) {
+    Block& block = it->second;
+    if (it->first == serving || block.used == 0 || block.resident <= block.used) continue;
+    madvise(static_cast<char*>(it->first) + block.used, block.resident - block.used, MADV_DONTNEED);
+    resident_bytes_ -= block.resident - block.used;
+    block.resident = block.used;
+  }
 }
 
 void ActivationCache::release(void* p) {
@@ -99,12 +124,14 @@ void ActivationCache::release(void* p) {
     std::free(p);
     return;
   }
-  const Block& block = found->second;
-  live_bytes_ -= block.resident;
+  Block& block = found->second;
+  live_bytes_ -= block.used;
   try {
     kept_.emplace(block.mapped, p);
+    block.used = 0;
     kept_bytes_ += block.resident;
   } catch (const std::bad_alloc&) {  // no memory to keep it: give it back
+    resident_bytes_ -= block.resident;
     munmap(p, block.mapped);
     blocks_.erase(found);
   }

@@ -1,6 +1,7 @@
-// ActivationCache (src/activation_cache.hpp): freed large blocks serve later requests without new pages, only the
-// pages a request covers stay resident, live + kept bytes never pass the live high-water mark, small requests go to
-// malloc, and threads may share it. Registered with CTest.
+// ActivationCache (src/activation_cache.hpp): freed large blocks serve later requests without new pages (a smaller
+// one keeps its tail resident, a larger one grows the largest kept block), resident bytes never pass the live
+// high-water mark plus kAllowance (kept blocks are unmapped, then live tails given back), small requests go to malloc,
+// and threads may share it. Registered with CTest.
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -19,8 +20,10 @@ static constexpr size_t MiB = size_t{1} << 20;
 
 static bool bounded(const glsnet::ActivationCache& cache) {
   const auto c = cache.counts();
-  return c.live_bytes + c.kept_bytes <= c.high_water_bytes;
+  return c.resident_bytes <= c.high_water_bytes + glsnet::ActivationCache::kAllowance && c.live_bytes <= c.high_water_bytes;
 }
+
+static unsigned char byte_at(void* p, size_t offset) { return static_cast<unsigned char*>(p)[offset]; }
 
 int main() {
   using glsnet::ActivationCache;
@@ -41,48 +44,59 @@ int main() {
     void* b = cache.allocate(5 * MiB);
     expect("the same size reuses the kept block, with no new pages",
            b == a && cache.counts().reused_blocks == 1 && cache.counts().fresh_bytes == 5 * MiB);
-    expect("a reused block keeps its writes (nothing zeroes it)", static_cast<unsigned char*>(b)[12345] == 7);
+    expect("a reused block keeps its writes (nothing zeroes it)", byte_at(b, 12345) == 7);
     cache.release(b);
 
-    void* c = cache.allocate(3 * MiB);
-    expect("a block up to twice the request serves it", c == a && cache.counts().reused_blocks == 2);
-    expect("and keeps only the request's pages resident", cache.counts().live_bytes == 3 * MiB && cache.counts().fresh_bytes == 5 * MiB);
-    std::memset(c, 3, 3 * MiB);
+    void* c = cache.allocate(MiB);
+    expect("a larger block serves a smaller request", c == a && cache.counts().reused_blocks == 2);
+    expect("and keeps its tail resident while the bound allows",
+           cache.counts().live_bytes == MiB && cache.counts().resident_bytes == 5 * MiB && bounded(cache));
+    std::memset(c, 3, MiB);
     cache.release(c);
     void* e = cache.allocate(5 * MiB);
-    expect("served again for a larger request, it faults in only the difference",
-           e == a && cache.counts().live_bytes == 5 * MiB && cache.counts().fresh_bytes == 7 * MiB);
-    expect("the pages it kept keep their contents", static_cast<unsigned char*>(e)[100] == 3);
-    std::memset(e, 9, 5 * MiB);
+    expect("served again for the larger request, it needs no new pages", e == a && cache.counts().fresh_bytes == 5 * MiB);
+    expect("the pages it kept keep their contents", byte_at(e, 100) == 3 && byte_at(e, 4 * MiB) == 7);
     cache.release(e);
-
-    void* d = cache.allocate(MiB);
-    expect("a block over twice the request does not serve it",
-           d != nullptr && cache.counts().reused_blocks == 3 && cache.counts().fresh_bytes == 8 * MiB);
-    expect("mapping a new block unmaps kept ones past the high-water mark", bounded(cache) && cache.counts().kept_bytes == 0);
-    cache.release(d);
   }
   {
     ActivationCache cache;
-    void* x = cache.allocate(8 * MiB);
-    void* y = cache.allocate(8 * MiB);
-    expect("the high-water mark follows the live bytes", cache.counts().high_water_bytes == 16 * MiB);
+    void* x = cache.allocate(64 * MiB);
     cache.release(x);
+    void* y = cache.allocate(16 * MiB);
+    expect("a smaller request keeps the block's tail", y == x && cache.counts().resident_bytes == 64 * MiB);
+    void* z = cache.allocate(64 * MiB);
+    const auto after_z = cache.counts();
+    expect("pages past the bound take back the tails of live blocks",
+           after_z.resident_bytes == 80 * MiB && after_z.live_bytes == 80 * MiB && after_z.fresh_bytes == 128 * MiB && bounded(cache));
+    std::memset(z, 5, 64 * MiB);
     cache.release(y);
-    void* z = cache.allocate(20 * MiB);
-    const auto after = cache.counts();
-    expect("a larger request unmaps every kept block that no longer fits", after.kept_bytes == 0 && after.live_bytes == 20 * MiB);
-    expect("and raises the mark to the new live bytes", after.high_water_bytes == 20 * MiB);
     cache.release(z);
-    void* w = cache.allocate(6 * MiB);
-    expect("a smaller block is mapped afresh when the kept one is over twice its size",
-           w != nullptr && cache.counts().fresh_bytes == 42 * MiB && cache.counts().reused_blocks == 0 && bounded(cache));
+    void* w = cache.allocate(96 * MiB);
+    const auto after_w = cache.counts();
+    expect("a request larger than every kept block grows the largest", after_w.reused_blocks == 2 && after_w.fresh_bytes == 160 * MiB);
+    expect("a grown block keeps its pages", byte_at(w, 0) == 5 && byte_at(w, 64 * MiB - 1) == 5);
+    expect("kept blocks within the bound stay kept", after_w.kept_bytes == 16 * MiB && after_w.resident_bytes == 112 * MiB && bounded(cache));
+    std::memset(w, 6, 96 * MiB);
     cache.release(w);
     cache.unmap_kept();
-    expect("unmap_kept leaves nothing kept", cache.counts().kept_bytes == 0 && cache.counts().live_bytes == 0);
+    expect("unmap_kept leaves nothing kept or resident", cache.counts().kept_bytes == 0 && cache.counts().resident_bytes == 0);
     void* v = cache.allocate(6 * MiB);
-    expect("after unmap_kept a request maps afresh", v != nullptr && cache.counts().reused_blocks == 0);
+    expect("after unmap_kept a request maps afresh", v != nullptr && cache.counts().fresh_bytes == 166 * MiB);
     cache.release(v);
+  }
+  {
+    ActivationCache cache;
+    void* a = cache.allocate(40 * MiB);
+    void* b = cache.allocate(40 * MiB);
+    expect("the high-water mark follows the live bytes", cache.counts().high_water_bytes == 80 * MiB);
+    cache.release(a);
+    cache.release(b);
+    void* c = cache.allocate(200 * MiB);
+    const auto after = cache.counts();
+    expect("a much larger request grows one kept block and unmaps those that no longer fit",
+           after.kept_bytes == 0 && after.resident_bytes == 200 * MiB && after.fresh_bytes == 240 * MiB && bounded(cache));
+    expect("and raises the mark to the new live bytes", after.high_water_bytes == 200 * MiB);
+    cache.release(c);
   }
   {
     ActivationCache cache;
