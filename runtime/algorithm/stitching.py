@@ -14,7 +14,7 @@ import numpy as np
 from runtime.algorithm.patch_grid import PatchGrid
 
 WEIGHT_FLOOR = 1e-3
-FINALIZE_ROWS = 32  # rows blended and reduced at a time: 2.2 MB of working memory at 2448 px, 7 classes
+FINALIZE_ROWS = 32  # rows blended and reduced at a time: 2.8 MB of working memory at 2448 px (padded to 2496), 7 classes
 
 
 @functools.lru_cache(maxsize=8)

@@ -37,29 +37,8 @@ void* ActivationCache::allocate(size_t size) {
   const size_t length = round_up(size, page_size());
   std::lock_guard<std::mutex> lock(mutex_);
   try {
-    if (!kept_.empty()) {  // the smallest block that holds the request, else the largest, grown
-      auto kept = kept_.lower_bound(length);
-      if (kept == kept_.end()) kept = std::prev(kept_.end());
-      void* p = kept->second;
-      if (kept->first < length) {
-        p = grow(p, length);
-        if (!p) return nullptr;
-      }
-      Block& block = blocks_.at(p);
-      kept_.erase(kept);
-      kept_bytes_ -= block.resident;
-      block.used = length;
-      live_bytes_ += length;
-      high_water_ = std::max(high_water_, live_bytes_);
-      if (length > block.resident) {  // only the pages past what the block held are new
-        make_room(length - block.resident, p);
-        fresh_ += length - block.resident;
-        resident_bytes_ += length - block.resident;
-        block.resident = length;
-      }
-      ++reused_;
-      return p;
-    }
+    if (void* p = reuse(length)) return p;
+    const size_t high_water = high_water_;
     live_bytes_ += length;
     high_water_ = std::max(high_water_, live_bytes_);
     make_room(length, nullptr);
@@ -75,18 +54,44 @@ void* ActivationCache::allocate(size_t size) {
         munmap(p, length);
       }
     }
-    live_bytes_ -= length;
+    live_bytes_ -= length;  // a request that never lived does not move the bound
+    high_water_ = high_water;
     return nullptr;
   } catch (const std::bad_alloc&) {  // no memory for the bookkeeping: a failed allocation, as ONNX Runtime expects
     return nullptr;
   }
 }
 
+void* ActivationCache::reuse(size_t length) {
+  if (kept_.empty()) return nullptr;
+  auto kept = kept_.lower_bound(length);  // the smallest block that holds the request, else the largest, grown
+  if (kept == kept_.end()) kept = std::prev(kept_.end());
+  void* p = kept->second;
+  if (kept->first < length) {
+    p = grow(p, length);
+    if (!p) return nullptr;  // a new block instead, once kept ones are unmapped to make room
+  }
+  Block& block = blocks_.at(p);
+  kept_.erase(kept);
+  kept_bytes_ -= block.resident;
+  block.used = length;
+  live_bytes_ += length;
+  high_water_ = std::max(high_water_, live_bytes_);
+  if (length > block.resident) {  // only the pages past what the block held are new
+    make_room(length - block.resident, p);
+    fresh_ += length - block.resident;
+    resident_bytes_ += length - block.resident;
+    block.resident = length;
+  }
+  ++reused_;
+  return p;
+}
+
 void* ActivationCache::grow(void* p, size_t length) {
   const size_t mapped = blocks_.at(p).mapped;
   void* q = mremap(p, mapped, length, MREMAP_MAYMOVE);
   if (q == MAP_FAILED) return nullptr;
-  auto node = blocks_.extract(p);
+  auto node = blocks_.extract(p);  // re-keyed in place: the node is reused, nothing is allocated
   node.key() = q;
   node.mapped().mapped = length;
   blocks_.insert(std::move(node));
@@ -106,13 +111,15 @@ void ActivationCache::unmap(Kept::iterator kept) {
 void ActivationCache::make_room(size_t wanted, const void* serving) {
   const auto fits = [&] { return resident_bytes_ + wanted <= high_water_ + kAllowance; };
   while (!fits() && !kept_.empty()) unmap(std::prev(kept_.end()));  // the largest first
-  for (auto it = blocks_.begin(); !fits() && it != blocks_.end(); ++it) {
-    Block& block = it->second;
-    if (it->first == serving || block.used == 0 || block.resident <= block.used) continue;
-    madvise(static_cast<char*>(it->first) + block.used, block.resident - block.used, MADV_DONTNEED);
-    resident_bytes_ -= block.resident - block.used;
-    block.resident = block.used;
-  }
+  for (auto it = blocks_.begin(); !fits() && it != blocks_.end(); ++it)
+    if (it->first != serving) give_back_tail(it->first, it->second);
+}
+
+void ActivationCache::give_back_tail(void* p, Block& block) {
+  if (block.used == 0 || block.resident <= block.used) return;  // kept, or no unused tail
+  madvise(static_cast<char*>(p) + block.used, block.resident - block.used, MADV_DONTNEED);
+  resident_bytes_ -= block.resident - block.used;
+  block.resident = block.used;
 }
 
 void ActivationCache::release(void* p) {
@@ -140,6 +147,7 @@ void ActivationCache::release(void* p) {
 void ActivationCache::unmap_kept() {
   std::lock_guard<std::mutex> lock(mutex_);
   while (!kept_.empty()) unmap(kept_.begin());
+  for (auto& [p, block] : blocks_) give_back_tail(p, block);  // a block still live (a weight, say) keeps only its request
 }
 
 }  // namespace glsnet

@@ -35,7 +35,8 @@ class ActivationCache {
   // nullptr when the system has no memory left (ONNX Runtime reports that as a failed allocation)
   void* allocate(size_t size);
   void release(void* p);
-  // Unmaps every kept block: called after each image, so that an idle process holds only what is live.
+  // Unmaps every kept block and gives back the unused tails of live ones: called after each image, so that an idle
+  // process holds only what is live.
   void unmap_kept();
 
   struct Counts {
@@ -55,8 +56,11 @@ class ActivationCache {
     size_t used;      // the request it serves, 0 while kept
   };
   using Kept = std::multimap<size_t, void*>;
+  // A kept block for the request (grown if it is smaller), or nullptr: none is kept, or the kernel cannot grow one.
+  void* reuse(size_t length);
   // Unmaps kept blocks, then gives back live blocks' tails (not `serving`'s), until `wanted` more pages fit the bound.
   void make_room(size_t wanted, const void* serving);
+  void give_back_tail(void* p, Block& block);
   void unmap(Kept::iterator kept);
   // nullptr when the kernel cannot grow the mapping
   void* grow(void* p, size_t length);

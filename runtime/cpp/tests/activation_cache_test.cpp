@@ -1,7 +1,7 @@
 // ActivationCache (src/activation_cache.hpp): freed large blocks serve later requests without new pages (a smaller
 // one keeps its tail resident, a larger one grows the largest kept block), resident bytes never pass the live
-// high-water mark plus kAllowance (kept blocks are unmapped, then live tails given back), small requests go to malloc,
-// and threads may share it. Registered with CTest.
+// high-water mark plus kAllowance (kept blocks are unmapped, then live tails given back), unmap_kept leaves only what
+// is live, small requests go to malloc, and threads may share it. Registered with CTest.
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -83,6 +83,19 @@ int main() {
     void* v = cache.allocate(6 * MiB);
     expect("after unmap_kept a request maps afresh", v != nullptr && cache.counts().fresh_bytes == 166 * MiB);
     cache.release(v);
+  }
+  {
+    ActivationCache cache;
+    void* big = cache.allocate(64 * MiB);
+    std::memset(big, 4, 64 * MiB);
+    cache.release(big);
+    void* live = cache.allocate(8 * MiB);
+    expect("a live block holds its tail", live == big && cache.counts().resident_bytes == 64 * MiB);
+    cache.unmap_kept();
+    expect("unmap_kept gives back the unused tails of live blocks",
+           cache.counts().resident_bytes == 8 * MiB && cache.counts().live_bytes == 8 * MiB);
+    expect("and leaves their requests' pages alone", byte_at(live, 8 * MiB - 1) == 4);
+    cache.release(live);
   }
   {
     ActivationCache cache;
