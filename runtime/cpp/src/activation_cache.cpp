@@ -29,7 +29,9 @@ ActivationCache::~ActivationCache() {
 
 ActivationCache::Counts ActivationCache::counts() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return {live_bytes_, resident_bytes_, kept_bytes_, high_water_, fresh_, reused_};
+  size_t kept_bytes = 0;
+  for (const auto& [mapped, p] : kept_) kept_bytes += blocks_.at(p).resident;
+  return {live_bytes_, resident_bytes_, kept_bytes, high_water_, fresh_, reused_};
 }
 
 void* ActivationCache::allocate(size_t size) {
@@ -37,10 +39,10 @@ void* ActivationCache::allocate(size_t size) {
   const size_t length = round_up(size, page_size());
   std::lock_guard<std::mutex> lock(mutex_);
   try {
-    if (void* p = reuse(length)) return p;
-    const size_t high_water = high_water_;
+    const size_t high_water = high_water_;  // restored if the request fails: one that never lived does not move the bound
     live_bytes_ += length;
     high_water_ = std::max(high_water_, live_bytes_);
+    if (void* p = reuse(length)) return p;
     make_room(length, nullptr);
     void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p != MAP_FAILED) {
@@ -54,7 +56,7 @@ void* ActivationCache::allocate(size_t size) {
         munmap(p, length);
       }
     }
-    live_bytes_ -= length;  // a request that never lived does not move the bound
+    live_bytes_ -= length;
     high_water_ = high_water;
     return nullptr;
   } catch (const std::bad_alloc&) {  // no memory for the bookkeeping: a failed allocation, as ONNX Runtime expects
@@ -73,10 +75,7 @@ void* ActivationCache::reuse(size_t length) {
   }
   Block& block = blocks_.at(p);
   kept_.erase(kept);
-  kept_bytes_ -= block.resident;
   block.used = length;
-  live_bytes_ += length;
-  high_water_ = std::max(high_water_, live_bytes_);
   if (length > block.resident) {  // only the pages past what the block held are new
     make_room(length - block.resident, p);
     fresh_ += length - block.resident;
@@ -102,7 +101,6 @@ void ActivationCache::unmap(Kept::iterator kept) {
   void* p = kept->second;
   const Block& block = blocks_.at(p);
   munmap(p, block.mapped);
-  kept_bytes_ -= block.resident;
   resident_bytes_ -= block.resident;
   blocks_.erase(p);
   kept_.erase(kept);
@@ -136,7 +134,6 @@ void ActivationCache::release(void* p) {
   try {
     kept_.emplace(block.mapped, p);
     block.used = 0;
-    kept_bytes_ += block.resident;
   } catch (const std::bad_alloc&) {  // no memory to keep it: give it back
     resident_bytes_ -= block.resident;
     munmap(p, block.mapped);

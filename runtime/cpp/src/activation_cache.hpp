@@ -56,7 +56,8 @@ class ActivationCache {
     size_t used;      // the request it serves, 0 while kept
   };
   using Kept = std::multimap<size_t, void*>;
-  // A kept block for the request (grown if it is smaller), or nullptr: none is kept, or the kernel cannot grow one.
+  // A kept block for the request (grown if it is smaller; the request already counted as live), or nullptr: none is
+  // kept, or the kernel cannot grow one.
   void* reuse(size_t length);
   // Unmaps kept blocks, then gives back live blocks' tails (not `serving`'s), until `wanted` more pages fit the bound.
   void make_room(size_t wanted, const void* serving);
@@ -68,7 +69,7 @@ class ActivationCache {
   mutable std::mutex mutex_;
   std::unordered_map<void*, Block> blocks_;  // every block mapped, handed out or kept
   Kept kept_;                                // freed blocks, by mapped length
-  size_t live_bytes_ = 0, resident_bytes_ = 0, kept_bytes_ = 0, high_water_ = 0, fresh_ = 0, reused_ = 0;
+  size_t live_bytes_ = 0, resident_bytes_ = 0, high_water_ = 0, fresh_ = 0, reused_ = 0;
 };
 
 }  // namespace glsnet
