@@ -199,11 +199,6 @@ def main() -> None:
     run_app(app)
 
 
-def console_main() -> None:
-    """The ``glsnet`` command: this process once more with huge pages for the activations (huge_pages.py), then the CLI."""
+if __name__ == "__main__":  # python -m runtime.cli; `glsnet` (runtime/__main__.py) restarts before these imports
     restart_with_huge_pages()
     main()
-
-
-if __name__ == "__main__":
-    console_main()

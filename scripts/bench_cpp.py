@@ -128,7 +128,7 @@ def precision_table(cpp: Path, bundle: Path, image: Path, out: Path, precisions:
     for precision in precisions:
         commands = {
             "glsnet-cpp": [str(cpp), "run", "--bundle", str(bundle), "--precision", precision],
-            "glsnet run": [sys.executable, "-m", "runtime.cli", "run", "--bundle", str(bundle), "--precision", precision],
+            "glsnet run": [sys.executable, "-m", "runtime", "run", "--bundle", str(bundle), "--precision", precision],
         }
         walls: dict[str, list[float]] = {runtime: [] for runtime in commands}
         rss: dict[str, list[int]] = {runtime: [] for runtime in commands}
@@ -229,7 +229,7 @@ def main() -> None:
         write_tiled_tiff(tall, np.concatenate([synthetic_scene(2448, 2448, seed=i) for i in range(args.tall_factor)]))
 
     cpp = [str(args.cpp), "run", "--bundle", str(bundle)]
-    python = [sys.executable, "-m", "runtime.cli", "run", "--bundle", str(bundle)]
+    python = [sys.executable, "-m", "runtime", "run", "--bundle", str(bundle)]
     results = {
         "cpp_2448": measured([*cpp, str(image), "-o", str(args.out / "cpp")], args.out / "logs" / "cpp-2448.log"),
         "python_2448": measured([*python, str(image), "-o", str(args.out / "python")], args.out / "logs" / "python-2448.log"),

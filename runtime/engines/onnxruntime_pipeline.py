@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -52,6 +53,24 @@ class ManifestCheckedBackend(OnnxRuntimeBackend):
                 self.deactivate()
                 raise
         return self
+
+
+def activate_side_by_side(first: OnnxRuntimeBackend, rest: tuple[OnnxRuntimeBackend, ...], parallel: bool) -> None:
+    """Create ``first``'s session on a second thread while ``rest`` are created one by one on this one (``parallel``).
+
+    ONNX Runtime lets go of the GIL while it builds a session, and the local graph's is about as long as all the
+    others together: paper-size bundle, 2 cores, ... Only on the CPU provider: the GPU providers' sessions
+    take device memory (TensorRT's build a whole engine each), so they are created one at a time.
+    """
+    if not parallel:
+        for backend in (first, *rest):
+            backend.activate()
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="glsnet-session") as pool:
+        pending = pool.submit(first.activate)
+        for backend in rest:
+            backend.activate()
+        pending.result()
 
 
 class OnnxRuntimePipeline:
@@ -99,8 +118,8 @@ class OnnxRuntimePipeline:
         whole, local, fusion = (self._backend(role) for role in ("global", "local", "fusion"))
         # with stage graphs the single global graph is loaded only if something asks for it (its weights would be a
         # second resident copy of ResNet18's, and creating its session cost 0.1-0.2 s of every start)
-        for backend in (*(stage.backend for stage in stages), *(() if stages else (whole,)), local, fusion):
-            backend.activate()
+        others = (*(stage.backend for stage in stages), *(() if stages else (whole,)), fusion)
+        activate_side_by_side(local, others, self.options.ort_provider == "cpu")
         scheduler = Scheduler(self.manifest, whole, local, fusion, global_stages=stages)
         release_free_heap()  # the parsed graphs and load-time copies: about 170 MB on the default bundle
         return scheduler

@@ -17,7 +17,6 @@ so a process's RSS stays near its highest point. Two measured remedies, both no-
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -26,12 +25,13 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 
 @functools.lru_cache(maxsize=1)
 def _glibc():
-    name = ctypes.util.find_library("c")
+    # the symbols the process already has (libc is linked into the interpreter), not a library search:
+    # ctypes.util.find_library runs /sbin/ldconfig, a new process on every start
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL(None)
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS), or Windows
         return None
     return libc
 

@@ -68,3 +68,15 @@ def test_glsnet_cpp_execs_itself_once_with_the_tunable(tmp_path: Path):
     execs = [line for line in log.read_text().splitlines() if "execve(" in line and "= 0" in line]
     assert len(execs) == 2, execs
     assert f'"GLIBC_TUNABLES={TUNABLE}=1"' not in execs[0] and f'"GLIBC_TUNABLES={TUNABLE}=1"' in execs[1]
+
+
+@needs_support
+def test_glsnet_restarts_before_it_imports_the_cli():
+    """`glsnet` (python -m runtime) restarts before typer and runtime.cli are imported, so each is imported once."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "runtime", "--help"], env=_environment(None),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and "run" in done.stdout  # the restarted process got its arguments
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("runtime.process_memory.huge_pages") == 2  # one import per interpreter: it did restart
+    assert imported.count("typer") == 1 and imported.count("runtime.cli") == 1
