@@ -1,7 +1,8 @@
 """``glsnet`` and ``python -m runtime``: the process restarts with huge pages before the CLI's imports, then runs it.
 
-The restart (runtime.process_memory.huge_pages) replaces the interpreter, so whatever it imported first is
-imported twice: from runtime.cli (typer, pydantic) it cost 0.1 s of every start, from here the interpreter's own start.
+The restart (runtime.process_memory.huge_pages) replaces the interpreter, so whatever was imported before it is
+imported twice. Restarting from runtime.cli, after typer and pydantic, took 0.1 s of every start; from here the
+first interpreter lives 0.04 s.
 """
 
 from runtime.process_memory.huge_pages import restart_with_huge_pages
