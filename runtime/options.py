@@ -49,6 +49,9 @@ class SegmenterOptions:
     # spinning one takes cores from the step after it (measured while reading and stitching still ran beside the
     # graphs, paper-size bundle at 2448 x 2448 on 2 cores, five pairs of runs: 0.9 s of 15.6 s less with it off)
     thread_spinning: bool = False
+    # On the CPU, run the local and fusion graphs as one joined ONNX Runtime session (fp32): one working set
+    # per batch instead of two (runtime.backends.graph_join). Off: two sessions, as on every other engine.
+    join_patch_graphs: bool = True
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     global_band_rows: int | None = None

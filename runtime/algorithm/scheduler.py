@@ -24,7 +24,7 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -55,6 +55,9 @@ from runtime.image_io.preprocess import normalize
 from runtime.image_io.readers import ImageSource
 from runtime.process_memory.heap_release import release_free_heap
 from runtime.process_memory.rss_timeline import phase
+
+if TYPE_CHECKING:
+    from runtime.backends.onnxruntime_joined import JoinedOnnxRuntimeBackend
 
 DEFAULT_QUEUE_DEPTH = 2  # local batches that may wait for the global features
 # The interpreter, numpy and ONNX Runtime's libraries before any session: measured 35-60 MB.
@@ -117,12 +120,16 @@ class Scheduler:
         local_backend: Backend,
         fusion_backend: Backend,
         global_stages: tuple[GlobalStage, ...] = (),
+        patch_backend: "JoinedOnnxRuntimeBackend | None" = None,
     ) -> None:
         self.manifest = manifest
         self.global_backend = global_backend
         self.local_backend = local_backend
         self.fusion_backend = fusion_backend
         self.global_stages = global_stages  # when given, the global branch runs stage by stage (exact, in bands)
+        # when given, the local and fusion graphs joined in one session (runtime.backends.graph_join): it runs each
+        # batch in place of the two, which are then only sized (memory model), never run
+        self.patch_backend = patch_backend
         self._activation_lock = threading.Lock()
 
     # ------------------------------------------------------------------ planning
@@ -226,7 +233,7 @@ class Scheduler:
         return plan
 
     def _feature_widths(self) -> tuple[int, int]:
-        meta = self.local_backend.output_metadata()
+        meta = self.local_backend.output_metadata() if self.patch_backend is None else self.patch_backend.joint_metadata()
         width, skip = meta[LOCAL_OUTPUTS[0]].shape[1], meta[LOCAL_OUTPUTS[1]].shape[1]
         config = self.manifest.model
         width = width if isinstance(width, int) else int(config.get("width", 256))
@@ -277,8 +284,8 @@ class Scheduler:
                 feed = {**local, "global_features": features, "boxes": grid.boxes(list(batch))}
                 del local, item  # the fusion graph holds what it needs; the queue slot is free again
                 with slot:
-                    with phase("fusion"):
-                        logits = self.fusion_backend.infer(feed)[FUSION_OUTPUT]
+                    with phase("fusion" if self.patch_backend is None else "local and fusion"):
+                        logits = (self.patch_backend or self.fusion_backend).infer(feed)[FUSION_OUTPUT]
                     del feed
                     with phase("stitching"):
                         finished = stitcher.add(logits)  # upsampled patch by patch in the stitcher
@@ -305,10 +312,14 @@ class Scheduler:
                     return
                 with slot:
                     patches = reader.patches(batch)
-                    with phase("local batch"):
-                        local = self.local_backend.infer({LOCAL_INPUT: patches})
+                    if self.patch_backend is None:
+                        with phase("local batch"):
+                            local = self.local_backend.infer({LOCAL_INPUT: patches})
+                        item = {name: local[name] for name in LOCAL_OUTPUTS}
+                    else:  # the joined graph runs the local branch with the fusion
+                        item = {LOCAL_INPUT: patches}
                     del patches
-                if not _put(out, (batch, {name: local[name] for name in LOCAL_OUTPUTS}), stop):
+                if not _put(out, (batch, item), stop):
                     return
             _put(out, None, stop)
         except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread

@@ -125,9 +125,10 @@ class OnnxRuntimeBackend(Backend):
             for entry in SPINNING_ENTRIES:
                 so.add_session_config_entry(entry, "0")
         providers = providers_for(self.options, ort.get_available_providers())
+        model = self._model()
         try:
             self.session = ort.InferenceSession(
-                str(self.model_path), sess_options=so, providers=providers, disabled_optimizers=list(QDQ_BLOCKING_OPTIMIZERS)
+                model, sess_options=so, providers=providers, disabled_optimizers=list(QDQ_BLOCKING_OPTIMIZERS)
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BundleError(
@@ -136,6 +137,10 @@ class OnnxRuntimeBackend(Backend):
             ) from exc
         self._inputs = {i.name: ort_tensor_meta(i) for i in self.session.get_inputs()}
         self._outputs = {o.name: ort_tensor_meta(o) for o in self.session.get_outputs()}
+
+    def _model(self) -> str | bytes:
+        """What the session loads: the graph file's path, or a serialized model."""
+        return str(self.model_path)
 
     def _deactivate_impl(self) -> None:
         self.session = None

@@ -7,6 +7,7 @@ lazy creation is locked).
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +20,11 @@ from runtime.algorithm.global_features import GlobalStage
 from runtime.algorithm.memory_budget import MemoryPlan
 from runtime.algorithm.patch_schedule import ROLES, RowBand
 from runtime.algorithm.scheduler import Scheduler
+from runtime.backends.graph_join import GraphJoinError
 from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from runtime.backends.onnxruntime_joined import JoinedOnnxRuntimeBackend
 from runtime.bundle.loader import Bundle
-from runtime.bundle.manifest import with_min_overlap
+from runtime.bundle.manifest import LOCAL_OUTPUTS, with_min_overlap
 from runtime.engines.graph_contract import check_graph
 from runtime.image_io.readers import ArraySource, ImageSource
 from runtime.process_memory.heap_release import release_free_heap
@@ -34,6 +37,20 @@ if TYPE_CHECKING:
 # before it, glibc's mmap threshold fixed): single global graph 6-8x, global stages 1.3-2.8x (stage 0 on
 # 560 x 2448 rows: 2.84x), local 5.6x, fusion 4.0x at batch 1 to 8.1x at batch 6; rounded up.
 ACTIVATION_FACTORS = {"global": 8.5, "global stage": 3.0, "local": 6.0, "fusion": 8.5}
+# Precisions whose local and fusion graphs run joined in one session on the CPU (runtime.backends.graph_join).
+# Measured on the paper-size bundle at 2448 x 2448, 2 cores, alternated runs, the same masks: fp32 peak RSS 710-740
+# -> 623-626 MB, wall time within the noise (two sessions 14.8-15.2 s, joined 14.6-15.5 s). int8 peaked higher joined
+# (494-508 -> 542 MB), at the same speed. fp16 gave other logits: the CPU provider has few fp16 kernels and places casts around
+# them, and in the joined graph it placed two more (fp32 -> fp16 -> fp32 after both LayerNorms: logits 2.7e-5 apart,
+# 0.006% of the argmax pixels changed), so glsnet-cpp, which runs the two graphs, would no longer give the same mask.
+JOINED_PRECISIONS = ("fp32",)
+
+log = logging.getLogger(__name__)
+
+
+def joins_patch_graphs(options: "SegmenterOptions") -> bool:
+    """Whether the local and fusion graphs run as one joined session: on the CPU provider, at JOINED_PRECISIONS."""
+    return options.join_patch_graphs and options.ort_provider == "cpu" and options.precision in JOINED_PRECISIONS
 
 
 class ManifestCheckedBackend(OnnxRuntimeBackend):
@@ -108,8 +125,9 @@ class OnnxRuntimePipeline:
         with self._lock:
             if self._scheduler is not None:
                 scheduler = self._scheduler
-                for backend in (scheduler.global_backend, scheduler.local_backend, scheduler.fusion_backend):
-                    backend.deactivate()
+                for backend in (scheduler.global_backend, scheduler.local_backend, scheduler.fusion_backend, scheduler.patch_backend):
+                    if backend is not None:
+                        backend.deactivate()
                 for stage in scheduler.global_stages:
                     stage.backend.deactivate()
             self._scheduler = None
@@ -119,16 +137,36 @@ class OnnxRuntimePipeline:
         whole, local, fusion = (self._backend(role) for role in ("global", "local", "fusion"))
         # with stage graphs the single global graph is loaded only if something asks for it (its weights would be a
         # second resident copy of ResNet18's, and creating its session cost 0.1-0.2 s of every start)
-        others = (*(stage.backend for stage in stages), *(() if stages else (whole,)), fusion)
-        activate_side_by_side(local, others, self.options.ort_provider == "cpu")
-        scheduler = Scheduler(self.manifest, whole, local, fusion, global_stages=stages)
+        others = (*(stage.backend for stage in stages), *(() if stages else (whole,)))
+        cpu = self.options.ort_provider == "cpu"
+        patch = self._patch_backend() if joins_patch_graphs(self.options) else None
+        try:
+            activate_side_by_side(patch or local, (*others, *(() if patch else (fusion,))), cpu)
+        except GraphJoinError as exc:
+            log.warning("running the local and fusion graphs one after the other: %s", exc)
+            patch = None
+            activate_side_by_side(local, (fusion,), cpu)
+        if patch is not None:
+            self._check_patch(patch)
+        scheduler = Scheduler(self.manifest, whole, local, fusion, global_stages=stages, patch_backend=patch)
         release_free_heap()  # the parsed graphs and load-time copies: about 170 MB on the default bundle
         return scheduler
 
-    def _backend(self, role: str, path: Path | None = None) -> OnnxRuntimeBackend:
-        """The (not yet activated) backend of ``role``'s graph, or of the stage graph at ``path``."""
+    def _patch_backend(self) -> JoinedOnnxRuntimeBackend:
+        """The local and fusion graphs joined in one session (not yet activated)."""
+        return JoinedOnnxRuntimeBackend(self.graphs.local_graph, self.graphs.fusion_graph, LOCAL_OUTPUTS, self._ort_options("local"))
+
+    def _check_patch(self, patch: JoinedOnnxRuntimeBackend) -> None:
+        """Both graphs of the joined session against the manifest, as their own sessions would be: the joints are the
+        local graph's outputs and the fusion graph's inputs (the join checked that both graphs give them one type)."""
+        inputs, outputs, joints = patch.input_metadata(), patch.output_metadata(), patch.joint_metadata()
+        precision = self.options.precision
+        check_graph(self.manifest, precision, "local", inputs, joints, self.graphs.local_graph)
+        check_graph(self.manifest, precision, "fusion", {**inputs, **joints}, outputs, self.graphs.fusion_graph)
+
+    def _ort_options(self, role: str) -> OrtOptions:
         o = self.options
-        ort_options = OrtOptions(
+        return OrtOptions(
             device=o.ort_provider,
             threads=o.threads,
             spinning=o.thread_spinning,
@@ -136,6 +174,11 @@ class OnnxRuntimePipeline:
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
         )
+
+    def _backend(self, role: str, path: Path | None = None) -> OnnxRuntimeBackend:
+        """The (not yet activated) backend of ``role``'s graph, or of the stage graph at ``path``."""
+        o = self.options
+        ort_options = self._ort_options(role)
         if role not in ROLES:
             return OnnxRuntimeBackend(path, ort_options)
         return ManifestCheckedBackend(path or self.graphs.path(role), ort_options, lambda b: check_graph(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-PHASES = ("global", "local batch", "fusion", "stitching", "writing")
+PHASES = ("global", "local batch", "fusion", "local and fusion", "stitching", "writing")
 IDLE = "idle"
 DEFAULT_INTERVAL_S = 0.02
 

@@ -50,10 +50,12 @@ def test_spinning_off_is_a_session_option_of_both_thread_pools(small_bundle):
         assert quiet.session.get_session_options().intra_op_num_threads == 2
     with OnnxRuntimeBackend(small_bundle / "local.onnx", OrtOptions(threads=2)) as default:
         assert entries(default) == {}  # ONNX Runtime's own default (spinning) is left alone
-    with Segmenter(small_bundle, options=SegmenterOptions(threads=1, thread_spinning=False)) as segmenter:
-        scheduler = segmenter.pipeline.scheduler
-        for backend in (scheduler.local_backend, scheduler.fusion_backend, *(stage.backend for stage in scheduler.global_stages)):
-            assert entries(backend)["session.intra_op.allow_spinning"] == "0", backend.name
+    for joined in (True, False):
+        with Segmenter(small_bundle, options=SegmenterOptions(threads=1, thread_spinning=False, join_patch_graphs=joined)) as segmenter:
+            scheduler = segmenter.pipeline.scheduler
+            patch = (scheduler.patch_backend,) if joined else (scheduler.local_backend, scheduler.fusion_backend)
+            for backend in (*patch, *(stage.backend for stage in scheduler.global_stages)):
+                assert entries(backend)["session.intra_op.allow_spinning"] == "0", backend.name
 
 
 def test_a_file_that_is_not_a_graph_is_a_bundle_error(tmp_path):
@@ -96,9 +98,9 @@ class _Exploding:
         return getattr(self.real, name)
 
 
-@pytest.mark.parametrize("branch", ["global_backend", "local_backend"])
+@pytest.mark.parametrize("branch", ["global_backend", "local_backend", "patch_backend"])
 def test_a_failing_branch_surfaces_in_the_caller_and_stops_the_threads(small_bundle, branch):
-    segmenter = Segmenter(small_bundle, batch_size=2)
+    segmenter = Segmenter(small_bundle, options=SegmenterOptions(batch_size=2, join_patch_graphs=branch != "local_backend"))
     scheduler = segmenter.scheduler
     if branch == "global_backend" and scheduler.global_stages:  # the stage graphs run instead of the single graph
         first, *rest = scheduler.global_stages
@@ -126,7 +128,7 @@ class _Wrapped:
 def test_local_batches_run_while_the_global_branch_is_still_busy(small_bundle):
     """Unserialized (GPU providers): the global graph blocks until a local batch has started; a scheduler
     that made local wait for global would never get there (the gate gives up after 30 s and the run fails)."""
-    scheduler = Segmenter(small_bundle).scheduler
+    scheduler = Segmenter(small_bundle, options=SegmenterOptions(join_patch_graphs=False)).scheduler  # GPU providers run two graphs
     local_started = threading.Event()
 
     def gate() -> None:
@@ -166,6 +168,7 @@ def test_on_the_cpu_one_graph_runs_at_a_time(small_bundle, monkeypatch):
     scheduler.global_stages = tuple(GlobalStage(Counting(s.backend, None), s.stride, s.halo) for s in scheduler.global_stages)
     scheduler.local_backend = Counting(scheduler.local_backend, None)
     scheduler.fusion_backend = Counting(scheduler.fusion_backend, None)
+    scheduler.patch_backend = Counting(scheduler.patch_backend, None)
     stitch, cut = scheduler_module.Stitcher.add, scheduler_module.PaddedReader.patches
     monkeypatch.setattr(scheduler_module.Stitcher, "add", lambda self, logits: counted("stitch", stitch, self, logits))
     monkeypatch.setattr(scheduler_module.PaddedReader, "patches", lambda self, batch: counted("cut", cut, self, batch))

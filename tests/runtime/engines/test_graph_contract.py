@@ -12,7 +12,7 @@ from runtime.backends.base import TensorMeta
 from runtime.bundle.manifest import read_manifest
 from runtime.engines.graph_contract import check_graph
 from runtime.errors import BundleError
-from runtime.segmenter import Segmenter
+from runtime.segmenter import Segmenter, SegmenterOptions
 
 
 def edited_bundle(small_bundle, tmp_path, change):
@@ -45,6 +45,12 @@ def half_precision_input(data):
     _tensor(data, "local", "patches")["dtype"] = "float16"
 
 
+def wider_skip(data):
+    """The local graph's stride-4 output (a joint inside the joined session) declared one channel wider."""
+    _tensor(data, "local", "local_skip")["shape"][1] += 1
+    _tensor(data, "fusion", "local_skip")["shape"][1] += 1
+
+
 def undeclared_dims(data):
     """Classes grown, with the manifest's own logits shape made dynamic, so only the graph can tell."""
     data["classes"].append("extra")
@@ -59,13 +65,15 @@ def undeclared_dims(data):
         (undeclared_dims, r"fusion.onnx: 'logits' has \d+ on axis 1 but there are \d+ classes in the manifest"),
         (larger_patch, r"local.onnx: input 'patches' is declared with 160 on axis 2"),
         (half_precision_input, r"local.onnx: input 'patches' is declared float16 in the manifest but the graph's is float32"),
+        (wider_skip, r"(local.onnx: output|fusion.onnx: input) 'local_skip' is declared with \d+ on axis 1"),
     ],
 )
-def test_a_manifest_that_disagrees_with_its_graphs_is_refused_at_open(small_bundle, tmp_path, change, message):
+@pytest.mark.parametrize("joined", [True, False], ids=["joined", "two sessions"])
+def test_a_manifest_that_disagrees_with_its_graphs_is_refused_at_open(small_bundle, tmp_path, change, message, joined):
     bundle = edited_bundle(small_bundle, tmp_path, change)
     read_manifest(bundle)  # the manifest alone is consistent: only the graphs can refuse it
     with pytest.raises(BundleError, match=message):
-        Segmenter(bundle)
+        Segmenter(bundle, options=SegmenterOptions(join_patch_graphs=joined))
 
 
 def test_the_exported_bundle_matches_its_graphs(small_bundle):

@@ -1,0 +1,157 @@
+"""Joining two ONNX graphs into one session (runtime.backends.graph_join), and the pipeline that runs it."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.backends.graph_join import GraphJoinError, join_graphs
+from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from runtime.backends.onnxruntime_joined import JoinedOnnxRuntimeBackend
+from runtime.bundle.manifest import LOCAL_OUTPUTS
+from runtime.engines import onnxruntime_pipeline
+from runtime.image_io.readers import ArraySource
+from runtime.segmenter import Segmenter, SegmenterOptions
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> bytes:
+    """A small float model: ``inputs``/``outputs`` are (name, shape) pairs."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        initializer=list(initializers),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _first(opset: int = 17) -> bytes:
+    """x -> t = x * w -> y = relu(t): y is the joint; 't' and the node name 'mul' are names the second reuses."""
+    w = numpy_helper.from_array(np.array([2.0, -3.0], np.float32), "w")
+    nodes = [helper.make_node("Mul", ["x", "w"], ["t"], name="mul"), helper.make_node("Relu", ["t"], ["y"], name="relu")]
+    return _model(nodes, [("x", ["n", 2])], [("y", ["n", 2])], [w], opset)
+
+
+def _second(joint_shape=("n", 2), output: str = "z") -> bytes:
+    """y, b -> t = y + w -> z = t * b, with its own 't', 'w' and node name 'mul'."""
+    w = numpy_helper.from_array(np.array([1.0, 1.0], np.float32), "w")
+    nodes = [helper.make_node("Add", ["y", "w"], ["t"], name="add"), helper.make_node("Mul", ["t", "b"], [output], name="mul")]
+    return _model(nodes, [("y", list(joint_shape)), ("b", ["n", 2])], [(output, ["n", 2])], [w])
+
+
+def _run(model: bytes, feed: dict, outputs=None) -> list:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(outputs, feed)
+
+
+def test_the_joined_graph_computes_what_the_two_compute_one_after_the_other():
+    x = np.array([[1.0, 1.0], [-1.0, 2.0]], np.float32)
+    b = np.array([[3.0, 3.0], [0.5, 0.5]], np.float32)
+    joined = join_graphs(_first(), _second(), ["y"])
+    model = onnx.load_model_from_string(joined.model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["x", "b"] and [o.name for o in model.graph.output] == ["z"]
+    # the second graph's own 't', 'w' and node 'mul' were renamed; nothing of the first was
+    assert {"t", "w", "joined/t", "joined/w"} <= {n for node in model.graph.node for n in (*node.input, *node.output)}
+    assert sorted(node.name for node in model.graph.node) == ["joined/add", "joined/mul", "mul", "relu"]
+    (y,) = _run(_first(), {"x": x})
+    (expected,) = _run(_second(), {"y": y, "b": b})
+    (z,) = _run(joined.model, {"x": x, "b": b})
+    np.testing.assert_array_equal(z, expected)
+    assert joined.joints["y"].dtype == np.float32 and joined.joints["y"].shape == ("n", 2)
+
+
+@pytest.mark.parametrize(
+    "first, second, joints, message",
+    [
+        (_first(), _second(), ["nope"], "'nope' is not both an output of the first graph and an input of the second"),
+        (_first(), _second(joint_shape=("n", 3)), ["y"], "'y' has one type where the first graph makes it and another"),
+        (_first(), _second(output="x"), ["y"], r"both graphs have inputs or outputs named \['x'\]"),
+        (_first(opset=16), _second(), ["y"], "opset ai.onnx at versions 16 and 17"),
+        (b"\xff\xff\xff", _second(), ["y"], "a model's bytes end inside a field"),
+        (_first(), b"\x0a\x05ab", ["y"], "the second model is not a valid ONNX protobuf"),
+    ],
+)
+def test_a_pair_that_cannot_be_joined_safely_is_refused(first, second, joints, message):
+    with pytest.raises(GraphJoinError, match=message):
+        join_graphs(first, second, joints)
+
+
+def test_weights_in_external_files_are_not_joined():
+    model = onnx.load_model_from_string(_first())
+    weight = model.graph.initializer[0]
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    weight.external_data.add(key="location", value="weights.bin")
+    with pytest.raises(GraphJoinError, match="external files"):
+        join_graphs(model.SerializeToString(), _second(), ["y"])
+
+
+def test_the_bundles_local_and_fusion_graphs_joined_give_the_same_logits(small_bundle):
+    rng = np.random.default_rng(0)
+    options = OrtOptions(threads=1)
+    with OnnxRuntimeBackend(small_bundle / "local.onnx", options) as local, OnnxRuntimeBackend(small_bundle / "fusion.onnx", options) as fusion:
+        size = local.input_metadata()["patches"].shape[2]
+        patches = rng.standard_normal((2, 3, size, size), dtype=np.float32)
+        grid = fusion.input_metadata()["global_features"].shape[1]
+        global_features = rng.standard_normal((1, grid, 6, 5), dtype=np.float32)
+        boxes = np.array([[0.0, 0.0, 0.5, 0.6], [0.4, 0.3, 1.0, 1.0]], np.float32)
+        separate = fusion.infer({**local.infer({"patches": patches}), "global_features": global_features, "boxes": boxes})
+        local_outputs = local.output_metadata()
+    with JoinedOnnxRuntimeBackend(small_bundle / "local.onnx", small_bundle / "fusion.onnx", LOCAL_OUTPUTS, options) as joined:
+        assert set(joined.input_metadata()) == {"patches", "global_features", "boxes"}
+        assert set(joined.output_metadata()) == {"logits"}
+        assert joined.joint_metadata() == local_outputs
+        assert joined.weight_bytes > (small_bundle / "local.onnx").stat().st_size
+        together = joined.infer({"patches": patches, "global_features": global_features, "boxes": boxes})
+        assert joined.session._model_bytes is None  # the serialized model is not kept beside the session
+    np.testing.assert_array_equal(together["logits"], separate["logits"])
+
+
+def test_the_cpu_pipeline_runs_fp32_joined_and_gives_the_mask_of_the_two_graphs(small_bundle):
+    image = np.random.default_rng(3).integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    with Segmenter(small_bundle, options=SegmenterOptions(batch_size=2)) as joined:
+        scheduler = joined.pipeline.scheduler
+        assert scheduler.patch_backend is not None and not scheduler.local_backend.is_active and not scheduler.fusion_backend.is_active
+        mask = joined.segment(image)
+    with Segmenter(small_bundle, options=SegmenterOptions(batch_size=2, join_patch_graphs=False)) as separate:
+        assert separate.pipeline.scheduler.patch_backend is None
+        np.testing.assert_array_equal(mask, separate.segment(image))
+
+
+def test_a_pair_that_cannot_be_joined_runs_as_two_graphs_with_a_warning(small_bundle, monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise GraphJoinError("both graphs define ['t']")
+
+    monkeypatch.setattr("runtime.backends.onnxruntime_joined.join_graphs", refuse)
+    image = np.random.default_rng(4).integers(0, 256, (200, 180, 3), dtype=np.uint8)
+    with caplog.at_level(logging.WARNING, logger=onnxruntime_pipeline.__name__):
+        with Segmenter(small_bundle, options=SegmenterOptions(batch_size=2)) as segmenter:
+            scheduler = segmenter.pipeline.scheduler
+            assert scheduler.patch_backend is None and scheduler.local_backend.is_active and scheduler.fusion_backend.is_active
+            mask = scheduler.segment(ArraySource(image))
+    assert "running the local and fusion graphs one after the other: both graphs define ['t']" in caplog.text
+    monkeypatch.undo()
+    with Segmenter(small_bundle, options=SegmenterOptions(batch_size=2)) as joined:
+        np.testing.assert_array_equal(mask, joined.segment(image))
+
+
+@pytest.mark.parametrize(
+    "options, joined",
+    [
+        (SegmenterOptions(), True),
+        (SegmenterOptions(join_patch_graphs=False), False),
+        (SegmenterOptions(precision="int8"), False),
+        (SegmenterOptions(precision="fp16"), False),
+        (SegmenterOptions(provider="tensorrt"), False),
+    ],
+)
+def test_only_fp32_on_the_cpu_provider_is_joined(options, joined):
+    assert onnxruntime_pipeline.joins_patch_graphs(options) is joined
