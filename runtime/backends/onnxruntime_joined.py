@@ -44,10 +44,14 @@ class JoinedOnnxRuntimeBackend(OnnxRuntimeBackend):
     def _model(self) -> bytes:
         if not self.second_path.is_file():
             raise BundleError(f"{self.second_path}: graph file not found")
-        # the first graph is read where the page cache holds it: the join copies it once, into the joined model
-        with open(self.model_path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            with memoryview(mapped) as first:
-                joined = join_graphs(first, self.second_path.read_bytes(), self.joints)
+        # the first graph is read where the page cache holds it: the join copies it once, into the joined model. The
+        # mapping is not closed by hand: it goes when the last view of it does (an error's traceback may hold one)
+        try:
+            with open(self.model_path, "rb") as file:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ValueError: an empty file
+            raise GraphJoinError(f"{self.model_path}: cannot map the graph file ({exc})") from exc
+        joined = join_graphs(memoryview(mapped), self.second_path.read_bytes(), self.joints)
         self._joint_metadata = joined.joints
         return joined.model
 

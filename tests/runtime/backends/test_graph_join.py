@@ -155,3 +155,18 @@ def test_a_pair_that_cannot_be_joined_runs_as_two_graphs_with_a_warning(small_bu
 )
 def test_only_fp32_on_the_cpu_provider_is_joined(options, joined):
     assert onnxruntime_pipeline.joins_patch_graphs(options) is joined
+
+
+@pytest.mark.parametrize(
+    "first, message",
+    [(_first(), "'y' has one type where"), (b"\x0a\x05ab", "end inside a field"), (b"", "cannot map the graph file")],
+    ids=["types differ", "not a model", "empty file"],
+)
+def test_the_joined_backend_refuses_with_a_join_error_that_names_the_problem(tmp_path, first, message):
+    """The first graph is read through a memory map: a refusal must surface as itself, with nothing left mapped."""
+    (tmp_path / "first.onnx").write_bytes(first)
+    (tmp_path / "second.onnx").write_bytes(_second(joint_shape=("n", 3)))
+    backend = JoinedOnnxRuntimeBackend(tmp_path / "first.onnx", tmp_path / "second.onnx", ["y"], OrtOptions(threads=1))
+    with pytest.raises(GraphJoinError, match=message):
+        backend.activate()
+    assert not backend.is_active
