@@ -128,7 +128,7 @@ class Scheduler:
         self.fusion_backend = fusion_backend
         self.global_stages = global_stages  # when given, the global branch runs stage by stage (exact, in bands)
         # when given, the local and fusion graphs joined in one session (runtime.backends.graph_join): it runs each
-        # batch in place of the two, which are then only sized (memory model), never run
+        # batch in place of the two, which the memory model still sizes (an upper bound for the joined session)
         self.patch_backend = patch_backend
         self._activation_lock = threading.Lock()
 

@@ -114,9 +114,13 @@ def join_graphs(first: bytes | memoryview, second: bytes, joints: Sequence[str])
     and the second's others, its outputs the first's others and the second's. Raises GraphJoinError when unsafe.
     ``first`` may be a memoryview of a mapped file: it is read in place.
     """
-    messages = _messages()
+    messages = _messages()  # once: two threads' first calls may build two sets of classes, which do not mix
     first = memoryview(first)
-    a, b = _outline(first), _parse(messages["Model"], second, "second")
+    try:
+        a = _outline(first, messages)
+    except (UnicodeDecodeError, ValueError) as exc:  # a name that is not UTF-8, a number out of its field's range
+        raise GraphJoinError(f"the first model could not be read ({exc})") from exc
+    b = _parse(messages["Model"], second, "second")
     for model in (a, b):
         _refuse_unjoinable(model)
     ga, gb = a.graph, b.graph
@@ -132,16 +136,18 @@ def join_graphs(first: bytes | memoryview, second: bytes, joints: Sequence[str])
     taken = _defined(ga) | {v.name for v in ga.output}
     shared = {v.name for v in gb.input if v.name not in joints} | {v.name for v in gb.output}
     if shared & taken:
-        raise GraphJoinError(f"both graphs have inputs or outputs named {sorted(shared & taken)[:3]}")
-    _rename(gb, (_defined(gb) - inputs_b.keys()) & taken)
+        raise GraphJoinError(f"the second graph's inputs or outputs {sorted(shared & taken)[:3]} are names the first graph uses")
+    _rename(gb, (_defined(gb) - inputs_b.keys()) & taken, taken)
     _rename_nodes(gb, {n.name for n in ga.node})
 
     tail = messages["Model"]()
-    known = {o.domain: o.version for o in a.opset_import}
+    known = {_domain(o.domain): o.version for o in a.opset_import}
     for opset in b.opset_import:
-        if known.setdefault(opset.domain, opset.version) != opset.version:
-            raise GraphJoinError(f"the graphs import opset {opset.domain or 'ai.onnx'} at versions {known[opset.domain]} and {opset.version}")
-        if opset.domain not in {o.domain for o in a.opset_import}:
+        domain = _domain(opset.domain)
+        if domain in known and known[domain] != opset.version:
+            raise GraphJoinError(f"the graphs import opset {domain} at versions {known[domain]} and {opset.version}")
+        if domain not in known:
+            known[domain] = opset.version
             tail.opset_import.add().CopyFrom(opset)
     if b.ir_version > a.ir_version:
         tail.ir_version = b.ir_version
@@ -152,7 +158,7 @@ def join_graphs(first: bytes | memoryview, second: bytes, joints: Sequence[str])
     graph.output.extend(gb.output)
     graph.value_info.extend(gb.value_info)
     graph.value_info.extend(outputs_a[j] for j in joints)  # the joints' types, now values inside the graph
-    model = _splice(first, set(joints), graph.SerializeToString(), tail.SerializeToString())
+    model = _splice(first, set(joints), graph.SerializeToString(), tail.SerializeToString(), messages["ValueInfo"])
     return JoinedModel(model, metadata)
 
 
@@ -165,25 +171,38 @@ def _parse(message: type, data: bytes | memoryview, which: str):
         raise GraphJoinError(f"the {which} model is not a valid ONNX protobuf ({exc})") from exc
 
 
-def _outline(model: memoryview):
+def _outline(model: memoryview, messages: dict[str, type]):
     """The model's subset without its weights' data: each weight is read for its name and data location only."""
-    messages = _messages()
     outline = messages["Model"]()
-    for number, start, value, end in _fields(model):
+    for number, wire, start, value, end in _fields(model):
         if number != GRAPH_FIELD:
             outline.MergeFrom(_parse(messages["Model"], model[start:end], "first"))
             continue
-        for field, field_start, field_value, field_end in _fields(model, value, end):
+        _expect(wire, LENGTH_DELIMITED, "graph")
+        for field, field_wire, field_start, field_value, field_end in _fields(model, value, end):
             if field != INITIALIZER_FIELD:
                 outline.graph.MergeFrom(_parse(messages["Graph"], model[field_start:field_end], "first"))
                 continue
+            _expect(field_wire, LENGTH_DELIMITED, "weight")
             tensor = outline.graph.initializer.add()
-            for tensor_field, _, tensor_value, tensor_end in _fields(model, field_value, field_end):
+            for tensor_field, tensor_wire, _, tensor_value, tensor_end in _fields(model, field_value, field_end):
                 if tensor_field == TENSOR_NAME_FIELD:
+                    _expect(tensor_wire, LENGTH_DELIMITED, "weight name")
                     tensor.name = str(model[tensor_value:tensor_end], "utf-8")
                 elif tensor_field == TENSOR_LOCATION_FIELD:
+                    _expect(tensor_wire, VARINT, "weight data location")
                     tensor.data_location = _read_varint(model, tensor_value)[0]
     return outline
+
+
+def _expect(wire: int, wanted: int, what: str) -> None:
+    if wire != wanted:
+        raise GraphJoinError(f"the first model's {what} has protobuf wire type {wire}, not {wanted}")
+
+
+def _domain(domain: str) -> str:
+    """ONNX's default operator set is named both "" and "ai.onnx"."""
+    return domain or "ai.onnx"
 
 
 def _refuse_unjoinable(model) -> None:
@@ -201,6 +220,8 @@ def _tensor_meta(value) -> TensorMeta:
     dtype = ELEMENT_TYPES.get(tensor.elem_type)
     if dtype is None:
         raise GraphJoinError(f"{value.name!r} has ONNX element type {tensor.elem_type}, which this runtime does not join")
+    if not tensor.HasField("shape"):  # unknown rank: not the scalar an empty shape would say
+        raise GraphJoinError(f"{value.name!r} has no declared shape")
     shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
     return TensorMeta(value.name, np.dtype(dtype), shape)
 
@@ -212,15 +233,16 @@ def _defined(graph) -> set[str]:
     return names
 
 
-def _rename(graph, names: set[str]) -> None:
-    """Give ``names`` (values the graph defines inside) the RENAMED prefix wherever the graph uses them."""
+def _rename(graph, names: set[str], taken: set[str]) -> None:
+    """Give ``names`` (values the graph defines inside) the RENAMED prefix wherever the graph uses them; none of the
+    new names may be one the graph or the other graph (``taken``) already uses."""
     if not names:
         return
     if any(a.HasField("g") or a.graphs for node in graph.node for a in node.attribute):
         raise GraphJoinError(f"both graphs define {sorted(names)[:3]}, and the second has subgraphs that may read them")
     new = {name: RENAMED + name for name in names}
-    if set(new.values()) & _defined(graph):
-        raise GraphJoinError(f"both graphs define {sorted(names)[:3]}, and the second already uses the prefix {RENAMED!r}")
+    if set(new.values()) & (_defined(graph) | taken):
+        raise GraphJoinError(f"both graphs define {sorted(names)[:3]}, and a graph already uses the prefix {RENAMED!r}")
     for node in graph.node:
         node.input[:] = [new.get(n, n) for n in node.input]
         node.output[:] = [new.get(n, n) for n in node.output]
@@ -231,27 +253,30 @@ def _rename(graph, names: set[str]) -> None:
 def _rename_nodes(graph, taken: set[str]) -> None:
     """Node names are labels nothing refers to, but ONNX Runtime refuses a graph where two are the same."""
     if any(node.name in taken for node in graph.node if node.name):
+        if any(RENAMED + node.name in taken for node in graph.node if node.name):
+            raise GraphJoinError(f"both graphs name nodes alike, and the first already uses the prefix {RENAMED!r}")
         for node in graph.node:
             if node.name:
                 node.name = RENAMED + node.name
 
 
-def _splice(first: memoryview, dropped_outputs: set[str], graph_tail: bytes, model_tail: bytes) -> bytes:
+def _splice(first: memoryview, dropped_outputs: set[str], graph_tail: bytes, model_tail: bytes, value_info: type) -> bytes:
     """``first`` with ``dropped_outputs`` left out of its graph's outputs and ``graph_tail`` appended to its graph,
     then ``model_tail`` appended to the model; the rest of ``first`` copied as it is."""
-    value_info = _messages()["ValueInfo"]
     pieces: list[bytes | memoryview] = []
     graphs = 0
-    for number, start, value, end in _fields(first):
+    for number, _, start, value, end in _fields(first):
         if number != GRAPH_FIELD:
             pieces.append(first[start:end])
             continue
         graphs += 1
-        kept = [
-            first[field_start:field_end]
-            for field, field_start, field_value, field_end in _fields(first, value, end)
-            if field != OUTPUT_FIELD or value_info.FromString(first[field_value:field_end]).name not in dropped_outputs
-        ]
+        kept = []
+        for field, wire, field_start, field_value, field_end in _fields(first, value, end):
+            if field == OUTPUT_FIELD:
+                _expect(wire, LENGTH_DELIMITED, "graph output")
+                if _parse(value_info, first[field_value:field_end], "first").name in dropped_outputs:
+                    continue
+            kept.append(first[field_start:field_end])
         length = sum(len(k) for k in kept) + len(graph_tail)
         pieces += [_varint(GRAPH_FIELD << 3 | LENGTH_DELIMITED), _varint(length), *kept, graph_tail]
     if graphs != 1:
@@ -259,8 +284,8 @@ def _splice(first: memoryview, dropped_outputs: set[str], graph_tail: bytes, mod
     return b"".join([*pieces, model_tail])
 
 
-def _fields(buffer: memoryview, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, where its tag starts, where its value starts, where it ends) of each field of one message."""
+def _fields(buffer: memoryview, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, where its tag starts, where its value starts, where it ends) of each field of one message."""
     end = len(buffer) if end is None else end
     at = start
     while at < end:
@@ -277,7 +302,7 @@ def _fields(buffer: memoryview, start: int = 0, end: int | None = None) -> Itera
             raise GraphJoinError(f"a model holds a protobuf field of wire type {wire}, which ONNX does not use")
         if after > end:
             raise GraphJoinError("a model's bytes end inside a field")
-        yield number, at, value, after
+        yield number, wire, at, value, after
         at = after
 
 
@@ -285,8 +310,10 @@ def _read_varint(buffer: memoryview, at: int) -> tuple[int, int]:
     """The varint at ``at``, and where what follows it starts."""
     result = shift = 0
     while True:
-        if at >= len(buffer) or shift > 63:
+        if at >= len(buffer):
             raise GraphJoinError("a model's bytes end inside a field")
+        if shift > 63:
+            raise GraphJoinError("a model holds a varint longer than 10 bytes")
         byte = buffer[at]
         result |= (byte & 0x7F) << shift
         at += 1

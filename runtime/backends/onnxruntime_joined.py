@@ -1,7 +1,7 @@
 """Two graphs in one ONNX Runtime session: the first's ``joints`` feed the second (runtime.backends.graph_join).
 
-The session's inputs are both graphs' other inputs and its outputs the second's; ``joint_metadata`` describes
-the joints, so that each graph can still be checked against the manifest.
+The session's inputs are both graphs' other inputs, its outputs the second's and any other outputs of the first;
+``joint_metadata`` describes the joints, so that each graph can still be checked against the manifest.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ class JoinedOnnxRuntimeBackend(OnnxRuntimeBackend):
     def _activate_impl(self) -> None:
         try:
             super()._activate_impl()
-        except BundleError as exc:
-            raise GraphJoinError(f"{self.model_path} joined with {self.second_path}: {exc}") from exc
+        except BundleError as exc:  # the files themselves are judged when they load as two sessions
+            cause = exc.__cause__ or exc
+            raise GraphJoinError(
+                f"ONNX Runtime could not load {self.model_path.name} joined with {self.second_path.name} ({type(cause).__name__}: {cause})"
+            ) from exc
         # ONNX Runtime's Python InferenceSession keeps a model given as bytes for as long as the session lives (its
         # own comment calls that bad), to rebuild the session when a GPU provider fails; on the CPU it is never read,
         # and on the paper-size bundle it is 94 MB of resident memory
@@ -44,14 +47,23 @@ class JoinedOnnxRuntimeBackend(OnnxRuntimeBackend):
     def _model(self) -> bytes:
         if not self.second_path.is_file():
             raise BundleError(f"{self.second_path}: graph file not found")
-        # the first graph is read where the page cache holds it: the join copies it once, into the joined model. The
-        # mapping is not closed by hand: it goes when the last view of it does (an error's traceback may hold one)
+        # the first graph is read where the page cache holds it: the join copies it once, into the joined model
         try:
             with open(self.model_path, "rb") as file:
                 mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:  # ValueError: an empty file
             raise GraphJoinError(f"{self.model_path}: cannot map the graph file ({exc})") from exc
-        joined = join_graphs(memoryview(mapped), self.second_path.read_bytes(), self.joints)
+        refusal = None
+        try:
+            joined = join_graphs(memoryview(mapped), self.second_path.read_bytes(), self.joints)
+        except GraphJoinError as exc:
+            refusal = str(exc)  # raised afresh below: this error's traceback holds views of the mapping
+        try:
+            mapped.close()
+        except BufferError:  # a view still held somewhere: the mapping goes with it
+            pass
+        if refusal is not None:
+            raise GraphJoinError(refusal)
         self._joint_metadata = joined.joints
         return joined.model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -73,9 +74,11 @@ def test_the_joined_graph_computes_what_the_two_compute_one_after_the_other():
     [
         (_first(), _second(), ["nope"], "'nope' is not both an output of the first graph and an input of the second"),
         (_first(), _second(joint_shape=("n", 3)), ["y"], "'y' has one type where the first graph makes it and another"),
-        (_first(), _second(output="x"), ["y"], r"both graphs have inputs or outputs named \['x'\]"),
+        (_first(), _second(output="x"), ["y"], r"the second graph's inputs or outputs \['x'\] are names the first graph uses"),
         (_first(opset=16), _second(), ["y"], "opset ai.onnx at versions 16 and 17"),
         (b"\xff\xff\xff", _second(), ["y"], "a model's bytes end inside a field"),
+        (b"\x3a\x05\x2a\x03\x42\x01\xff", _second(), ["y"], "the first model could not be read"),  # a weight named b"\xff"
+        (b"\x38\x01", _second(), ["y"], "the first model's graph has protobuf wire type 0, not 2"),
         (_first(), b"\x0a\x05ab", ["y"], "the second model is not a valid ONNX protobuf"),
     ],
 )
@@ -170,3 +173,47 @@ def test_the_joined_backend_refuses_with_a_join_error_that_names_the_problem(tmp
     with pytest.raises(GraphJoinError, match=message):
         backend.activate()
     assert not backend.is_active
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(tmp_path / "first.onnx") not in maps.read_text()
+
+
+def _with_opsets(model: bytes, opsets: list[tuple[str, int]], ir_version: int | None = None) -> bytes:
+    proto = onnx.load_model_from_string(model)
+    del proto.opset_import[:]
+    proto.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets)
+    if ir_version is not None:
+        proto.ir_version = ir_version
+    return proto.SerializeToString()
+
+
+def test_the_second_graphs_own_operator_sets_and_newer_ir_version_are_carried_over():
+    second = _with_opsets(_second(), [("ai.onnx", 17), ("com.microsoft", 1)], ir_version=9)
+    joined = onnx.load_model_from_string(join_graphs(_first(), second, ["y"]).model)
+    assert sorted((o.domain, o.version) for o in joined.opset_import) == [("", 17), ("com.microsoft", 1)]
+    assert joined.ir_version == 9
+
+
+def test_the_default_operator_set_under_its_two_names_is_one_set():
+    with pytest.raises(GraphJoinError, match="opset ai.onnx at versions 17 and 13"):
+        join_graphs(_first(), _with_opsets(_second(), [("ai.onnx", 13)]), ["y"])
+
+
+def test_a_renaming_that_would_meet_a_name_of_the_first_graph_is_refused():
+    """The first graph already holds 'joined/w': the second's 'w' cannot take that name."""
+    model = onnx.load_model_from_string(_first())
+    model.graph.initializer.append(numpy_helper.from_array(np.array([5.0, 5.0], np.float32), "joined/w"))
+    model.graph.node.append(helper.make_node("Add", ["y", "joined/w"], ["y2"], name="add"))
+    model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 2]))
+    with pytest.raises(GraphJoinError, match="already uses the prefix 'joined/'"):
+        join_graphs(model.SerializeToString(), _second(), ["y"])
+
+
+def test_names_both_graphs_define_are_not_renamed_inside_subgraphs():
+    model = onnx.load_model_from_string(_second())
+    branch = helper.make_graph([helper.make_node("Identity", ["t"], ["u"])], "branch", [], [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["n", 2])])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    model.graph.initializer.append(cond)
+    model.graph.node.append(helper.make_node("If", ["cond"], ["v"], then_branch=branch, else_branch=branch))
+    with pytest.raises(GraphJoinError, match="subgraphs that may read them"):
+        join_graphs(_first(), model.SerializeToString(), ["y"])
