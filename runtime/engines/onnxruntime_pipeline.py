@@ -1,8 +1,8 @@
 """The bundle's graphs on ONNX Runtime (CPU, CUDA or TensorRT execution provider), scheduled with threads.
 
-One session per graph, created when the pipeline opens (on first use) and reused for every image;
-the CPU Scheduler runs them, and may serve several threads at once (sessions are thread-safe; the
-lazy creation is locked).
+One session per graph (on the CPU at fp32 the local and fusion graphs share one, joined: JOINED_PRECISIONS),
+created when the pipeline opens (on first use) and reused for every image; the CPU Scheduler runs them, and
+may serve several threads at once (sessions are thread-safe; the lazy creation is locked).
 """
 
 from __future__ import annotations
