@@ -39,6 +39,7 @@ def run(
     max_memory: Optional[str] = opt.MAX_MEMORY,
     max_device_memory: Optional[str] = opt.MAX_DEVICE_MEMORY,
     threads: Optional[int] = opt.THREADS,
+    keep_activations: bool = opt.KEEP_ACTIVATIONS,
     bands: Optional[str] = opt.BANDS,
     input_range: Optional[str] = opt.INPUT_RANGE,
     fmt: str = opt.FORMAT,
@@ -57,7 +58,7 @@ def run(
     options = opt.segmenter_options(
         precision=precision, engine=engine, provider=provider, device=device, batch_size=batch_size, max_memory=max_memory,
         threads=threads, bands=bands, input_range=input_range, max_pixels=max_pixels, cuda_graphs=cuda_graphs, dla_core=dla_core,
-        max_device_memory=max_device_memory, min_overlap=min_overlap,
+        max_device_memory=max_device_memory, min_overlap=min_overlap, keep_activations=keep_activations,
     )
     outputs = opt.output_options(fmt, color, overlay, stats, bands)
     console = Console(stderr=True)

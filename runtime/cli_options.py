@@ -55,6 +55,12 @@ MAX_DEVICE_MEMORY = typer.Option(
 )
 MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget, e.g. 900MB: the quickest batch size and global banding that fit (glsnet bench --budgets shows the cost).")
 THREADS = typer.Option(None, help="ONNX Runtime intra-op threads per graph (default: one per core).")
+KEEP_ACTIVATIONS = typer.Option(
+    True,
+    "--keep-activations/--release-activations",
+    help="CPU: the graphs share one ONNX Runtime arena whose pages every run reuses, held until the command ends "
+    "(faster); or map each run's activations afresh and hand them back after it.",
+)
 BANDS = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's).")
 FORMAT = typer.Option("png", "--format", help="Mask format: png, or tif (written strip by strip, GeoTIFF tags kept).")
 COLOR = typer.Option(True, "--color/--no-color", help="Also write a colour mask with the bundle's palette.")
@@ -117,6 +123,7 @@ def segmenter_options(
     dla_core: int | None = None,
     max_device_memory: str | None = None,
     min_overlap: int | None = None,
+    keep_activations: bool = False,
 ):
     """The parsed flags as SegmenterOptions."""
     from runtime.byte_sizes import parse_memory_size
@@ -138,6 +145,7 @@ def segmenter_options(
         max_pixels=max_pixels,
         input_range=parse_input_range(input_range),
         min_overlap=min_overlap,
+        keep_activations=keep_activations,
     )
 
 

@@ -25,7 +25,7 @@ from runtime.bundle.manifest import MANIFEST_NAME, sha256_file
 from runtime.image_io.writers import OutputOptions, OutputPaths
 from runtime.options import SegmenterOptions
 
-EXECUTION_ONLY = ("threads", "thread_spinning", "max_pixels")  # SegmenterOptions fields that do not change the outputs
+EXECUTION_ONLY = ("threads", "thread_spinning", "keep_activations", "max_pixels")  # SegmenterOptions fields that do not change the outputs
 
 
 def batch_provenance(bundle: Path | str, options: SegmenterOptions, outputs: OutputOptions, manifest_sha256: str | None = None) -> dict[str, Any]:

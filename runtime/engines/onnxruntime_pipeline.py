@@ -44,6 +44,12 @@ ACTIVATION_FACTORS = {"global": 8.5, "global stage": 3.0, "local": 6.0, "fusion"
 # them, and in the joined graph it placed two more (fp32 -> fp16 -> fp32 after both LayerNorms: logits 2.7e-5 apart,
 # 0.006% of the argmax pixels changed), so glsnet-cpp, which runs the two graphs, would no longer give the same mask.
 JOINED_PRECISIONS = ("fp32",)
+# Precisions whose activations the CPU sessions keep in a shared arena when SegmenterOptions.keep_activations is on
+# (runtime.backends.shared_arena). Paper-size bundle, first DeepGlobe image, 2 cores, alternated whole runs of
+# `glsnet run`, the same masks: fp32 14.14-15.21 s against 14.58-15.93 s (five pairs, faster in each; kernel time
+# 1.0-1.2 s against 2.1-3.0 s), peak RSS 668-678 MB against 624-638 MB; fp16 15.2 s against 19.0 s (one pair), 773
+# against 735 MB. int8 was no faster (7.6-8.0 s against 7.8-8.1 s) and peaked at 583 MB against 508 MB.
+KEPT_ACTIVATION_PRECISIONS = ("fp32", "fp16")
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +176,7 @@ class OnnxRuntimePipeline:
             device=o.ort_provider,
             threads=o.threads,
             spinning=o.thread_spinning,
+            shared_arena=o.keep_activations and o.precision in KEPT_ACTIVATION_PRECISIONS,
             fp16=o.precision == "fp16",
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],
