@@ -9,9 +9,9 @@ The runtime carries no ``onnx`` package, but ONNX Runtime depends on protobuf, s
 message classes built here for the few fields of onnx.proto a join looks at (numbers from onnx.proto, the
 ONNX IR's wire format); every other field stays unread. The first model (the local graph, 96 MB of weights
 in the paper-size bundle) is neither parsed whole nor serialized again (that took 0.1-0.2 s of every
-start): its fields are walked in place, weights skipped, and its bytes copied once, in slices, leaving out
-the joints among its outputs, with the second graph appended inside its ``graph`` field (protobuf
-concatenates repeated fields, nodes, weights and inputs among them, that a message holds more than once).
+start): its fields are walked in place, weights skipped, and its bytes handed on in slices (JoinedModel),
+leaving out the joints among its outputs, with the second graph appended inside its ``graph`` field
+(protobuf concatenates repeated fields, nodes, weights and inputs among them, that a message holds more than once).
 A pair this cannot join safely raises GraphJoinError, and the caller runs the two graphs as they are.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -81,10 +81,21 @@ class GraphJoinError(GlsnetError):
 
 @dataclass(frozen=True)
 class JoinedModel:
-    """A serialized joined model, and the joints' dtypes and shapes as the first graph declares them."""
+    """A serialized joined model, in pieces (slices of the first model among them), and the joints' dtypes and
+    shapes as the first graph declares them."""
 
-    model: bytes
+    pieces: tuple[bytes | memoryview, ...]
     joints: dict[str, TensorMeta]
+
+    @property
+    def model(self) -> bytes:
+        """The serialized model in one piece."""
+        return b"".join(self.pieces)
+
+    def write(self, file: BinaryIO) -> None:
+        """Write the serialized model to ``file``, piece by piece (no copy of it in memory)."""
+        for piece in self.pieces:
+            file.write(piece)
 
 
 @functools.cache
@@ -158,8 +169,8 @@ def join_graphs(first: bytes | memoryview, second: bytes, joints: Sequence[str])
     graph.output.extend(gb.output)
     graph.value_info.extend(gb.value_info)
     graph.value_info.extend(outputs_a[j] for j in joints)  # the joints' types, now values inside the graph
-    model = _splice(first, set(joints), graph.SerializeToString(), tail.SerializeToString(), messages["ValueInfo"])
-    return JoinedModel(model, metadata)
+    pieces = _splice(first, set(joints), graph.SerializeToString(), tail.SerializeToString(), messages["ValueInfo"])
+    return JoinedModel(pieces, metadata)
 
 
 def _parse(message: type, data: bytes | memoryview, which: str):
@@ -260,9 +271,11 @@ def _rename_nodes(graph, taken: set[str]) -> None:
                 node.name = RENAMED + node.name
 
 
-def _splice(first: memoryview, dropped_outputs: set[str], graph_tail: bytes, model_tail: bytes, value_info: type) -> bytes:
+def _splice(
+    first: memoryview, dropped_outputs: set[str], graph_tail: bytes, model_tail: bytes, value_info: type
+) -> tuple[bytes | memoryview, ...]:
     """``first`` with ``dropped_outputs`` left out of its graph's outputs and ``graph_tail`` appended to its graph,
-    then ``model_tail`` appended to the model; the rest of ``first`` copied as it is."""
+    then ``model_tail`` appended to the model, in pieces: the rest of ``first`` is sliced, not copied."""
     pieces: list[bytes | memoryview] = []
     graphs = 0
     for number, _, start, value, end in _fields(first):
@@ -281,7 +294,7 @@ def _splice(first: memoryview, dropped_outputs: set[str], graph_tail: bytes, mod
         pieces += [_varint(GRAPH_FIELD << 3 | LENGTH_DELIMITED), _varint(length), *kept, graph_tail]
     if graphs != 1:
         raise GraphJoinError(f"the first model holds {graphs} graph fields")
-    return b"".join([*pieces, model_tail])
+    return (*pieces, model_tail)
 
 
 def _fields(buffer: memoryview, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int, int, int]]:

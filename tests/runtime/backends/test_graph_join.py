@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,9 @@ def test_the_joined_graph_computes_what_the_two_compute_one_after_the_other():
     (z,) = _run(joined.model, {"x": x, "b": b})
     np.testing.assert_array_equal(z, expected)
     assert joined.joints["y"].dtype == np.float32 and joined.joints["y"].shape == ("n", 2)
+    written = io.BytesIO()
+    joined.write(written)
+    assert written.getvalue() == joined.model
 
 
 @pytest.mark.parametrize(
@@ -97,7 +102,16 @@ def test_weights_in_external_files_are_not_joined():
         join_graphs(model.SerializeToString(), _second(), ["y"])
 
 
-def test_the_bundles_local_and_fusion_graphs_joined_give_the_same_logits(small_bundle):
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("memory_file", [True, False], ids=["in-memory file", "bytes"])
+def test_the_bundles_local_and_fusion_graphs_joined_give_the_same_logits(small_bundle, memory_file, monkeypatch):
+    if memory_file and not (hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")):
+        pytest.skip("no anonymous in-memory files here (Linux's memfd_create)")
+    if not memory_file:
+        monkeypatch.delattr(os, "memfd_create", raising=False)  # as on a system without them
     rng = np.random.default_rng(0)
     options = OrtOptions(threads=1)
     with OnnxRuntimeBackend(small_bundle / "local.onnx", options) as local, OnnxRuntimeBackend(small_bundle / "fusion.onnx", options) as fusion:
@@ -108,7 +122,11 @@ def test_the_bundles_local_and_fusion_graphs_joined_give_the_same_logits(small_b
         boxes = np.array([[0.0, 0.0, 0.5, 0.6], [0.4, 0.3, 1.0, 1.0]], np.float32)
         separate = fusion.infer({**local.infer({"patches": patches}), "global_features": global_features, "boxes": boxes})
         local_outputs = local.output_metadata()
+    descriptors = _open_descriptors() if memory_file else None
     with JoinedOnnxRuntimeBackend(small_bundle / "local.onnx", small_bundle / "fusion.onnx", LOCAL_OUTPUTS, options) as joined:
+        if memory_file:
+            assert joined.session._model_path.startswith("/proc/self/fd/")  # read by ONNX Runtime, not copied in
+            assert _open_descriptors() == descriptors  # the file is closed once the session holds the model
         assert set(joined.input_metadata()) == {"patches", "global_features", "boxes"}
         assert set(joined.output_metadata()) == {"logits"}
         assert joined.joint_metadata() == local_outputs
