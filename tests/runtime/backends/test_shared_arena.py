@@ -96,7 +96,7 @@ def test_only_the_measured_precisions_keep_their_activations(small_bundle):
         pipeline.options = SegmenterOptions(precision=precision, keep_activations=True)
         pipeline.bundle = None
         assert pipeline._ort_options("local").shared_arena is (precision in KEPT_ACTIVATION_PRECISIONS)
-    assert KEPT_ACTIVATION_PRECISIONS == ("fp32", "fp16")  # int8 was measured no faster, and peaked higher
+    assert KEPT_ACTIVATION_PRECISIONS == ("fp32",)  # fp16 and int8 were measured no faster, and peaked higher
 
 
 def test_glsnet_run_keeps_activations_unless_told_to_release_them(small_bundle, tmp_path, monkeypatch):
