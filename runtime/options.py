@@ -55,7 +55,8 @@ class SegmenterOptions:
     # On the CPU at fp32, serve every graph's activations from one ONNX Runtime arena shared by the sessions, so a run
     # reuses the pages earlier runs touched instead of mapping and zeroing them afresh (runtime.backends.shared_arena).
     # ONNX Runtime never hands them back, so they stay until the process ends: `glsnet run`, which exits after its
-    # images, turns it on; a long-lived service leaves it off unless it prefers speed to idle memory.
+    # images, turns it on; a long-lived service leaves it off unless it prefers speed to idle memory. Ignored with
+    # max_memory: the memory plan's activation factors were measured without the arena.
     keep_activations: bool = False
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS

@@ -121,8 +121,7 @@ class OnnxRuntimeBackend(Backend):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.enable_cpu_mem_arena = self.options.cpu_arena
-        if self.options.shared_arena and self.options.device == "cpu":
-            register_shared_arena(ort)
+        if self.options.shared_arena and self.options.device == "cpu" and register_shared_arena(ort):
             for key, value in SHARED_ARENA_ENTRIES.items():
                 so.add_session_config_entry(key, value)
             so.enable_cpu_mem_arena = True

@@ -49,6 +49,9 @@ class JoinedOnnxRuntimeBackend(OnnxRuntimeBackend):
         # and on the paper-size bundle it is 94 MB of resident memory
         if getattr(self.session, "_model_bytes", None) is not None:
             self.session._model_bytes = None
+        # nor may it rebuild the session from the in-memory file's path: the descriptor is closed, and its number
+        # may name another file by then
+        self.session.disable_fallback()
 
     def _model(self) -> str | bytes:
         if not self.second_path.is_file():
@@ -88,13 +91,14 @@ class JoinedOnnxRuntimeBackend(OnnxRuntimeBackend):
             descriptor = os.memfd_create("glsnet-joined-graph", os.MFD_CLOEXEC)
         except OSError:
             return None
+        self._memory_file = descriptor  # closed once the session is created, or has failed to be
         try:
             with open(descriptor, "wb", closefd=False) as file:
                 joined.write(file)
-        except OSError:
+        except OSError:  # no room for it: the model goes as bytes
             os.close(descriptor)
+            self._memory_file = None
             return None
-        self._memory_file = descriptor  # closed once the session is created
         return f"/proc/self/fd/{descriptor}"
 
     def joint_metadata(self) -> dict[str, TensorMeta]:

@@ -55,6 +55,12 @@ KEPT_ACTIVATION_PRECISIONS = ("fp32",)
 log = logging.getLogger(__name__)
 
 
+def keeps_activations(options: "SegmenterOptions") -> bool:
+    """Whether the CPU sessions share one arena that keeps their activations: asked for, at a precision where that
+    was measured to pay, and with no memory budget (the plan's activation factors were measured without it)."""
+    return options.keep_activations and options.precision in KEPT_ACTIVATION_PRECISIONS and options.max_memory is None
+
+
 def joins_patch_graphs(options: "SegmenterOptions") -> bool:
     """Whether the local and fusion graphs run as one joined session: on the CPU provider, at JOINED_PRECISIONS."""
     return options.join_patch_graphs and options.ort_provider == "cpu" and options.precision in JOINED_PRECISIONS
@@ -177,7 +183,7 @@ class OnnxRuntimePipeline:
             device=o.ort_provider,
             threads=o.threads,
             spinning=o.thread_spinning,
-            shared_arena=o.keep_activations and o.precision in KEPT_ACTIVATION_PRECISIONS,
+            shared_arena=keeps_activations(o),
             fp16=o.precision == "fp16",
             tensorrt_cache_dir=self.bundle.tensorrt_cache_dir / o.precision if o.ort_provider == "tensorrt" else None,
             activation_factor=ACTIVATION_FACTORS[role],

@@ -126,6 +126,7 @@ def test_the_bundles_local_and_fusion_graphs_joined_give_the_same_logits(small_b
     with JoinedOnnxRuntimeBackend(small_bundle / "local.onnx", small_bundle / "fusion.onnx", LOCAL_OUTPUTS, options) as joined:
         if memory_file:
             assert joined.session._model_path.startswith("/proc/self/fd/")  # read by ONNX Runtime, not copied in
+            assert not joined.session._enable_fallback  # the path's number names no file of ours any more
             assert _open_descriptors() == descriptors  # the file is closed once the session holds the model
         assert set(joined.input_metadata()) == {"patches", "global_features", "boxes"}
         assert set(joined.output_metadata()) == {"logits"}

@@ -3,7 +3,11 @@ and `glsnet run` opts in at the precisions where it was measured to pay."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
 from runtime.backends.shared_arena import SHARED_ARENA_ENTRIES, SHARED_ARENA_REGION_BYTES, register_shared_arena
 from runtime.batch.resume import EXECUTION_ONLY
 from runtime.cli_options import segmenter_options
-from runtime.engines.onnxruntime_pipeline import KEPT_ACTIVATION_PRECISIONS, OnnxRuntimePipeline
+from runtime.engines.onnxruntime_pipeline import keeps_activations
 from runtime.segmenter import Segmenter, SegmenterOptions
 
 
@@ -45,8 +49,49 @@ def test_a_session_on_the_shared_arena_allocates_from_it_tensor_by_tensor_and_gi
                 np.testing.assert_array_equal(got[name], value)
 
 
+def test_the_sessions_really_allocate_from_the_environments_arena(small_bundle):
+    # a capped arena registered first stands in for the shared one: a run that needs more than it holds fails only if
+    # the session takes its activations from it (a child process: the registration lasts as long as the process)
+    script = f"""
+import numpy as np, onnxruntime as ort
+from runtime.backends import shared_arena
+from runtime.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+capped = ort.OrtArenaCfg({{"max_mem": 1 << 20, "arena_extend_strategy": 1}})
+ort.create_and_register_allocator(ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), capped)
+shared_arena._registered = True
+patches = {{"patches": np.zeros((2, 3, 128, 128), np.float32)}}
+with OnnxRuntimeBackend({str(small_bundle / "local.onnx")!r}, OrtOptions(threads=1)) as plain:
+    plain.infer(patches)
+with OnnxRuntimeBackend({str(small_bundle / "local.onnx")!r}, OrtOptions(threads=1, shared_arena=True)) as shared:
+    try:
+        shared.infer(patches)
+    except Exception as exc:
+        print("refused:", type(exc).__name__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout
+
+
+def test_a_refused_arena_leaves_the_sessions_as_they_were(small_bundle, monkeypatch, caplog):
+    import onnxruntime as ort
+
+    def refuse(*args):
+        raise RuntimeError("an allocator for this device is already registered")
+
+    monkeypatch.setattr(shared_arena, "_registered", None)
+    monkeypatch.setattr(ort, "create_and_register_allocator", refuse)
+    with caplog.at_level(logging.WARNING, logger=shared_arena.__name__):
+        with OnnxRuntimeBackend(small_bundle / "local.onnx", OrtOptions(threads=1, shared_arena=True)) as backend:
+            assert _config(backend) == {} and backend.session.get_session_options().enable_mem_pattern
+            backend.infer({"patches": np.zeros((1, 3, 128, 128), np.float32)})
+    assert "ONNX Runtime refused the shared arena (an allocator for this device is already registered)" in caplog.text
+    assert shared_arena._registered is False  # not tried again by every later session
+
+
 def test_the_arena_is_registered_once_however_many_sessions_start_at_once(monkeypatch):
     calls = []
+    start = threading.Barrier(8)
 
     class FakeOrt:
         class OrtAllocatorType:
@@ -63,15 +108,22 @@ def test_the_arena_is_registered_once_however_many_sessions_start_at_once(monkey
 
         @staticmethod
         def create_and_register_allocator(memory, config):
+            time.sleep(0.05)  # long enough for the other threads to arrive while the first registers
             calls.append((memory, config))
 
-    monkeypatch.setattr(shared_arena, "_registered", False)
-    threads = [threading.Thread(target=register_shared_arena, args=(FakeOrt,)) for _ in range(8)]
+    results = []
+
+    def register() -> None:
+        start.wait()
+        results.append(register_shared_arena(FakeOrt))
+
+    monkeypatch.setattr(shared_arena, "_registered", None)
+    threads = [threading.Thread(target=register) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(calls) == 1
+    assert len(calls) == 1 and results == [True] * 8
     memory, config = calls[0]
     assert memory[0] == "Cpu" and memory[1] == "arena"
     # one region reserved up front (a power-of-two arena grows from it), never smaller than the requests it must hold
@@ -85,18 +137,24 @@ def test_keep_activations_puts_every_cpu_session_on_the_shared_arena_with_the_sa
         expected = reference.segment(image)
     with Segmenter(small_bundle, options=SegmenterOptions(threads=1, keep_activations=keep)) as segmenter:
         scheduler = segmenter.pipeline.scheduler
+        assert scheduler.global_stages  # the small bundle has stage graphs: they share the arena too
         backends = [scheduler.patch_backend, *(stage.backend for stage in scheduler.global_stages)]
         assert all(b.options.shared_arena is keep and (_config(b) == SHARED_ARENA_ENTRIES) is keep for b in backends)
         np.testing.assert_array_equal(segmenter.segment(image), expected)
 
 
-def test_only_the_measured_precisions_keep_their_activations(small_bundle):
-    pipelines = {p: OnnxRuntimePipeline.__new__(OnnxRuntimePipeline) for p in ("fp32", "fp16", "int8")}
-    for precision, pipeline in pipelines.items():
-        pipeline.options = SegmenterOptions(precision=precision, keep_activations=True)
-        pipeline.bundle = None
-        assert pipeline._ort_options("local").shared_arena is (precision in KEPT_ACTIVATION_PRECISIONS)
-    assert KEPT_ACTIVATION_PRECISIONS == ("fp32",)  # fp16 and int8 were measured no faster, and peaked higher
+@pytest.mark.parametrize(
+    "options, kept",
+    [
+        (SegmenterOptions(keep_activations=True), True),
+        (SegmenterOptions(), False),
+        (SegmenterOptions(keep_activations=True, precision="fp16"), False),  # measured no faster, and peaked higher
+        (SegmenterOptions(keep_activations=True, precision="int8"), False),
+        (SegmenterOptions(keep_activations=True, max_memory=2 << 30), False),  # the plan was measured without it
+    ],
+)
+def test_activations_are_kept_at_fp32_when_asked_and_no_memory_budget_is_set(options, kept):
+    assert keeps_activations(options) is kept
 
 
 def test_glsnet_run_keeps_activations_unless_told_to_release_them(small_bundle, tmp_path, monkeypatch):
