@@ -14,6 +14,7 @@ from runtime.backends.onnxruntime import SPINNING_ENTRIES, OnnxRuntimeBackend, O
 from runtime.errors import BundleError, GlsnetError, InputError, MissingDependencyError
 from runtime.image_io.readers import ArraySource
 from runtime.segmenter import Segmenter, SegmenterOptions
+from tests.runtime.backends.session_config import session_config_entries
 
 
 def test_backend_metadata_and_inference(small_bundle):
@@ -36,14 +37,7 @@ def test_backend_metadata_and_inference(small_bundle):
 
 def test_spinning_off_is_a_session_option_of_both_thread_pools(small_bundle):
     def entries(backend: OnnxRuntimeBackend) -> dict[str, str]:
-        options = backend.session.get_session_options()
-        found = {}
-        for entry in SPINNING_ENTRIES:
-            try:
-                found[entry] = options.get_session_config_entry(entry)
-            except Exception:  # noqa: BLE001  ONNX Runtime raises for a key that was never set
-                pass
-        return found
+        return session_config_entries(backend, SPINNING_ENTRIES)
 
     with OnnxRuntimeBackend(small_bundle / "local.onnx", OrtOptions(threads=2, spinning=False)) as quiet:
         assert entries(quiet) == {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}

@@ -20,17 +20,11 @@ from runtime.batch.resume import EXECUTION_ONLY
 from runtime.cli_options import segmenter_options
 from runtime.engines.onnxruntime_pipeline import keeps_activations
 from runtime.segmenter import Segmenter, SegmenterOptions
+from tests.runtime.backends.session_config import session_config_entries
 
 
 def _config(backend: OnnxRuntimeBackend) -> dict[str, str]:
-    options = backend.session.get_session_options()
-    found = {}
-    for key in SHARED_ARENA_ENTRIES:
-        try:
-            found[key] = options.get_session_config_entry(key)
-        except Exception:  # noqa: BLE001  ONNX Runtime raises for a key that was never set
-            pass
-    return found
+    return session_config_entries(backend, SHARED_ARENA_ENTRIES)
 
 
 def test_a_session_on_the_shared_arena_allocates_from_it_tensor_by_tensor_and_gives_the_same_outputs(small_bundle):
