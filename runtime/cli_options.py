@@ -58,7 +58,7 @@ THREADS = typer.Option(None, help="ONNX Runtime intra-op threads per graph (defa
 KEEP_ACTIVATIONS = typer.Option(
     True,
     "--keep-activations/--release-activations",
-    help="CPU, fp32, no --max-memory: the graphs share one ONNX Runtime arena whose pages every run reuses, held until "
+    help="CPU, fp32 or int8, no --max-memory: the graphs share one ONNX Runtime arena whose pages every run reuses, held until "
     "the command ends (faster); or map each run's activations afresh and hand them back after it.",
 )
 BANDS = typer.Option(None, help="Input bands to feed the model, e.g. 0,1,2 (default: the bundle's).")

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +52,21 @@ Dim = int | str  # a fixed size, or the name of a symbolic (dynamic) dimension
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, hashed where the page cache holds it (memory-mapped); read in 1 MiB blocks where it
+    cannot be mapped (an empty file, a file system without mmap).
+
+    Read block by block, every block is copied into a new buffer first: the paper-size bundle's graphs (188 MB)
+    took 0.12-0.18 s to verify that way at every start, against 0.07-0.08 s mapped (2 cores, files cached).
+    """
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        try:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return hashlib.sha256(mapped).hexdigest()
+        except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+            digest = hashlib.sha256()
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+            return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,12 @@ JOINED_PRECISIONS = ("fp32",)
 # Precisions whose activations the CPU sessions keep in a shared arena when SegmenterOptions.keep_activations is on
 # (runtime.backends.shared_arena). Paper-size bundle, first DeepGlobe image, 2 cores, alternated whole runs of
 # `glsnet run`, the same masks: fp32 14.14-15.21 s against 14.58-15.93 s (five pairs, faster in each; kernel time
-# 1.0-1.2 s against 2.1-3.0 s), peak RSS 668-678 MB against 624-638 MB. fp16 was not clearly faster (15.0, 15.2 and
-# 17.4 s against 15.9, 19.0 and 17.1 s) and peaked at 773-829 MB against 703-735 MB, further above fp32; int8 was no
-# faster (7.6-8.0 s against 7.8-8.1 s) and peaked at 583 MB against 508 MB. Both map their activations afresh.
-KEPT_ACTIVATION_PRECISIONS = ("fp32",)
+# 1.0-1.2 s against 2.1-3.0 s), peak RSS 668-678 MB against 624-638 MB. int8 (stop 36): 6.31-7.35 s against
+# 7.19-7.52 s (five pairs, faster in each; kernel time 0.7-1.2 s against 1.7-2.2 s), peak RSS 569-601 MB against
+# 492-519 MB, still below fp32's. fp16 was not clearly faster (15.0, 15.2 and 17.4 s against 15.9, 19.0 and 17.1 s;
+# at stop 36 15.15-15.32 s against 15.21-15.63 s) and peaked at 773-829 MB against 703-735 MB, further above fp32's:
+# it maps its activations afresh.
+KEPT_ACTIVATION_PRECISIONS = ("fp32", "int8")
 
 log = logging.getLogger(__name__)
 

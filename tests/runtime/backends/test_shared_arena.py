@@ -143,11 +143,11 @@ def test_keep_activations_puts_every_cpu_session_on_the_shared_arena_with_the_sa
         (SegmenterOptions(keep_activations=True), True),
         (SegmenterOptions(), False),
         (SegmenterOptions(keep_activations=True, precision="fp16"), False),  # measured no faster, and peaked higher
-        (SegmenterOptions(keep_activations=True, precision="int8"), False),
+        (SegmenterOptions(keep_activations=True, precision="int8"), True),
         (SegmenterOptions(keep_activations=True, max_memory=2 << 30), False),  # the plan was measured without it
     ],
 )
-def test_activations_are_kept_at_fp32_when_asked_and_no_memory_budget_is_set(options, kept):
+def test_activations_are_kept_at_fp32_and_int8_when_asked_and_no_memory_budget_is_set(options, kept):
     assert keeps_activations(options) is kept
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import mmap
 import shutil
 
+import numpy as np
 import pytest
 
 from runtime.bundle.manifest import (
@@ -232,3 +235,18 @@ def test_write_refuses_what_it_could_not_read_back(bundle, tmp_path):
 def test_a_directory_without_a_manifest_is_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="not a GLSNet bundle"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) + 7, 3 << 20])
+@pytest.mark.parametrize("mappable", [True, False])
+def test_sha256_file_is_the_files_sha256_mapped_or_read_in_blocks(tmp_path, monkeypatch, size, mappable):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "graph.onnx"
+    path.write_bytes(data)
+    if not mappable:  # a file system without mmap: read block by block instead
+
+        def refuse(*args, **kwargs):
+            raise OSError("mmap not supported")
+
+        monkeypatch.setattr(mmap, "mmap", refuse)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

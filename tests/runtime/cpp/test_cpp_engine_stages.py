@@ -1,7 +1,8 @@
 """The C++ runtime on an ONNX Runtime engine build's global stage graphs (files global_stage0..N-1), as the Python
 runtime's loader picks them, for fp32 graphs, fp16 and int8 builds: it names what it loaded, plans as Python does, and
 writes the masks `glsnet run` writes, byte for byte. Its sessions run without common-subexpression elimination, as
-the Python runtime's do (an int8 graph's Q/DQ pairs stay fusable into integer kernels).
+the Python runtime's do (an int8 graph's Q/DQ pairs stay fusable into integer kernels). `glsnet run` keeps an int8
+build's activations in the shared arena, as it does fp32's, with the same mask.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from PIL import Image
 
 from export.build import BuildOptions, build_precision
 from runtime.backends.onnxruntime import QDQ_BLOCKING_OPTIMIZERS
+from runtime.backends.shared_arena import SHARED_ARENA_ENTRIES
 from runtime.bundle.manifest import read_manifest
 from runtime.image_io.readers import open_image
-from runtime.segmenter import Segmenter
+from runtime.segmenter import Segmenter, SegmenterOptions
 from tests.export.test_build_precision import LENIENT, calibrated, copy_bundle, scene_files  # noqa: F401  (fixtures)
+from tests.runtime.backends.session_config import session_config_entries
 from tests.runtime.cpp.c_abi import LOG_CALLBACK, LOG_INFO, OptionsWithLog
 from tests.runtime.cpp.test_cpp_runtime import CApi, PlanInfo, _build, _scene
 
@@ -132,6 +135,22 @@ def test_plans_and_masks_equal_glsnet_runs_on_the_engine_build(api, cpp_build, e
     masks = [open_image(tmp_path / side / "scene_mask.png") for side in ("py", "cpp")]
     a, b = (m.read_rows(0, m.height) for m in masks)
     assert len(np.unique(a)) >= 2 and np.array_equal(a, b), f"{precision}: {np.mean(a == b):.6%} of pixels agree"
+
+
+def test_an_int8_build_keeps_its_activations_in_the_shared_arena_with_the_same_mask(engine_bundle):
+    image = _scene(700, 260, seed=22)
+    masks = {}
+    for keep in (False, True):
+        with Segmenter(engine_bundle, options=SegmenterOptions(precision="int8", threads=1, keep_activations=keep)) as segmenter:
+            scheduler = segmenter.pipeline.scheduler
+            assert scheduler.patch_backend is None  # int8 runs the local and fusion graphs as two sessions
+            backends = [scheduler.local_backend, scheduler.fusion_backend, *(stage.backend for stage in scheduler.global_stages)]
+            assert len(backends) > 2 and all(
+                b.options.shared_arena is keep and (session_config_entries(b, SHARED_ARENA_ENTRIES) == SHARED_ARENA_ENTRIES) is keep
+                for b in backends
+            )
+            masks[keep] = segmenter.segment(image)
+    assert len(np.unique(masks[False])) >= 2 and np.array_equal(masks[True], masks[False])
 
 
 def _kept_float_convs(graph: Path, out: Path, options: ort.SessionOptions, **session: object) -> int:
