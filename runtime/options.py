@@ -52,11 +52,12 @@ class SegmenterOptions:
     # On the CPU, run the local and fusion graphs as one joined ONNX Runtime session (fp32): one working set
     # per batch instead of two (runtime.backends.graph_join). Off: two sessions, as on every other engine.
     join_patch_graphs: bool = True
-    # On the CPU at fp32, serve every graph's activations from one ONNX Runtime arena shared by the sessions, so a run
-    # reuses the pages earlier runs touched instead of mapping and zeroing them afresh (runtime.backends.shared_arena).
-    # ONNX Runtime never hands them back, so they stay until the process ends: `glsnet run`, which exits after its
-    # images, turns it on; a long-lived service leaves it off unless it prefers speed to idle memory. Ignored with
-    # max_memory: the memory plan's activation factors were measured without the arena.
+    # On the CPU at fp32 and int8 (runtime.engines.onnxruntime_pipeline.KEPT_ACTIVATION_PRECISIONS), serve every
+    # graph's activations from one ONNX Runtime arena shared by the sessions, so a run reuses the pages earlier runs
+    # touched instead of mapping and zeroing them afresh (runtime.backends.shared_arena). ONNX Runtime never hands
+    # them back, so they stay until the process ends: `glsnet run`, which exits after its images, turns it on; a
+    # long-lived service leaves it off unless it prefers speed to idle memory. Ignored with max_memory: the memory
+    # plan's activation factors were measured without the arena.
     keep_activations: bool = False
     bands: tuple[int, ...] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS

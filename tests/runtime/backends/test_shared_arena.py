@@ -20,7 +20,7 @@ from runtime.batch.resume import EXECUTION_ONLY
 from runtime.cli_options import segmenter_options
 from runtime.engines.onnxruntime_pipeline import keeps_activations
 from runtime.segmenter import Segmenter, SegmenterOptions
-from tests.runtime.backends.session_config import session_config_entries
+from tests.runtime.backends.session_config import session_config_entries, shared_arena_states
 
 
 def _config(backend: OnnxRuntimeBackend) -> dict[str, str]:
@@ -131,9 +131,9 @@ def test_keep_activations_puts_every_cpu_session_on_the_shared_arena_with_the_sa
         expected = reference.segment(image)
     with Segmenter(small_bundle, options=SegmenterOptions(threads=1, keep_activations=keep)) as segmenter:
         scheduler = segmenter.pipeline.scheduler
-        assert scheduler.global_stages  # the small bundle has stage graphs: they share the arena too
-        backends = [scheduler.patch_backend, *(stage.backend for stage in scheduler.global_stages)]
-        assert all(b.options.shared_arena is keep and (_config(b) == SHARED_ARENA_ENTRIES) is keep for b in backends)
+        assert scheduler.global_stages and scheduler.patch_backend  # stage graphs and the joined session: all on it
+        states = shared_arena_states(scheduler)
+        assert len(states) == 1 + len(scheduler.global_stages) and states == [(keep, keep)] * len(states)
         np.testing.assert_array_equal(segmenter.segment(image), expected)
 
 

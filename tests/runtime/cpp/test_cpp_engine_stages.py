@@ -22,12 +22,11 @@ from PIL import Image
 
 from export.build import BuildOptions, build_precision
 from runtime.backends.onnxruntime import QDQ_BLOCKING_OPTIMIZERS
-from runtime.backends.shared_arena import SHARED_ARENA_ENTRIES
 from runtime.bundle.manifest import read_manifest
 from runtime.image_io.readers import open_image
 from runtime.segmenter import Segmenter, SegmenterOptions
 from tests.export.test_build_precision import LENIENT, calibrated, copy_bundle, scene_files  # noqa: F401  (fixtures)
-from tests.runtime.backends.session_config import session_config_entries
+from tests.runtime.backends.session_config import shared_arena_states
 from tests.runtime.cpp.c_abi import LOG_CALLBACK, LOG_INFO, OptionsWithLog
 from tests.runtime.cpp.test_cpp_runtime import CApi, PlanInfo, _build, _scene
 
@@ -144,11 +143,8 @@ def test_an_int8_build_keeps_its_activations_in_the_shared_arena_with_the_same_m
         with Segmenter(engine_bundle, options=SegmenterOptions(precision="int8", threads=1, keep_activations=keep)) as segmenter:
             scheduler = segmenter.pipeline.scheduler
             assert scheduler.patch_backend is None  # int8 runs the local and fusion graphs as two sessions
-            backends = [scheduler.local_backend, scheduler.fusion_backend, *(stage.backend for stage in scheduler.global_stages)]
-            assert len(backends) > 2 and all(
-                b.options.shared_arena is keep and (session_config_entries(b, SHARED_ARENA_ENTRIES) == SHARED_ARENA_ENTRIES) is keep
-                for b in backends
-            )
+            states = shared_arena_states(scheduler)  # local, fusion and the global stages
+            assert len(states) == 2 + len(scheduler.global_stages) > 2 and states == [(keep, keep)] * len(states)
             masks[keep] = segmenter.segment(image)
     assert len(np.unique(masks[False])) >= 2 and np.array_equal(masks[True], masks[False])
 
